@@ -1,0 +1,170 @@
+"""Channel groups: which parameter axes share one channel index space.
+
+This module owns the coupling data types (`AxisRef`, `ChannelGroup`) and their validation against real variables
+(`check_groups`). It knows nothing about scores, ratios or slicing: a group only says *which* axes move together when
+a channel is removed. Models declare their groups next to their layers; `check_groups` proves a declaration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from flax import traverse_util
+
+__all__ = ["AxisRef", "ChannelGroup", "GROUP_KINDS", "check_groups", "flatten_variables", "groups_by_name"]
+
+#: What a group is: the filters of a conv (`conv`), the hidden units of a dense layer (`fc`), or a residual
+#: stream tied by shortcuts (`stream`). A float `prune_ratio` reaches `conv` groups only (design.md §3).
+GROUP_KINDS = ("conv", "fc", "stream")
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisRef:
+    """One axis of one leaf of a variables pytree.
+
+    Attributes:
+      path: Key path with the collection first, as `flax.traverse_util.flatten_dict` gives it,
+        e.g. ``("params", "conv1", "kernel")``.
+      axis: The axis of that leaf that indexes the group's channels (negative values are not allowed).
+      repeat: For a consumer after a channel-last flatten: the axis holds `repeat` consecutive blocks of the group's
+        width (flat index = block * width + channel).
+    """
+
+    path: tuple[str, ...]
+    axis: int
+    repeat: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.path, tuple) or not self.path or not all(isinstance(p, str) for p in self.path):
+            raise TypeError(f"AxisRef.path must be a non-empty tuple of str, got {self.path!r}")
+        if not isinstance(self.axis, int) or isinstance(self.axis, bool) or self.axis < 0:
+            raise ValueError(f"AxisRef.axis must be an int >= 0, got {self.axis!r} for path {self.path}")
+        if not isinstance(self.repeat, int) or isinstance(self.repeat, bool) or self.repeat < 1:
+            raise ValueError(f"AxisRef.repeat must be an int >= 1, got {self.repeat!r} for path {self.path}")
+
+    @property
+    def name(self) -> str:
+        """The path joined with '/', for messages and tables."""
+        return "/".join(self.path)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelGroup:
+    """One channel index space shared by several parameter axes.
+
+    Attributes:
+      name: Group name (design.md §3 "Names"), e.g. ``conv3`` or ``stage2_block4_conv1`` or ``stage3_stream``.
+      width: Number of channels.
+      producers: Axes that *create* the channels (conv kernel output axis, BN scale/bias/mean/var, a dense bias).
+      consumers: Axes that *read* the channels (the next layer's input axis).
+      scored: The producer axis whose kernel is scored (the filters' output axis), or None for a non-prunable group.
+      prunable: Whether the group may be pruned. CIFAR ResNet streams (parameter-free, zero-padded shortcuts) are not.
+      kind: One of `GROUP_KINDS`.
+      stage: Stage name used by ratio mappings (``stage1`` ...), or None.
+    """
+
+    name: str
+    width: int
+    producers: tuple[AxisRef, ...]
+    consumers: tuple[AxisRef, ...]
+    scored: AxisRef | None
+    prunable: bool = True
+    kind: str = "conv"
+    stage: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"ChannelGroup.name must be a non-empty str, got {self.name!r}")
+        if not isinstance(self.width, int) or isinstance(self.width, bool) or self.width < 1:
+            raise ValueError(f"group {self.name!r}: width must be an int >= 1, got {self.width!r}")
+        if self.kind not in GROUP_KINDS:
+            raise ValueError(f"group {self.name!r}: kind must be one of {GROUP_KINDS}, got {self.kind!r}")
+        object.__setattr__(self, "producers", tuple(self.producers))
+        object.__setattr__(self, "consumers", tuple(self.consumers))
+        if self.prunable and self.scored is None:
+            raise ValueError(f"group {self.name!r}: a prunable group needs a scored kernel")
+        if self.scored is not None and self.scored not in self.producers:
+            raise ValueError(
+                f"group {self.name!r}: scored kernel {self.scored.name} (axis {self.scored.axis}) is not among "
+                f"its producers"
+            )
+
+    @property
+    def axes(self) -> tuple[AxisRef, ...]:
+        """Producers then consumers."""
+        return self.producers + self.consumers
+
+    def with_width(self, width: int) -> ChannelGroup:
+        """The same group at another width."""
+        return dataclasses.replace(self, width=width)
+
+
+def flatten_variables(variables: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+    """Flattens a (possibly Frozen) variables dict to ``{path tuple: leaf}``."""
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"variables must be a mapping of collections (e.g. {{'params': ...}}), got {type(variables)}")
+    return traverse_util.flatten_dict(_unfreeze(variables))
+
+
+def _unfreeze(tree):
+    if isinstance(tree, Mapping):
+        return {k: _unfreeze(v) for k, v in tree.items()}
+    return tree
+
+
+def groups_by_name(groups: Iterable[ChannelGroup]) -> dict[str, ChannelGroup]:
+    """Indexes groups by name; duplicate names are an error."""
+    out: dict[str, ChannelGroup] = {}
+    for g in groups:
+        if not isinstance(g, ChannelGroup):
+            raise TypeError(f"expected ChannelGroup, got {type(g).__name__}")
+        if g.name in out:
+            raise ValueError(f"duplicate group name {g.name!r}")
+        out[g.name] = g
+    return out
+
+
+def check_groups(groups: Sequence[ChannelGroup], variables: Mapping[str, Any]) -> None:
+    """Proves a coupling declaration against real variables.
+
+    Checks that every path exists, every axis exists and has length ``width * repeat``, no leaf axis belongs to two
+    groups (or twice to one), and every prunable group's scored kernel is among its producers.
+
+    Args:
+      groups: The declaration, e.g. ``model.channel_groups()``.
+      variables: A variables dict (``{'params': ..., 'batch_stats': ...}``); shapes are all that is read, so the
+        result of ``jax.eval_shape(model.init, ...)`` works too.
+
+    Raises:
+      ValueError: naming the group and path that fail.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune import models, check_groups
+      >>> m = models.resnet20()
+      >>> v = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+      >>> check_groups(m.channel_groups(), v)
+    """
+    flat = flatten_variables(variables)
+    claimed: dict[tuple[tuple[str, ...], int], str] = {}
+    for g in groups_by_name(groups).values():
+        for ref in g.axes:
+            if ref.path not in flat:
+                raise ValueError(f"group {g.name!r}: path {ref.name} not found in variables")
+            shape = tuple(getattr(flat[ref.path], "shape", ()))
+            if ref.axis >= len(shape):
+                raise ValueError(f"group {g.name!r}: path {ref.name} has shape {shape}, no axis {ref.axis}")
+            expected = g.width * ref.repeat
+            if shape[ref.axis] != expected:
+                raise ValueError(
+                    f"group {g.name!r}: path {ref.name} axis {ref.axis} has length {shape[ref.axis]}, expected "
+                    f"{expected} (width {g.width} x repeat {ref.repeat})"
+                )
+            key = (ref.path, ref.axis)
+            if key in claimed:
+                raise ValueError(
+                    f"group {g.name!r}: path {ref.name} axis {ref.axis} is already claimed by group {claimed[key]!r}"
+                )
+            claimed[key] = g.name
