@@ -6,7 +6,38 @@ modules that need them (`jaxprune.train`, `jaxprune.viz`, `jaxprune.data`, the b
 
 from jaxprune import models
 from jaxprune.groups import AxisRef, ChannelGroup, check_groups
+from jaxprune.masking import full_masks, mask_dropped, masked_forward, plan_masks
+from jaxprune.plan import PruningPlan
+from jaxprune.scoring import CRITERIA, filter_norms, l1_filter_norms
+from jaxprune.strategies import STRATEGIES, kept_count, make_plan, resolve_ratios, select_top
+from jaxprune.surgery import prune, prune_like_params
+from jaxprune.utils import abstract_variables, count_leaves, init_variables, random_variables
 
 __version__ = "0.1.0"
 
-__all__ = ["AxisRef", "ChannelGroup", "__version__", "check_groups", "models"]
+__all__ = [
+    "CRITERIA",
+    "STRATEGIES",
+    "AxisRef",
+    "ChannelGroup",
+    "PruningPlan",
+    "__version__",
+    "abstract_variables",
+    "check_groups",
+    "count_leaves",
+    "filter_norms",
+    "full_masks",
+    "init_variables",
+    "kept_count",
+    "l1_filter_norms",
+    "make_plan",
+    "mask_dropped",
+    "masked_forward",
+    "models",
+    "plan_masks",
+    "prune",
+    "prune_like_params",
+    "random_variables",
+    "resolve_ratios",
+    "select_top",
+]

@@ -152,6 +152,12 @@ def check_groups(groups: Sequence[ChannelGroup], variables: Mapping[str, Any]) -
     for g in groups_by_name(groups).values():
         for ref in g.axes:
             if ref.path not in flat:
+                collections = sorted(variables)
+                if ref.path[0] not in collections:
+                    raise ValueError(
+                        f"group {g.name!r}: variables have no {ref.path[0]!r} collection, needed for {ref.name} "
+                        f"(collections present: {', '.join(collections) or 'none'})"
+                    )
                 raise ValueError(f"group {g.name!r}: path {ref.name} not found in variables")
             shape = tuple(getattr(flat[ref.path], "shape", ()))
             if ref.axis >= len(shape):

@@ -109,10 +109,15 @@ class Conv(nn.Module):
         return y
 
 
-def batch_norm(name: str, train: bool, dtype, scale_init=nn.initializers.ones_init()) -> nn.BatchNorm:
+def batch_norm(name: str, train: bool, dtype, scale_init=None) -> nn.BatchNorm:
     """BatchNorm with PyTorch's momentum 0.9 (Flax convention) and epsilon 1e-5 (design.md §5)."""
     return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, scale_init=scale_init, name=name
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        scale_init=scale_init or nn.initializers.ones_init(),
+        name=name,
     )
 
 

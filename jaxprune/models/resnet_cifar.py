@@ -133,8 +133,9 @@ class CifarResNet(PrunableMixin, nn.Module):
                 p = f"stage{s2}_block{b2}"
                 if s2 == s:
                     producers += [AxisRef(("params", f"{p}_conv2", "kernel"), 3), *bn_refs(f"{p}_bn2")]
-                # The stream of stage s feeds its own blocks 2..n and the first block of stage s+1.
-                if (s2 == s and b2 > 1) or (s2 == s + 1 and b2 == 1):
+                # The stream of stage s feeds its own blocks 2..n (and block 1 of stage 1, fed by the stem) and the
+                # first block of stage s+1.
+                if (s2 == s and (b2 > 1 or s == 1)) or (s2 == s + 1 and b2 == 1):
                     consumers.append(AxisRef(("params", f"{p}_conv1", "kernel"), 2))
             if s == 3:
                 consumers.append(AxisRef(("params", "fc", "kernel"), 0))

@@ -139,7 +139,7 @@ class ImageNetResNet(PrunableMixin, nn.Module):
                 p = f"stage{s2}_block{b2}"
                 if s2 == s:
                     producers += [AxisRef(("params", f"{p}_conv2", "kernel"), 3), *bn_refs(f"{p}_bn2")]
-                if (s2 == s and b2 > 1) or (s2 == s + 1 and b2 == 1):
+                if (s2 == s and (b2 > 1 or s == 1)) or (s2 == s + 1 and b2 == 1):
                     consumers.append(AxisRef(("params", f"{p}_conv1", "kernel"), 2))
                     if s2 == s + 1:
                         consumers.append(AxisRef(("params", f"{p}_shortcut", "kernel"), 2))

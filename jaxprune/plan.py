@@ -1,0 +1,167 @@
+"""The decision record: which filters each group keeps.
+
+This module owns `PruningPlan`, its invariants and its exact JSON round trip. It does not decide anything (that is
+`jaxprune.strategies`) and does not touch variables (that is `jaxprune.surgery`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PLAN_FORMAT_VERSION", "PruningPlan", "atomic_write_text"]
+
+PLAN_FORMAT_VERSION = 1
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` through a temporary file in the same folder and `os.replace` (never half-written)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningPlan:
+    """Kept filter indices per group.
+
+    Attributes:
+      keep: Group name -> kept indices (ascending, unique, non-empty, each in [0, width)).
+      widths: Group name -> the group's width when the plan was made (same names as `keep`).
+      meta: Free-form JSON-ready description (strategy, criterion, ratios, preset...). Not used by surgery.
+
+    Groups the plan does not name stay untouched when it is applied; a name the model does not have is an error
+    then (`jaxprune.prune`).
+    """
+
+    keep: Mapping[str, tuple[int, ...]]
+    widths: Mapping[str, int]
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.keep, Mapping) or not isinstance(self.widths, Mapping):
+            raise TypeError("PruningPlan.keep and .widths must be mappings from group names")
+        if set(self.keep) != set(self.widths):
+            raise ValueError(
+                f"PruningPlan: keep and widths must name the same groups; only in keep: "
+                f"{sorted(set(self.keep) - set(self.widths))}, only in widths: {sorted(set(self.widths) - set(self.keep))}"
+            )
+        keep: dict[str, tuple[int, ...]] = {}
+        widths: dict[str, int] = {}
+        for name, idx in self.keep.items():
+            width = self.widths[name]
+            if isinstance(width, bool) or not isinstance(width, int | np.integer) or width < 1:
+                raise ValueError(f"PruningPlan: width of group {name!r} must be an int >= 1, got {width!r}")
+            arr = np.asarray(idx)
+            if arr.ndim != 1 or arr.size == 0:
+                raise ValueError(
+                    f"PruningPlan: group {name!r} must keep at least one filter (1-D indices), got {idx!r}"
+                )
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"PruningPlan: indices of group {name!r} must be ints, got dtype {arr.dtype}")
+            if arr.min() < 0 or arr.max() >= width:
+                raise ValueError(
+                    f"PruningPlan: group {name!r} has indices out of range [0, {width}): "
+                    f"{arr[(arr < 0) | (arr >= width)].tolist()}"
+                )
+            if np.any(np.diff(arr) <= 0):
+                what = "duplicated" if np.any(np.diff(arr) == 0) else "unsorted"
+                raise ValueError(f"PruningPlan: indices of group {name!r} are {what}; they must be strictly ascending")
+            keep[name] = tuple(int(i) for i in arr)
+            widths[name] = int(width)
+        object.__setattr__(self, "keep", keep)
+        object.__setattr__(self, "widths", widths)
+        object.__setattr__(self, "meta", dict(self.meta))
+
+    # -- views --------------------------------------------------------------------------------------------------
+    @property
+    def new_widths(self) -> dict[str, int]:
+        """Group name -> number of kept filters."""
+        return {n: len(k) for n, k in self.keep.items()}
+
+    def removed(self, name: str) -> tuple[int, ...]:
+        """The indices a group drops."""
+        kept = set(self.keep[name])
+        return tuple(i for i in range(self.widths[name]) if i not in kept)
+
+    @property
+    def is_identity(self) -> bool:
+        """True when no group loses a filter."""
+        return all(len(k) == self.widths[n] for n, k in self.keep.items())
+
+    def summary(self) -> str:
+        """A human table: group, width -> kept, ratio removed."""
+        rows = [("group", "width", "kept", "removed %")]
+        for name, idx in self.keep.items():
+            w = self.widths[name]
+            rows.append((name, str(w), str(len(idx)), f"{100 * (w - len(idx)) / w:.1f}"))
+        size = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(size[i]) if i == 0 else c.rjust(size[i]) for i, c in enumerate(r)) for r in rows]
+        lines.insert(1, "  ".join("-" * s for s in size))
+        total_w = sum(self.widths.values())
+        total_k = sum(len(k) for k in self.keep.values())
+        lines.append(f"{len(self.keep)} groups: {total_w} -> {total_k} filters")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    # -- serialisation ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "jaxprune.PruningPlan",
+            "version": PLAN_FORMAT_VERSION,
+            "widths": dict(self.widths),
+            "keep": {n: list(k) for n, k in self.keep.items()},
+            "meta": self.meta,
+        }
+
+    def to_json(self, **kwargs) -> str:
+        """JSON text; `from_json` gives back an equal plan."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruningPlan:
+        if not isinstance(data, Mapping) or data.get("format") != "jaxprune.PruningPlan":
+            raise ValueError("not a jaxprune plan (missing 'format': 'jaxprune.PruningPlan')")
+        if data.get("version") != PLAN_FORMAT_VERSION:
+            raise ValueError(
+                f"unsupported plan version {data.get('version')!r}; this jaxprune reads {PLAN_FORMAT_VERSION}"
+            )
+        return cls(
+            keep={n: tuple(k) for n, k in data["keep"].items()}, widths=dict(data["widths"]), meta=data.get("meta", {})
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningPlan:
+        """Inverse of `to_json`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"plan JSON is malformed: {e}") from e
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the JSON atomically (temporary file + rename)."""
+        atomic_write_text(path, self.to_json(indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PruningPlan:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read())

@@ -1,0 +1,163 @@
+"""Surgery: applies a `PruningPlan` by slicing variables and optimizer state; filters vanish, they are not zeroed.
+
+This module owns slicing only: host numpy `take` along every producer and consumer axis of each planned group, then
+back to jax arrays on the original sharding. It never scores or picks filters (`jaxprune.strategies` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from jaxprune.groups import ChannelGroup, check_groups, flatten_variables
+from jaxprune.plan import PruningPlan
+from jaxprune.scoring import expand_repeat
+from jaxprune.strategies import _check_model
+from jaxprune.utils import abstract_variables
+
+__all__ = ["prune", "prune_like_params", "slicing_ops"]
+
+
+def slicing_ops(model, plan: PruningPlan) -> dict[tuple[str, ...], list[tuple[int, np.ndarray]]]:
+    """For every leaf path a plan changes: the (axis, kept indices) takes to apply, in order.
+
+    Raises:
+      TypeError: `plan` is not a PruningPlan, or `model` lacks the protocol.
+      ValueError: the plan names a group the model does not have or cannot prune, or its widths differ from the
+        model's (names the group, expected vs found).
+    """
+    _check_model(model)
+    if not isinstance(plan, PruningPlan):
+        raise TypeError(f"plan must be a jaxprune.PruningPlan, got {type(plan).__name__}")
+    groups: dict[str, ChannelGroup] = {g.name: g for g in model.channel_groups()}
+    ops: dict[tuple[str, ...], list[tuple[int, np.ndarray]]] = {}
+    for name, keep in plan.keep.items():
+        if name not in groups:
+            valid = [n for n, g in groups.items() if g.prunable]
+            raise ValueError(f"plan names unknown group {name!r}; this model's prunable groups: {', '.join(valid)}")
+        g = groups[name]
+        if not g.prunable:
+            raise ValueError(f"plan prunes group {name!r}, which the model declares not prunable (kind {g.kind!r})")
+        if plan.widths[name] != g.width:
+            raise ValueError(
+                f"plan does not match the model: group {name!r} has width {g.width} in the model, the plan expects "
+                f"{plan.widths[name]}"
+            )
+        if len(keep) == g.width:
+            continue
+        idx = np.asarray(keep, dtype=np.int64)
+        for ref in g.axes:
+            ops.setdefault(ref.path, []).append((ref.axis, expand_repeat(idx, g.width, ref.repeat)))
+    return ops
+
+
+def _take_all(leaf, takes: list[tuple[int, np.ndarray]]):
+    """Applies takes on the host; returns a leaf of the same kind (jax array on the same sharding, or numpy)."""
+    arr = np.asarray(leaf)
+    for axis, idx in takes:
+        arr = np.take(arr, idx, axis=axis)
+    if isinstance(leaf, jax.Array):
+        try:
+            return jax.device_put(arr, leaf.sharding)
+        except ValueError:
+            # A sharding that no longer divides the new shape (e.g. a sharded channel axis): replicate it over the same
+            # devices rather than fail after the work is done.
+            devices = list(leaf.sharding.device_set)
+            mesh = jax.sharding.Mesh(np.array(devices), ("d",))
+            return jax.device_put(arr, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    return arr
+
+
+def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
+    """Physically removes the plan's filters: returns the smaller model and its variables.
+
+    Every producer axis (conv kernel outputs, BN scale/bias/mean/var, dense bias) and consumer axis (the next layer's
+    input channels; dense rows after a flatten, `repeat` blocks) of each planned group is sliced with the kept
+    indices. Leaves no group touches are shared by reference; jax arrays come back as jax arrays on the same
+    sharding; dtypes are kept.
+
+    Args:
+      model: A zoo model (or any object with `channel_groups()` and `with_widths()`).
+      variables: Its variables, matching its widths.
+      plan: From `make_plan` or `preset`.
+
+    Returns:
+      ``(new_model, new_variables)`` where ``new_model = model.with_widths(plan.new_widths)``.
+
+    Raises:
+      TypeError: a model without the protocol, or a plan that is not a PruningPlan.
+      ValueError: variables that do not match the model (missing collection or leaf, wrong axis length), or a plan
+        that does not (unknown group, wrong width).
+
+    Example:
+      >>> import jaxprune as jp
+      >>> m = jp.models.vgg16()
+      >>> v = jp.random_variables(m)
+      >>> plan = jp.make_plan(m, v, prune_ratio={"conv1": 0.5})
+      >>> m2, v2 = jp.prune(m, v, plan)
+      >>> m2.widths[0], v2["params"]["conv2"]["kernel"].shape
+      (32, (3, 3, 32, 64))
+    """
+    ops = slicing_ops(model, plan)
+    check_groups(model.channel_groups(), variables)
+    flat = flatten_variables(variables)
+    for path, takes in ops.items():
+        flat[path] = _take_all(flat[path], takes)
+    new_model = model.with_widths({n: len(k) for n, k in plan.keep.items() if len(k) < plan.widths[n]})
+    return new_model, traverse_util.unflatten_dict(flat)
+
+
+def _key_name(k) -> str | None:
+    """Dict keys name parameters; tuple positions and attribute names (optax's NamedTuples) do not."""
+    return str(k.key) if isinstance(k, jax.tree_util.DictKey) else None
+
+
+def prune_like_params(opt_state, model, plan: PruningPlan, *, params: Mapping[str, Any] | None = None):
+    """Slices every optimizer-state leaf that mirrors a pruned parameter, as `prune` slices the parameter.
+
+    Works on any optax state: SGD momentum traces, Adam `mu`/`nu`, `chain`, `masked` weight-decay states,
+    `inject_hyperparams`. A leaf mirrors a parameter when the dict keys along its tree path name a parameter (e.g.
+    ``conv1/kernel``, with or without a leading ``params``) and its shape equals that parameter's. Scalars (step
+    counts, injected hyperparameters) are kept as they are.
+
+    Args:
+      opt_state: The optimizer state for the model's `params` (before pruning).
+      model: The model the plan was made for (unpruned widths).
+      plan: The plan applied to the parameters.
+      params: The (unpruned) params, to check shapes against; default: the model's abstract shapes.
+
+    Returns:
+      A new optimizer state of the same structure; untouched leaves shared by reference.
+
+    Raises:
+      ValueError: a non-scalar leaf whose path names no parameter or whose shape differs from it (never a silent
+        pass-through of a leaf that might be stale).
+    """
+    ops = slicing_ops(model, plan)
+    if params is None:
+        params = abstract_variables(model)["params"]
+    elif isinstance(params, Mapping) and "params" in params and not any(k for k in params if k != "params"):
+        params = params["params"]
+    shapes = {path: tuple(leaf.shape) for path, leaf in flatten_variables(params).items()}
+
+    def visit(path, leaf):
+        shape = tuple(np.shape(leaf))
+        if len(shape) == 0:
+            return leaf
+        names = tuple(n for n in (_key_name(k) for k in path) if n is not None)
+        p = names if names in shapes else (names[1:] if names[:1] == ("params",) else None)
+        where = jax.tree_util.keystr(path)
+        if p is None or p not in shapes:
+            raise ValueError(f"optimizer-state leaf {where} with shape {shape} matches no parameter")
+        if shape != shapes[p]:
+            raise ValueError(
+                f"optimizer-state leaf {where} has shape {shape} but parameter {'/'.join(p)} has shape {shapes[p]}"
+            )
+        takes = ops.get(("params", *p))
+        return _take_all(leaf, takes) if takes else leaf
+
+    return jax.tree_util.tree_map_with_path(visit, opt_state)
