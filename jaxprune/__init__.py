@@ -4,10 +4,11 @@
 modules that need them (`jaxprune.train`, `jaxprune.viz`, `jaxprune.data`, the benchmarks) when those are used.
 """
 
-from jaxprune import models
+from jaxprune import models, presets
 from jaxprune.groups import AxisRef, ChannelGroup, check_groups
 from jaxprune.masking import full_masks, mask_dropped, masked_forward, plan_masks
 from jaxprune.plan import PruningPlan
+from jaxprune.presets import preset
 from jaxprune.scoring import CRITERIA, filter_norms, l1_filter_norms
 from jaxprune.strategies import STRATEGIES, kept_count, make_plan, resolve_ratios, select_top
 from jaxprune.surgery import prune, prune_like_params
@@ -35,6 +36,8 @@ __all__ = [
     "masked_forward",
     "models",
     "plan_masks",
+    "preset",
+    "presets",
     "prune",
     "prune_like_params",
     "random_variables",
