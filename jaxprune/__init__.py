@@ -5,6 +5,7 @@ modules that need them (`jaxprune.train`, `jaxprune.viz`, `jaxprune.data`, the b
 """
 
 from jaxprune import models, presets
+from jaxprune.flops import MacReport, compare, cost_report, count_macs, xla_flops
 from jaxprune.groups import AxisRef, ChannelGroup, check_groups
 from jaxprune.masking import full_masks, mask_dropped, masked_forward, plan_masks
 from jaxprune.plan import PruningPlan
@@ -21,11 +22,15 @@ __all__ = [
     "STRATEGIES",
     "AxisRef",
     "ChannelGroup",
+    "MacReport",
     "PruningPlan",
     "__version__",
     "abstract_variables",
     "check_groups",
+    "compare",
+    "cost_report",
     "count_leaves",
+    "count_macs",
     "filter_norms",
     "full_masks",
     "init_variables",
@@ -43,4 +48,5 @@ __all__ = [
     "random_variables",
     "resolve_ratios",
     "select_top",
+    "xla_flops",
 ]
