@@ -11,6 +11,16 @@ from jaxprune.masking import full_masks, mask_dropped, masked_forward, plan_mask
 from jaxprune.plan import PruningPlan
 from jaxprune.presets import preset
 from jaxprune.scoring import CRITERIA, filter_norms, l1_filter_norms
+from jaxprune.sensitivity import (
+    ACTIVATION_CRITERIA,
+    CriteriaComparison,
+    RatioSuggestion,
+    SensitivityResult,
+    activation_scores,
+    compare_criteria,
+    sensitivity,
+    suggest_ratios,
+)
 from jaxprune.strategies import STRATEGIES, kept_count, make_plan, resolve_ratios, select_top
 from jaxprune.surgery import prune, prune_like_params
 from jaxprune.utils import abstract_variables, count_leaves, init_variables, random_variables
@@ -18,6 +28,14 @@ from jaxprune.utils import abstract_variables, count_leaves, init_variables, ran
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACTIVATION_CRITERIA",
+    "CriteriaComparison",
+    "RatioSuggestion",
+    "SensitivityResult",
+    "activation_scores",
+    "compare_criteria",
+    "sensitivity",
+    "suggest_ratios",
     "CRITERIA",
     "STRATEGIES",
     "AxisRef",
