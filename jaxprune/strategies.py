@@ -51,7 +51,7 @@ def kept_count(width: int, prune_ratio: float, *, round_to: int = 1, min_keep: i
     A ratio of 0 keeps every filter.
 
     Example:
-      >>> [kept_count(16, 0.9), kept_count(64, 0.9), kept_count(32, 0.7), kept_count(10, 0.8)]
+      >>> [kept_count(16, 0.1), kept_count(64, 0.1), kept_count(32, 0.3), kept_count(10, 0.8)]
       [14, 57, 22, 2]
       >>> [kept_count(16, 0.6, round_to=8), kept_count(32, 0.3, round_to=8), kept_count(64, 0.1, round_to=8)]
       [8, 24, 56]
@@ -237,6 +237,7 @@ def make_plan(
         raise TypeError(f"scores must be a mapping from group names to arrays, got {type(scores).__name__}")
     groups = list(model.channel_groups())
     ratios = resolve_ratios(model, prune_ratio, skip=skip)
+    ratios = {n: p for n, p in ratios.items() if p > 0}  # a ratio of 0 keeps every filter: nothing to record
     meta = {
         "strategy": strategy,
         "criterion": "precomputed" if scores is not None else criterion,

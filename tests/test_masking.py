@@ -1,0 +1,60 @@
+"""The masking reference: masks from plans, one compile for any mask, masking after BN is not zeroing filters."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import input_batch
+
+import jaxprune as jp
+from jaxprune.plan import PruningPlan
+
+
+def test_plan_masks(zoo):
+    m, v = zoo("resnet20")
+    plan = PruningPlan(keep={"stage1_block1_conv1": (0, 3)}, widths={"stage1_block1_conv1": 16})
+    masks = jp.plan_masks(m, plan)
+    assert set(masks) == {g.name for g in m.channel_groups()}
+    assert masks["stage1_block1_conv1"].tolist() == [1, 0, 0, 1] + [0] * 12
+    assert masks["stage3_stream"].tolist() == [1] * 64
+    with pytest.raises(ValueError, match=r"plan names unknown group 'conv1'"):
+        jp.plan_masks(m, PruningPlan(keep={"conv1": (0,)}, widths={"conv1": 4}))
+    with pytest.raises(ValueError, match=r"group 'stage1_block1_conv1' has width 16 in the model, the plan expects 8"):
+        jp.plan_masks(m, PruningPlan(keep={"stage1_block1_conv1": (0,)}, widths={"stage1_block1_conv1": 8}))
+
+
+def test_one_compile_serves_every_mask(zoo):
+    m, v = zoo("resnet20")
+    f = jp.masked_forward(m)
+    assert jp.masked_forward(m) is f
+    x = input_batch(m, 2)
+    outs = []
+    for r in (0.1, 0.5, 0.9):
+        plan = jp.make_plan(m, v, prune_ratio=r)
+        outs.append(f(v, x, {k: jnp.asarray(a) for k, a in jp.plan_masks(m, plan).items()}))
+    assert f._cache_size() == 1
+    assert not np.allclose(outs[0], outs[2])
+
+
+def test_all_ones_masks_equal_the_plain_model(zoo):
+    m, v = zoo("vgg11")
+    x = input_batch(m, 2)
+    np.testing.assert_allclose(jp.masked_forward(m)(v, x, jp.full_masks(m)), m.apply(v, x), rtol=1e-6, atol=1e-6)
+
+
+def test_zeroing_filters_alone_is_not_pruning(zoo):
+    """The BN shift of a zeroed filter still flows, so zeroing kernels differs from the masking reference."""
+    m, v = zoo("resnet20")
+    plan = jp.make_plan(m, v, prune_ratio={"stage2_block2_conv1": 0.5})
+    x = input_batch(m, 2)
+    removed = list(plan.removed("stage2_block2_conv1"))
+    zeroed = jax.tree_util.tree_map(lambda a: a, v)
+    k = np.array(v["params"]["stage2_block2_conv1"]["kernel"])
+    k[..., removed] = 0
+    zeroed["params"]["stage2_block2_conv1"]["kernel"] = k
+    m2, v2 = jp.prune(m, v, plan)
+    pruned = m2.apply(v2, x)
+    np.testing.assert_allclose(jp.mask_dropped(m, v, plan, x), pruned, rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(m.apply(zeroed, x) - pruned))) > 1e-3

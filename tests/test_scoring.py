@@ -1,0 +1,93 @@
+"""Filter scoring: the paper's L1 against a numpy reference, other criteria, tracing, NaN handling."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import jaxprune as jp
+from jaxprune import scoring
+from jaxprune.groups import flatten_variables
+
+
+def test_l1_equals_numpy_reference_for_every_vgg16_group(zoo):
+    m, v = zoo("vgg16")
+    scores = jp.l1_filter_norms(v, m.channel_groups())
+    assert list(scores) == [f"conv{i}" for i in range(1, 14)] + ["fc1"]
+    for i in range(1, 14):
+        k = np.asarray(v["params"][f"conv{i}"]["kernel"], np.float64)
+        np.testing.assert_allclose(scores[f"conv{i}"], np.abs(k).sum(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(scores["fc1"], np.abs(np.asarray(v["params"]["fc1"]["kernel"])).sum(0), rtol=1e-5)
+
+
+def test_streams_without_scored_kernel_are_not_scored(zoo):
+    m, v = zoo("resnet20")
+    scores = jp.l1_filter_norms(v, m.channel_groups())
+    assert len(scores) == 9
+    assert "stage1_stream" not in scores
+
+
+def test_imagenet_streams_are_scored_by_projection(zoo):
+    m, v = zoo("resnet18")
+    s = jp.l1_filter_norms(v, m.channel_groups())
+    ref = np.abs(np.asarray(v["params"]["stage3_block1_shortcut"]["kernel"])).sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(s["stage3_stream"], ref, rtol=1e-5)
+
+
+def test_scorer_traces_once_per_kernel_shape(zoo):
+    m, v = zoo("resnet56")
+    jp.l1_filter_norms(v, m.channel_groups())
+    before = scoring.trace_count()
+    for _ in range(3):
+        jp.l1_filter_norms(v, m.channel_groups())
+    assert scoring.trace_count() == before
+    m2, v2 = zoo("resnet56", seed=5)
+    jp.l1_filter_norms(v2, m2.channel_groups())  # same shapes, new values: no new trace
+    assert scoring.trace_count() == before
+
+
+def test_other_criteria(zoo):
+    m, v = zoo("resnet20")
+    groups = m.channel_groups()
+    l1 = jp.filter_norms(v, groups, criterion="l1")
+    l2 = jp.filter_norms(v, groups, criterion="l2")
+    largest = jp.filter_norms(v, groups, criterion="largest_l1")
+    k = np.asarray(v["params"]["stage2_block3_conv1"]["kernel"], np.float64)
+    np.testing.assert_allclose(l2["stage2_block3_conv1"], np.sqrt((k**2).sum(axis=(0, 1, 2))), rtol=1e-5)
+    np.testing.assert_array_equal(largest["stage2_block3_conv1"], -l1["stage2_block3_conv1"])
+    r1 = jp.filter_norms(v, groups, criterion="random", key=jax.random.key(1))
+    r1b = jp.filter_norms(v, groups, criterion="random", key=jax.random.key(1))
+    r2 = jp.filter_norms(v, groups, criterion="random", key=jax.random.key(2))
+    np.testing.assert_array_equal(r1["stage1_block1_conv1"], r1b["stage1_block1_conv1"])
+    assert not np.array_equal(r1["stage1_block1_conv1"], r2["stage1_block1_conv1"])
+    assert not np.array_equal(r1["stage1_block1_conv1"], r1["stage1_block2_conv1"])  # groups draw independently
+
+
+def test_low_precision_kernels_accumulate_in_float32(zoo):
+    m, v = zoo("resnet20")
+    bf = jax.tree_util.tree_map(lambda a: a.astype("bfloat16"), v)
+    s = jp.l1_filter_norms(bf, m.channel_groups())["stage3_block1_conv1"]
+    assert s.dtype == np.float32
+    ref = np.abs(np.asarray(bf["params"]["stage3_block1_conv1"]["kernel"]).astype(np.float64)).sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(s, ref, rtol=1e-5)
+
+
+def test_nan_or_inf_in_a_kernel_names_the_layer(zoo):
+    m, v = zoo("resnet20")
+    flat = flatten_variables(v)
+    for bad in (np.nan, np.inf):
+        k = np.array(flat[("params", "stage2_block2_conv1", "kernel")])
+        k[0, 0, 0, 5] = bad
+        v_bad = jax.tree_util.tree_map(lambda a: a, v)
+        v_bad["params"]["stage2_block2_conv1"]["kernel"] = k
+        with pytest.raises(ValueError, match=r"group 'stage2_block2_conv1'.*NaN or inf \(filters \[5\]\)"):
+            jp.l1_filter_norms(v_bad, m.channel_groups())
+
+
+def test_bad_criterion_and_missing_key(zoo):
+    m, v = zoo("resnet20")
+    with pytest.raises(ValueError, match=r"unknown criterion 'l3'; valid criteria: l1, l2, random, largest_l1"):
+        jp.filter_norms(v, m.channel_groups(), criterion="l3")
+    with pytest.raises(ValueError, match="needs an explicit PRNG key"):
+        jp.filter_norms(v, m.channel_groups(), criterion="random")
