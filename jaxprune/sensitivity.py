@@ -822,6 +822,10 @@ def compare_criteria(
         plus everything `sensitivity` raises.
       TypeError: `criteria` not a sequence of names, or an unsupported keyword.
     """
+    allowed = {"metric", "higher_is_better", "ratios", "groups", "batch_size", "chunk", "round_to", "min_keep"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(f"compare_criteria got unexpected keywords {unknown}; allowed: {sorted(allowed)}")
     if isinstance(criteria, str) or not isinstance(criteria, Sequence):
         raise TypeError(f"criteria must be a sequence of criterion names, got {type(criteria).__name__} {criteria!r}")
     if not criteria:
@@ -832,10 +836,6 @@ def compare_criteria(
         raise ValueError(f"criteria must not repeat, got {list(criteria)}")
     if "random" in criteria and key is None:
         raise ValueError("criterion 'random' needs an explicit PRNG key: key=jax.random.key(seed)")
-    allowed = {"metric", "higher_is_better", "ratios", "groups", "batch_size", "chunk", "round_to", "min_keep"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise TypeError(f"compare_criteria got unexpected keywords {unknown}; allowed: {sorted(allowed)}")
     _check_model(model)
     x, _ = _check_data(data)
     act_scores: dict[str, dict[str, np.ndarray]] = {}
