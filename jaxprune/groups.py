@@ -11,8 +11,6 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from flax import traverse_util
-
 __all__ = ["AxisRef", "ChannelGroup", "GROUP_KINDS", "check_groups", "flatten_variables", "groups_by_name"]
 
 #: What a group is: the filters of a conv (`conv`), the hidden units of a dense layer (`fc`), or a residual
@@ -105,13 +103,18 @@ def flatten_variables(variables: Mapping[str, Any]) -> dict[tuple[str, ...], Any
     """Flattens a (possibly Frozen) variables dict to ``{path tuple: leaf}``."""
     if not isinstance(variables, Mapping):
         raise TypeError(f"variables must be a mapping of collections (e.g. {{'params': ...}}), got {type(variables)}")
-    return traverse_util.flatten_dict(_unfreeze(variables))
+    out: dict[tuple[str, ...], Any] = {}
+    _flatten_into(variables, (), out)
+    return out
 
 
-def _unfreeze(tree):
-    if isinstance(tree, Mapping):
-        return {k: _unfreeze(v) for k, v in tree.items()}
-    return tree
+def _flatten_into(tree: Mapping, prefix: tuple[str, ...], out: dict) -> None:
+    # Plain recursion over dicts and FrozenDicts; cheaper than unfreezing then `traverse_util.flatten_dict` (hot path).
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            _flatten_into(v, (*prefix, k), out)
+        else:
+            out[(*prefix, k)] = v
 
 
 def groups_by_name(groups: Iterable[ChannelGroup]) -> dict[str, ChannelGroup]:

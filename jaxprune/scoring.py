@@ -17,7 +17,15 @@ import numpy as np
 
 from jaxprune.groups import ChannelGroup, flatten_variables
 
-__all__ = ["CRITERIA", "expand_repeat", "filter_norms", "l1_filter_norms", "score_group", "trace_count"]
+__all__ = [
+    "CRITERIA",
+    "expand_repeat",
+    "filter_norms",
+    "l1_filter_norms",
+    "score_group",
+    "score_groups",
+    "trace_count",
+]
 
 #: Data-free criteria accepted by `l1_filter_norms(criterion=...)` and `make_plan(criterion=...)`.
 CRITERIA = ("l1", "l2", "random", "largest_l1")
@@ -26,19 +34,46 @@ _TRACES = {"norm": 0}
 
 
 def trace_count() -> int:
-    """How many times the jitted norm has been traced in this process (one per kernel shape, dtype and axis)."""
+    """How many times the jitted norms were traced in this process (once per kernel shape, dtype, axis and batch)."""
     return _TRACES["norm"]
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "p"))
-def _norm(kernel, axis: int, p: int):
-    _TRACES["norm"] += 1  # runs at trace time only
+def _norm_body(kernel, axis: int, p: int):
     # Accumulate low-precision kernels in float32; float64 stays float64.
     k = kernel.astype(jnp.promote_types(kernel.dtype, jnp.float32))
     reduce = tuple(i for i in range(k.ndim) if i != axis)
     if p == 1:
         return jnp.sum(jnp.abs(k), axis=reduce)
     return jnp.sqrt(jnp.sum(k * k, axis=reduce))
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "p"))
+def _norm(kernel, axis: int, p: int):
+    _TRACES["norm"] += 1  # runs at trace time only
+    return _norm_body(kernel, axis, p)
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "p"))
+def _norms(kernels: tuple, axis: int, p: int):
+    # Several kernels of one shape in one dispatch (no stacking copy): traced once per (kernel shape, count).
+    _TRACES["norm"] += 1
+    return tuple(_norm_body(k, axis, p) for k in kernels)
+
+
+def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
+    """Norms of many kernels, one jitted dispatch per distinct (shape, dtype, axis)."""
+    buckets: dict[tuple, list[int]] = {}
+    for i, (k, a) in enumerate(zip(kernels, axes, strict=True)):
+        buckets.setdefault((tuple(k.shape), str(k.dtype), a), []).append(i)
+    out: list = [None] * len(kernels)
+    for (_, _, axis), idx in buckets.items():
+        if len(idx) == 1:
+            res = (_norm(kernels[idx[0]], axis, p),)
+        else:
+            res = _norms(tuple(kernels[i] for i in idx), axis, p)
+        for i, r in zip(idx, res, strict=True):
+            out[i] = r
+    return [np.asarray(r) for r in out]
 
 
 def expand_repeat(idx: np.ndarray, width: int, repeat: int) -> np.ndarray:
@@ -92,13 +127,43 @@ def score_group(
         for axis, idx in input_keep:
             kernel = np.take(kernel, idx, axis=axis)
     scores = np.asarray(_norm(kernel, ref.axis, 2 if criterion == "l2" else 1))
+    return _finish(group, scores, criterion)
+
+
+def _finish(group: ChannelGroup, scores: np.ndarray, criterion: str) -> np.ndarray:
     if not np.all(np.isfinite(scores)):
         bad = np.flatnonzero(~np.isfinite(scores))
         raise ValueError(
-            f"group {group.name!r}: scored kernel {ref.name} holds NaN or inf (filters {bad[:8].tolist()}"
+            f"group {group.name!r}: scored kernel {group.scored.name} holds NaN or inf (filters {bad[:8].tolist()}"
             f"{'...' if bad.size > 8 else ''}); refusing to pick filters from non-finite weights"
         )
     return -scores if criterion == "largest_l1" else scores
+
+
+def score_groups(
+    flat: Mapping[tuple[str, ...], Any], groups: Sequence[ChannelGroup], *, criterion: str = "l1", key=None, index=None
+) -> dict[str, np.ndarray]:
+    """`score_group` for many groups at once: kernels of one shape share one jitted dispatch.
+
+    Args:
+      flat: Flattened variables.
+      groups: Groups with a scored kernel.
+      criterion: One of `CRITERIA`.
+      key: PRNG key for `random`.
+      index: Group name -> position (for `random`); default: position in `groups`.
+    """
+    index = index or {g.name: i for i, g in enumerate(groups)}
+    if criterion == "random":
+        return {g.name: score_group(flat, g, criterion=criterion, key=key, index=index[g.name]) for g in groups}
+    for g in groups:
+        if g.scored is None:
+            raise ValueError(f"group {g.name!r} has no scored kernel (prunable=False)")
+        if g.scored.path not in flat:
+            raise ValueError(f"group {g.name!r}: scored kernel {g.scored.name} not found in variables")
+    norms = _batched_norms(
+        [flat[g.scored.path] for g in groups], [g.scored.axis for g in groups], 2 if criterion == "l2" else 1
+    )
+    return {g.name: _finish(g, s, criterion) for g, s in zip(groups, norms, strict=True)}
 
 
 def filter_norms(
@@ -128,11 +193,9 @@ def filter_norms(
     """
     _check_criterion(criterion, key)
     flat = flatten_variables(variables)
-    return {
-        g.name: score_group(flat, g, criterion=criterion, key=key, index=i)
-        for i, g in enumerate(groups)
-        if g.scored is not None
-    }
+    groups = list(groups)
+    index = {g.name: i for i, g in enumerate(groups)}
+    return score_groups(flat, [g for g in groups if g.scored is not None], criterion=criterion, key=key, index=index)
 
 
 def l1_filter_norms(variables: Mapping[str, Any], groups: Iterable[ChannelGroup]) -> dict[str, np.ndarray]:

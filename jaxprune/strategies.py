@@ -18,7 +18,7 @@ import numpy as np
 from jaxprune.groups import ChannelGroup, flatten_variables
 from jaxprune.models.base import is_prunable_model
 from jaxprune.plan import PruningPlan
-from jaxprune.scoring import CRITERIA, _check_criterion, expand_repeat, score_group
+from jaxprune.scoring import CRITERIA, _check_criterion, expand_repeat, score_group, score_groups
 
 __all__ = ["CRITERIA", "STRATEGIES", "kept_count", "make_plan", "plan_from_scores", "resolve_ratios", "select_top"]
 
@@ -257,11 +257,8 @@ def make_plan(
     if strategy == "independent":
         if scores is None:
             index = {g.name: i for i, g in enumerate(groups)}
-            scores = {
-                g.name: score_group(flat, g, criterion=criterion, key=key, index=index[g.name])
-                for g in groups
-                if g.name in ratios
-            }
+            reached = [g for g in groups if g.name in ratios]
+            scores = score_groups(flat, reached, criterion=criterion, key=key, index=index)
         return plan_from_scores(groups, ratios, scores, round_to=round_to, min_keep=min_keep, meta=meta)
     # Greedy: decide groups in dependency order; each score leaves out inputs already removed (paper Fig. 3).
     decided: dict[str, tuple[int, ...]] = {}

@@ -55,21 +55,46 @@ def slicing_ops(model, plan: PruningPlan) -> dict[tuple[str, ...], list[tuple[in
     return ops
 
 
-def _take_all(leaf, takes: list[tuple[int, np.ndarray]]):
-    """Applies takes on the host; returns a leaf of the same kind (jax array on the same sharding, or numpy)."""
+def _host_take(leaf, takes: list[tuple[int, np.ndarray]]) -> np.ndarray:
     arr = np.asarray(leaf)
     for axis, idx in takes:
         arr = np.take(arr, idx, axis=axis)
-    if isinstance(leaf, jax.Array):
-        try:
-            return jax.device_put(arr, leaf.sharding)
-        except ValueError:
-            # A sharding that no longer divides the new shape (e.g. a sharded channel axis): replicate it over the same
-            # devices rather than fail after the work is done.
-            devices = list(leaf.sharding.device_set)
-            mesh = jax.sharding.Mesh(np.array(devices), ("d",))
-            return jax.device_put(arr, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     return arr
+
+
+def _to_device(arr: np.ndarray, sharding):
+    try:
+        return jax.device_put(arr, sharding)
+    except ValueError:
+        # A sharding that no longer divides the new shape (e.g. a sharded channel axis): replicate over the same
+        # devices rather than fail after the work is done.
+        mesh = jax.sharding.Mesh(np.array(list(sharding.device_set)), ("d",))
+        return jax.device_put(arr, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def _take_all(leaf, takes: list[tuple[int, np.ndarray]]):
+    """Applies takes on the host; returns a leaf of the same kind (jax array on the same sharding, or numpy)."""
+    arr = _host_take(leaf, takes)
+    return _to_device(arr, leaf.sharding) if isinstance(leaf, jax.Array) else arr
+
+
+def _take_many(flat: dict, ops: dict) -> None:
+    """`_take_all` over many leaves; jax leaves sharing one sharding go back to the device in one batched call."""
+    host = {path: _host_take(flat[path], takes) for path, takes in ops.items()}
+    by_sharding: dict = {}
+    for path, arr in host.items():
+        leaf = flat[path]
+        if isinstance(leaf, jax.Array):
+            by_sharding.setdefault(leaf.sharding, []).append(path)
+        else:
+            flat[path] = arr
+    for sharding, paths in by_sharding.items():
+        try:
+            moved = jax.device_put([host[p] for p in paths], sharding)
+        except ValueError:
+            moved = [_to_device(host[p], sharding) for p in paths]
+        for p, a in zip(paths, moved, strict=True):
+            flat[p] = a
 
 
 def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
@@ -105,8 +130,7 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
     ops = slicing_ops(model, plan)
     check_groups(model.channel_groups(), variables)
     flat = flatten_variables(variables)
-    for path, takes in ops.items():
-        flat[path] = _take_all(flat[path], takes)
+    _take_many(flat, ops)
     new_model = model.with_widths({n: len(k) for n, k in plan.keep.items() if len(k) < plan.widths[n]})
     return new_model, traverse_util.unflatten_dict(flat)
 

@@ -13,7 +13,7 @@ from jaxprune.plan import PruningPlan
 
 
 def test_plan_masks(zoo):
-    m, v = zoo("resnet20")
+    m, _ = zoo("resnet20")
     plan = PruningPlan(keep={"stage1_block1_conv1": (0, 3)}, widths={"stage1_block1_conv1": 16})
     masks = jp.plan_masks(m, plan)
     assert set(masks) == {g.name for g in m.channel_groups()}

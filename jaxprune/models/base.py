@@ -6,16 +6,18 @@ This module owns the `PrunableModel` protocol (channel_groups / with_widths / co
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.groups import AxisRef, ChannelGroup
 from jaxprune.models.layers import CONV_IMPLS
 
-__all__ = ["PrunableMixin", "bn_refs", "check_int", "is_prunable_model"]
+__all__ = ["PrunableMixin", "bn_refs", "cached_groups", "check_int", "is_prunable_model"]
 
 
 def check_int(value, what: str, *, minimum: int = 1) -> int:
@@ -35,6 +37,26 @@ def bn_refs(name: str) -> tuple[AxisRef, ...]:
         AxisRef(("batch_stats", name, "mean"), 0),
         AxisRef(("batch_stats", name, "var"), 0),
     )
+
+
+_GROUP_CACHE: dict[tuple, tuple[ChannelGroup, ...]] = {}
+
+
+def cached_groups(fn):
+    """Caches a family's `channel_groups` per configuration: the declaration is pure data of the fields, and plans,
+    surgery and masks ask for it several times per call (it is on the prune hot path)."""
+
+    @functools.wraps(fn)
+    def wrapper(self):
+        key = (type(self), *(getattr(self, f) for f in self._config_fields))
+        hit = _GROUP_CACHE.get(key)
+        if hit is None:
+            if len(_GROUP_CACHE) > 1024:
+                _GROUP_CACHE.clear()
+            hit = _GROUP_CACHE[key] = tuple(fn(self))
+        return hit
+
+    return nn.nowrap(wrapper)
 
 
 def is_prunable_model(model: Any) -> bool:

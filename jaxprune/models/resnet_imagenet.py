@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxprune.groups import AxisRef, ChannelGroup
-from jaxprune.models.base import PrunableMixin, bn_refs, check_int
+from jaxprune.models.base import PrunableMixin, bn_refs, cached_groups, check_int
 from jaxprune.models.layers import Conv, apply_mask, batch_norm
 
 __all__ = ["ImageNetResNet", "IMAGENET_BLOCKS", "resnet18", "resnet34"]
@@ -109,6 +109,7 @@ class ImageNetResNet(PrunableMixin, nn.Module):
         h = jnp.mean(h, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(h)
 
+    @cached_groups
     def channel_groups(self) -> tuple[ChannelGroup, ...]:
         """One group per block (`stage{s}_block{b}_conv1`) then one stream per stage, in forward order."""
         blocks = self._blocks()

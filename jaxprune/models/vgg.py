@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxprune.groups import AxisRef, ChannelGroup
-from jaxprune.models.base import PrunableMixin, bn_refs, check_int
+from jaxprune.models.base import PrunableMixin, bn_refs, cached_groups, check_int
 from jaxprune.models.layers import Conv, apply_mask, batch_norm
 
 __all__ = ["VGG", "VGG_CONFIGS", "vgg11", "vgg13", "vgg16", "vgg19"]
@@ -99,6 +99,7 @@ class VGG(PrunableMixin, nn.Module):
         h = nn.relu(h)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="fc2")(h)
 
+    @cached_groups
     def channel_groups(self) -> tuple[ChannelGroup, ...]:
         """Groups `conv1`..`convL` then `fc1`, in forward order; stage k = convs between pool k-1 and pool k."""
         groups = []

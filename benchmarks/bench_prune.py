@@ -1,0 +1,81 @@
+"""Scoring and surgery speed (issue 4): L1 scoring vs a numpy read of the same bytes; plan + surgery medians.
+
+Run: ``python benchmarks/bench_prune.py`` (writes its section of docs/benchmarks.md).
+Targets: scoring all VGG-16 conv kernels <= 1.0x numpy ``a.sum()`` over one flat array of the same bytes;
+VGG-16 50 %-everywhere plan + surgery <= 15 ms median; ResNet-56 <= 3 ms.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine_line, median_ms, timeit, write_section  # noqa: E402
+
+import jaxprune as jp  # noqa: E402
+
+
+def main() -> None:
+    vgg = jp.models.vgg16()
+    v = jp.random_variables(vgg, seed=0)
+    conv_groups = [g for g in vgg.channel_groups() if g.kind == "conv"]
+    kernels = [v["params"][g.name]["kernel"] for g in conv_groups]
+    n_floats = sum(int(k.size) for k in kernels)
+    flat = np.concatenate([np.asarray(k).ravel() for k in kernels])
+
+    def score():
+        return jp.l1_filter_norms(v, conv_groups)
+
+    def numpy_read():
+        return flat.sum()
+
+    # Interleave the two so both see the same machine load.
+    t_score, t_read = [], []
+    for _ in range(10):
+        t_score += timeit(score, repeats=5, warmup=1)
+        t_read += timeit(numpy_read, repeats=5, warmup=1)
+    ratio = median_ms(t_score) / median_ms(t_read)
+
+    def vgg_prune():
+        plan = jp.make_plan(vgg, v, prune_ratio=0.5)
+        return jax.block_until_ready(jp.prune(vgg, v, plan)[1])
+
+    r56 = jp.models.resnet56()
+    v56 = jp.random_variables(r56, seed=0)
+
+    def r56_prune():
+        plan = jp.make_plan(r56, v56, prune_ratio=0.5)
+        return jax.block_until_ready(jp.prune(r56, v56, plan)[1])
+
+    t_vgg = timeit(vgg_prune, repeats=30, warmup=3)
+    t_r56 = timeit(r56_prune, repeats=50, warmup=3)
+
+    rows = [
+        ("L1 scoring, 13 VGG-16 conv kernels", f"{median_ms(t_score):.2f} ms", ""),
+        (f"numpy `a.sum()` over the same {n_floats:,} floats", f"{median_ms(t_read):.2f} ms", ""),
+        ("scoring / numpy read", f"{ratio:.2f}x", "target <= 1.0x", ratio <= 1.0),
+        ("VGG-16 50 % plan + surgery (median)", f"{median_ms(t_vgg):.2f} ms", "target <= 15 ms", median_ms(t_vgg) <= 15),
+        ("ResNet-56 50 % plan + surgery (median)", f"{median_ms(t_r56):.2f} ms", "target <= 3 ms", median_ms(t_r56) <= 3),
+    ]
+    lines = [
+        "## Scoring and surgery (`benchmarks/bench_prune.py`)",
+        "",
+        f"Machine: {machine_line()}. Medians; scoring and the numpy read interleaved in one run.",
+        "",
+        "| what | time | target | met |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        met = "" if len(r) < 4 else ("yes" if r[3] else "**no**")
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {met} |")
+    text = "\n".join(lines)
+    print(text)
+    write_section("bench_prune", text)
+
+
+if __name__ == "__main__":
+    main()
