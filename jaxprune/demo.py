@@ -1,0 +1,352 @@
+"""The pipelines behind the `jaxprune` command line, as library functions.
+
+This module owns the end-to-end demo (`run_demo`: train on the digits data, sensitivity scan, suggested ratios,
+prune, fine-tune, measure, report) and the other steps the command line offers as one call each (`prune_to_folder`,
+`parse_ratios`, `output_folder`). Every step calls the public API (`make_plan`, `preset`, `prune`, `count_macs`,
+`xla_flops`, `sensitivity`, `suggest_ratios`, `jaxprune.train`, `jaxprune.checkpoint`, `jaxprune.viz`); this module
+adds only orchestration, files and words. It does not parse command lines (that is `jaxprune.cli`) and owns no
+algorithm. optax, matplotlib and scikit-learn are imported inside the functions that need them, so
+``import jaxprune`` stays light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PruneOutcome", "output_folder", "parse_ratios", "prune_to_folder"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Small validated helpers
+# ----------------------------------------------------------------------------------------------------------------------
+def parse_ratios(text: str) -> dict[str, float]:
+    """Parses a ratio mapping written as ``NAME=RATIO,NAME=RATIO`` (the CLI's ``--ratios``).
+
+    Names are stage names (``stage1``...) or group names; they are checked against a model later, by
+    `jaxprune.make_plan`, which lists the valid ones. A ratio is the fraction of filters removed, in [0, 1).
+
+    Args:
+      text: e.g. ``"stage1=0.6,stage2=0.3"``; spaces around items, names and numbers are ignored.
+
+    Returns:
+      ``{name: ratio}`` in the order written.
+
+    Raises:
+      TypeError: `text` is not a str.
+      ValueError: an empty text or item, an item without exactly one ``=``, an empty name, a ratio that is not a
+        number or lies outside [0, 1), or a name given twice. The message quotes the offending item.
+
+    Example:
+      >>> parse_ratios("stage1=0.6, stage2=0.3")
+      {'stage1': 0.6, 'stage2': 0.3}
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"ratios must be a str like 'stage1=0.6,stage2=0.3', got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError("ratios is empty; write NAME=RATIO pairs separated by commas, e.g. 'stage1=0.6,stage2=0.3'")
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"ratios {text!r} has an empty item; write NAME=RATIO pairs separated by single commas")
+        if item.count("=") != 1:
+            raise ValueError(f"ratios item {item!r} is malformed; expected NAME=RATIO, e.g. 'stage1=0.6'")
+        name, _, value = (s.strip() for s in item.partition("="))
+        if not name:
+            raise ValueError(f"ratios item {item!r} has no name; expected NAME=RATIO, e.g. 'stage1=0.6'")
+        try:
+            p = float(value)
+        except ValueError:
+            raise ValueError(f"ratios item {item!r}: {value!r} is not a number; a ratio is in [0, 1)") from None
+        if not 0.0 <= p < 1.0:  # also refuses nan
+            raise ValueError(f"ratios item {item!r}: ratio {value} is outside [0, 1) (the fraction of filters removed)")
+        if name in out:
+            raise ValueError(f"ratios names {name!r} twice; give each stage or group once")
+        out[name] = p
+    return out
+
+
+def output_folder(path: str | os.PathLike, *, what: str = "output folder") -> Path:
+    """Creates (if needed) and returns an output folder, refusing a path that exists as something else.
+
+    Args:
+      path: The folder.
+      what: How error messages name it (e.g. ``--out``).
+
+    Returns:
+      The folder as a `Path`.
+
+    Raises:
+      TypeError: `path` is not a str or path.
+      FileExistsError: `path` (or a parent) exists and is not a folder.
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{what} must be a path, got {type(path).__name__}")
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise FileExistsError(f"{what} {str(p)!r} exists and is a file, not a folder; choose another path")
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileExistsError(f"{what} {str(p)!r}: {str(parent)!r} exists and is a file, not a folder")
+            break
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _check_choice(value, what: str, valid: Sequence[str]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__} {value!r}")
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid {what}s: {', '.join(valid)}")
+    return value
+
+
+def _check_int(value, what: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _pct(before: float, after: float) -> str:
+    return f"{100.0 * (before - after) / before:.1f} %" if before else "-"
+
+
+def _write_text(path: Path, text: str) -> None:
+    from jaxprune.plan import atomic_write_text
+
+    atomic_write_text(path, text if text.endswith("\n") else text + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# prune
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class PruneOutcome:
+    """What `prune_to_folder` did.
+
+    Attributes:
+      model: The unpruned model.
+      new_model: The pruned model.
+      plan: The `PruningPlan` applied.
+      before: `count_macs` of the unpruned model.
+      after: `count_macs` of the pruned model.
+      files: Name -> path of every file written (``plan``, ``comparison``, ``checkpoint``).
+      source: Where the weights came from (a checkpoint folder, or ``random (seed N)``).
+      text: The comparison table and a summary, as printed by the CLI.
+    """
+
+    model: Any
+    new_model: Any
+    plan: Any
+    before: Any
+    after: Any
+    files: Mapping[str, Path]
+    source: str
+    text: str
+
+
+def _zoo_model(name: str):
+    from jaxprune import models
+
+    return models.get(_check_choice(name, "model", models.available()))
+
+
+def _load_checkpoint(path):
+    """(model, variables, checkpoint object) from a jaxprune checkpoint folder."""
+    from jaxprune import checkpoint as ckpt
+
+    c = ckpt.load(path)
+    return c.model, c.variables, c
+
+
+def _describe(model) -> str:
+    family = getattr(model, "family", type(model).__name__)
+    depth = getattr(model, "depth", None)
+    label = {"vgg": "VGG", "resnet_cifar": "ResNet", "resnet_imagenet": "ResNet"}.get(family, family)
+    return f"{label}-{depth}" if depth else label
+
+
+def _same_architecture(a, b) -> bool:
+    return getattr(a, "family", None) == getattr(b, "family", None) and getattr(a, "depth", None) == getattr(
+        b, "depth", None
+    )
+
+
+def report_text(
+    *,
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    input_size: int | None = None,
+    include_bn: bool = False,
+    exclude_projections: bool = False,
+    xla: bool = False,
+) -> str:
+    """The per-layer MAC and parameter table of a zoo model or of a checkpoint's model (paper.md §3 conventions).
+
+    Args:
+      model: A zoo model name (``resnet56``...); exactly one of `model` and `checkpoint`.
+      checkpoint: A jaxprune checkpoint folder.
+      input_size: Input height and width; default the model's own (32, or 224 for the ImageNet ResNets).
+      include_bn: List BatchNorm rows as well.
+      exclude_projections: Leave 1x1 projection convs out (the paper's ResNet-34 convention).
+      xla: Add XLA's FLOP count of the compiled inference forward (`jaxprune.xla_flops`; compiles the model).
+
+    Returns:
+      The table (`jaxprune.MacReport.format`), its totals and conventions.
+
+    Raises:
+      ValueError: neither or both of `model` and `checkpoint`, an unknown model (lists the valid ones), a bad input
+        size, or a folder that is not a jaxprune checkpoint.
+      FileNotFoundError: the checkpoint folder does not exist.
+    """
+    from jaxprune import models
+    from jaxprune.flops import XLA_CONVENTION, count_macs, xla_flops
+    from jaxprune.utils import abstract_variables
+
+    if (model is None) == (checkpoint is None):
+        raise ValueError("report needs exactly one of model= (a zoo name) and checkpoint= (a folder)")
+    if checkpoint is not None:
+        m, variables, _ = _load_checkpoint(checkpoint)
+        source = f"checkpoint {os.fspath(checkpoint)}"
+    else:
+        m, variables, source = _zoo_model(model), None, f"zoo model {model}"
+    shape = models.default_input_shape(m)
+    if input_size is not None:
+        shape = (1, _check_int(input_size, "input size", minimum=1), int(input_size), shape[-1])
+    rep = count_macs(m, shape, exclude_projections=exclude_projections)
+    lines = [f"{_describe(m)} ({source}), input {shape}", rep.format(include_bn=include_bn)]
+    if xla:
+        v = variables if variables is not None else abstract_variables(m, shape)
+        flops = xla_flops(m, v, shape)
+        lines.append(f"XLA flops: {flops:,.0f} ({flops / (2 * rep.macs):.3f} x 2*MACs); {XLA_CONVENTION}")
+    return "\n".join(lines)
+
+
+def prune_to_folder(
+    out: str | os.PathLike,
+    *,
+    model: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    preset: str | None = None,
+    prune_ratio: float | Mapping[str, float] | None = None,
+    strategy: str = "independent",
+    criterion: str = "l1",
+    round_to: int = 1,
+    skip: Sequence[str] = (),
+    seed: int = 0,
+) -> PruneOutcome:
+    """Prunes a model by a paper preset or by ratios and writes the result to a folder (paper §3, §4).
+
+    The weights are those of `checkpoint`, or seeded random weights (`jaxprune.random_variables`) of the zoo
+    `model`. The plan comes from `jaxprune.preset` or `jaxprune.make_plan`; `jaxprune.prune` slices the variables
+    (and a checkpoint's optimizer state); `jaxprune.count_macs` and `jaxprune.compare` count what was saved.
+
+    Files in `out`: ``plan.json`` (the plan), ``comparison.txt`` (per-layer MACs and params before -> after with the
+    convention) and the pruned checkpoint in ``checkpoint/`` (loadable with `jaxprune.checkpoint.load`, or
+    ``jaxprune report --checkpoint OUT/checkpoint``).
+
+    Args:
+      out: Output folder (created; must not be a file).
+      model: Zoo model name; needed without `checkpoint`, and with one it must name the checkpoint's architecture.
+      checkpoint: A jaxprune checkpoint folder whose weights are pruned.
+      preset: A paper preset (`jaxprune.presets.available`); exactly one of `preset` and `prune_ratio`.
+      prune_ratio: A float for every conv-filter group, or ``{stage or group: ratio}``.
+      strategy: ``independent`` or ``greedy``.
+      criterion: Filter criterion for ratio pruning (`jaxprune.CRITERIA`; presets use ``l1``).
+      round_to: Round kept widths to a multiple (8 helps XLA:CPU speed).
+      skip: Groups left unpruned (ratio pruning only).
+      seed: Seed of the random weights (and of the ``random`` criterion).
+
+    Returns:
+      A `PruneOutcome`; ``.text`` is what the CLI prints.
+
+    Raises:
+      ValueError: unknown model, preset, strategy, criterion or group (each lists the valid ones), neither or both
+        of `preset` and `prune_ratio`, a preset for another model, a bad ratio, or a folder that is not a jaxprune
+        checkpoint.
+      FileNotFoundError: the checkpoint folder does not exist.
+      FileExistsError: `out` exists and is a file.
+    """
+    import jax
+
+    from jaxprune.flops import compare, count_macs
+    from jaxprune.plan import PruningPlan
+    from jaxprune.presets import available as preset_names
+    from jaxprune.presets import preset as make_preset
+    from jaxprune.strategies import STRATEGIES, make_plan
+    from jaxprune.surgery import prune
+    from jaxprune.utils import random_variables
+
+    if (preset is None) == (prune_ratio is None):
+        raise ValueError("prune needs exactly one of preset= (a paper preset) and prune_ratio= (ratios)")
+    _check_choice(strategy, "strategy", STRATEGIES)
+    if preset is not None:
+        _check_choice(preset, "preset", tuple(preset_names()))
+    seed = _check_int(seed, "seed", minimum=0)
+    if model is None and checkpoint is None:
+        raise ValueError("prune needs model= (a zoo name) or checkpoint= (a folder)")
+    named = _zoo_model(model) if model is not None else None
+    folder = output_folder(out, what="--out")
+    ckpt = None
+    if checkpoint is not None:
+        m, variables, ckpt = _load_checkpoint(checkpoint)
+        if named is not None and not _same_architecture(named, m):
+            raise ValueError(
+                f"--model {model} does not match the checkpoint's model {_describe(m)} in {os.fspath(checkpoint)!r}"
+            )
+        source = f"checkpoint {os.fspath(checkpoint)}"
+    else:
+        m = named
+        variables = random_variables(m, seed=seed)
+        source = f"random weights (seed {seed})"
+
+    if preset is not None:
+        plan = make_preset(preset, m, variables, strategy=strategy, round_to=round_to)
+    else:
+        key = jax.random.key(seed) if criterion == "random" else None
+        plan = make_plan(
+            m,
+            variables,
+            prune_ratio=prune_ratio,
+            strategy=strategy,
+            criterion=criterion,
+            key=key,
+            skip=tuple(skip),
+            round_to=round_to,
+        )
+    plan = PruningPlan(keep=plan.keep, widths=plan.widths, meta={**plan.meta, "source": source})
+    new_m, new_v = prune(m, variables, plan)
+    shape = tuple(count_macs(m).input_shape)
+    before, after = count_macs(m, shape), count_macs(new_m, shape)
+
+    files = {"plan": folder / "plan.json", "comparison": folder / "comparison.txt", "checkpoint": folder / "checkpoint"}
+    plan.save(files["plan"])
+    how = f"preset {preset}" if preset is not None else f"ratios {plan.meta.get('prune_ratio')}"
+    table = compare(before, after)
+    _write_text(files["comparison"], f"{_describe(m)} pruned by {how} ({source})\n\n{plan.summary()}\n\n{table}")
+    _save_pruned(files["checkpoint"], m, variables, new_m, new_v, plan, ckpt)
+
+    text = (
+        f"{_describe(m)} pruned by {how}, strategy {strategy}, {source}\n\n{table}\n\n"
+        f"MACs {before.macs:,} -> {after.macs:,} ({_pct(before.macs, after.macs)} fewer); "
+        f"params {before.params:,} -> {after.params:,} ({_pct(before.params, after.params)} fewer)\n"
+        + "\n".join(f"wrote {p}" for p in files.values())
+    )
+    return PruneOutcome(
+        model=m, new_model=new_m, plan=plan, before=before, after=after, files=files, source=source, text=text
+    )
+
+
+def _save_pruned(path: Path, model, variables, new_model, new_variables, plan, ckpt) -> None:
+    """Writes the pruned model as a checkpoint (adapter over `jaxprune.checkpoint`)."""
+    from jaxprune import checkpoint as ckpt_mod
+
+    ckpt_mod.save(path, new_model, new_variables, plans=[plan])
