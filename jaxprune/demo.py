@@ -18,7 +18,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PruneOutcome", "output_folder", "parse_ratios", "prune_to_folder"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "PruneOutcome",
+    "checkpoint_file",
+    "output_folder",
+    "parse_ratios",
+    "prune_to_folder",
+    "report_text",
+]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -159,11 +167,46 @@ def _zoo_model(name: str):
     return models.get(_check_choice(name, "model", models.available()))
 
 
-def _load_checkpoint(path):
-    """(model, variables, checkpoint object) from a jaxprune checkpoint folder."""
-    from jaxprune import checkpoint as ckpt
+#: The file a CLI checkpoint folder holds (`jaxprune.checkpoint.save_checkpoint` format).
+CHECKPOINT_FILE = "checkpoint.ckpt"
 
-    c = ckpt.load(path)
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file of a checkpoint folder (one holding `CHECKPOINT_FILE`), or `path` itself if it is a file.
+
+    Args:
+      path: A folder written by ``jaxprune train``/``prune``/``finetune`` (or `run_demo`'s ``baseline``/``pruned``),
+        or a checkpoint file.
+
+    Returns:
+      The path of the checkpoint file (not yet validated: `jaxprune.load_checkpoint` checks its contents).
+
+    Raises:
+      TypeError: `path` is not a str or path.
+      FileNotFoundError: nothing exists at `path`.
+      ValueError: `path` is a folder without a checkpoint file (not a jaxprune checkpoint folder).
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"checkpoint must be a folder path, got {type(path).__name__}")
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint folder {str(p)!r} does not exist")
+    if p.is_dir():
+        f = p / CHECKPOINT_FILE
+        if not f.is_file():
+            raise ValueError(
+                f"{str(p)!r} is not a jaxprune checkpoint folder: it holds no {CHECKPOINT_FILE} "
+                "(write one with 'jaxprune train' or jaxprune.save_checkpoint)"
+            )
+        return f
+    return p
+
+
+def _load_checkpoint(path):
+    """(model, variables, Checkpoint) from a jaxprune checkpoint folder or file."""
+    from jaxprune.checkpoint import load_checkpoint
+
+    c = load_checkpoint(checkpoint_file(path))
     return c.model, c.variables, c
 
 
@@ -249,9 +292,10 @@ def prune_to_folder(
     `model`. The plan comes from `jaxprune.preset` or `jaxprune.make_plan`; `jaxprune.prune` slices the variables
     (and a checkpoint's optimizer state); `jaxprune.count_macs` and `jaxprune.compare` count what was saved.
 
-    Files in `out`: ``plan.json`` (the plan), ``comparison.txt`` (per-layer MACs and params before -> after with the
-    convention) and the pruned checkpoint in ``checkpoint/`` (loadable with `jaxprune.checkpoint.load`, or
-    ``jaxprune report --checkpoint OUT/checkpoint``).
+    Files in `out`, which becomes a checkpoint folder: `CHECKPOINT_FILE` (the pruned model and variables, its plan
+    history grown by this plan; `jaxprune.load_checkpoint` reads it, and ``jaxprune report/finetune --checkpoint OUT``
+    take the folder), ``plan.json`` (the plan) and ``comparison.txt`` (per-layer MACs and params before -> after,
+    with the convention).
 
     Args:
       out: Output folder (created; must not be a file).
@@ -327,12 +371,16 @@ def prune_to_folder(
     shape = tuple(count_macs(m).input_shape)
     before, after = count_macs(m, shape), count_macs(new_m, shape)
 
-    files = {"plan": folder / "plan.json", "comparison": folder / "comparison.txt", "checkpoint": folder / "checkpoint"}
+    files = {
+        "checkpoint": folder / CHECKPOINT_FILE,
+        "plan": folder / "plan.json",
+        "comparison": folder / "comparison.txt",
+    }
     plan.save(files["plan"])
     how = f"preset {preset}" if preset is not None else f"ratios {plan.meta.get('prune_ratio')}"
     table = compare(before, after)
     _write_text(files["comparison"], f"{_describe(m)} pruned by {how} ({source})\n\n{plan.summary()}\n\n{table}")
-    _save_pruned(files["checkpoint"], m, variables, new_m, new_v, plan, ckpt)
+    _save_pruned(folder, new_m, new_v, plan, ckpt, source)
 
     text = (
         f"{_describe(m)} pruned by {how}, strategy {strategy}, {source}\n\n{table}\n\n"
@@ -345,8 +393,14 @@ def prune_to_folder(
     )
 
 
-def _save_pruned(path: Path, model, variables, new_model, new_variables, plan, ckpt) -> None:
-    """Writes the pruned model as a checkpoint (adapter over `jaxprune.checkpoint`)."""
-    from jaxprune import checkpoint as ckpt_mod
+def _save_pruned(folder: Path, new_model, new_variables, plan, ckpt, source: str) -> Path:
+    """Writes the pruned model as a checkpoint folder; the plan history grows by `plan`."""
+    from jaxprune.checkpoint import save_checkpoint
 
-    ckpt_mod.save(path, new_model, new_variables, plans=[plan])
+    folder = output_folder(folder)
+    path = folder / CHECKPOINT_FILE
+    history = (*ckpt.plans, plan) if ckpt is not None else (plan,)
+    metadata = {**(ckpt.metadata if ckpt is not None else {}), "pruned_from": source}
+    # The optimizer state is not carried: the paper retrains pruned networks with a fresh optimizer (§4, lr 0.001).
+    save_checkpoint(path, new_model, new_variables, plans=history, metadata=metadata)
+    return path
