@@ -11,7 +11,17 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["AxisRef", "ChannelGroup", "GROUP_KINDS", "check_groups", "flatten_variables", "groups_by_name"]
+import numpy as np
+
+__all__ = [
+    "AxisRef",
+    "ChannelGroup",
+    "GROUP_KINDS",
+    "check_groups",
+    "flatten_variables",
+    "groups_by_name",
+    "kept_indices",
+]
 
 #: What a group is: the filters of a conv (`conv`), the hidden units of a dense layer (`fc`), or a residual
 #: stream tied by shortcuts (`stream`). A float `prune_ratio` reaches `conv` groups only (design.md §3).
@@ -28,11 +38,15 @@ class AxisRef:
       axis: The axis of that leaf that indexes the group's channels (negative values are not allowed).
       repeat: For a consumer after a channel-last flatten: the axis holds `repeat` consecutive blocks of the group's
         width (flat index = block * width + channel).
+      offset: None (the default) when the group owns the whole axis, whose length is then exactly
+        ``width * repeat``. An int when the axis holds several groups side by side (a consumer of a concatenation,
+        or a BN after one): the group's channels sit at ``[offset, offset + width * repeat)`` of the axis.
     """
 
     path: tuple[str, ...]
     axis: int
     repeat: int = 1
+    offset: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.path, tuple) or not self.path or not all(isinstance(p, str) for p in self.path):
@@ -41,6 +55,10 @@ class AxisRef:
             raise ValueError(f"AxisRef.axis must be an int >= 0, got {self.axis!r} for path {self.path}")
         if not isinstance(self.repeat, int) or isinstance(self.repeat, bool) or self.repeat < 1:
             raise ValueError(f"AxisRef.repeat must be an int >= 1, got {self.repeat!r} for path {self.path}")
+        if self.offset is not None and (
+            not isinstance(self.offset, int) or isinstance(self.offset, bool) or self.offset < 0
+        ):
+            raise ValueError(f"AxisRef.offset must be None or an int >= 0, got {self.offset!r} for path {self.path}")
 
     @property
     def name(self) -> str:
@@ -132,8 +150,9 @@ def groups_by_name(groups: Iterable[ChannelGroup]) -> dict[str, ChannelGroup]:
 def check_groups(groups: Sequence[ChannelGroup], variables: Mapping[str, Any]) -> None:
     """Proves a coupling declaration against real variables.
 
-    Checks that every path exists, every axis exists and has length ``width * repeat``, no leaf axis belongs to two
-    groups (or twice to one), and every prunable group's scored kernel is among its producers.
+    Checks that every path exists, every axis exists and has length ``width * repeat`` (for a ref with an `offset`:
+    holds ``[offset, offset + width * repeat)``), no channel of a leaf axis belongs to two groups (or twice to one),
+    and every prunable group's scored kernel is among its producers.
 
     Args:
       groups: The declaration, e.g. ``model.channel_groups()``.
@@ -151,7 +170,9 @@ def check_groups(groups: Sequence[ChannelGroup], variables: Mapping[str, Any]) -
       >>> check_groups(m.channel_groups(), v)
     """
     flat = flatten_variables(variables)
-    claimed: dict[tuple[tuple[str, ...], int], str] = {}
+    # (path, axis) -> [(start, stop, group name)]: an axis may hold several groups side by side (offsets), never
+    # two claims on the same channel.
+    claimed: dict[tuple[tuple[str, ...], int], list[tuple[int, int, str]]] = {}
     for g in groups_by_name(groups).values():
         for ref in g.axes:
             if ref.path not in flat:
@@ -166,14 +187,54 @@ def check_groups(groups: Sequence[ChannelGroup], variables: Mapping[str, Any]) -
             if ref.axis >= len(shape):
                 raise ValueError(f"group {g.name!r}: path {ref.name} has shape {shape}, no axis {ref.axis}")
             expected = g.width * ref.repeat
-            if shape[ref.axis] != expected:
-                raise ValueError(
-                    f"group {g.name!r}: path {ref.name} axis {ref.axis} has length {shape[ref.axis]}, expected "
-                    f"{expected} (width {g.width} x repeat {ref.repeat})"
-                )
+            if ref.offset is None:
+                if shape[ref.axis] != expected:
+                    raise ValueError(
+                        f"group {g.name!r}: path {ref.name} axis {ref.axis} has length {shape[ref.axis]}, expected "
+                        f"{expected} (width {g.width} x repeat {ref.repeat})"
+                    )
+                start, stop = 0, shape[ref.axis]
+            else:
+                start, stop = ref.offset, ref.offset + expected
+                if stop > shape[ref.axis]:
+                    raise ValueError(
+                        f"group {g.name!r}: path {ref.name} axis {ref.axis} has length {shape[ref.axis]}, too short "
+                        f"for channels [{start}, {stop}) (offset {ref.offset} + width {g.width} x repeat {ref.repeat})"
+                    )
             key = (ref.path, ref.axis)
-            if key in claimed:
-                raise ValueError(
-                    f"group {g.name!r}: path {ref.name} axis {ref.axis} is already claimed by group {claimed[key]!r}"
-                )
-            claimed[key] = g.name
+            for s0, s1, other in claimed.get(key, ()):
+                if start < s1 and s0 < stop:
+                    raise ValueError(
+                        f"group {g.name!r}: path {ref.name} axis {ref.axis} is already claimed by group {other!r} "
+                        f"(channels [{s0}, {s1}) overlap [{start}, {stop}))"
+                    )
+            claimed.setdefault(key, []).append((start, stop, g.name))
+
+
+def kept_indices(length: int, claims: Iterable[tuple[AxisRef, int, Sequence[int]]]) -> np.ndarray:
+    """The indices an axis keeps when one or more groups drop channels on it, computed on the original layout.
+
+    Several groups may share one axis side by side (`AxisRef.offset`); slicing them one after another would shift
+    the later offsets, so every drop is located on the original axis first and one index set is returned.
+
+    Args:
+      length: The axis length before pruning.
+      claims: ``(ref, group width, kept channel indices)`` for every group that prunes channels on this axis.
+
+    Returns:
+      Ascending int64 indices into the original axis.
+
+    Example:
+      >>> ref_a = AxisRef(("params", "fc", "kernel"), 0, offset=0)
+      >>> ref_b = AxisRef(("params", "fc", "kernel"), 0, offset=4)
+      >>> kept_indices(10, [(ref_a, 4, (0, 3)), (ref_b, 6, (1, 2, 5))]).tolist()
+      [0, 3, 5, 6, 9]
+    """
+    keep = np.ones(int(length), dtype=bool)
+    for ref, width, kept in claims:
+        dropped = np.ones(width, dtype=bool)
+        dropped[np.asarray(kept, dtype=np.int64)] = False
+        start = ref.offset or 0
+        span = np.tile(dropped, ref.repeat)
+        keep[start : start + span.size] &= ~span
+    return np.flatnonzero(keep).astype(np.int64)

@@ -131,6 +131,13 @@ def score_group(
 
 
 def _finish(group: ChannelGroup, scores: np.ndarray, criterion: str) -> np.ndarray:
+    ref = group.scored
+    if ref.offset is not None or ref.repeat > 1:
+        # The scored axis holds more than this group (a traced kernel split into groups, or `repeat` blocks per
+        # channel): keep the group's span and combine a channel's blocks (L1 adds; L2 adds squares).
+        start = ref.offset or 0
+        span = scores[start : start + group.width * ref.repeat].reshape(ref.repeat, group.width)
+        scores = np.sqrt(np.sum(span * span, axis=0)) if criterion == "l2" else np.sum(span, axis=0)
     if not np.all(np.isfinite(scores)):
         bad = np.flatnonzero(~np.isfinite(scores))
         raise ValueError(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxprune.groups import ChannelGroup, flatten_variables
+from jaxprune.groups import ChannelGroup, flatten_variables, kept_indices
 from jaxprune.models.base import is_prunable_model
 from jaxprune.plan import PruningPlan
 from jaxprune.scoring import CRITERIA, _check_criterion, expand_repeat, score_group, score_groups
@@ -268,12 +268,18 @@ def make_plan(
     for g in _dependency_order(groups):
         if g.name not in ratios:
             continue
-        input_keep = []
+        claims: dict[int, list] = {}
         for h_name, h_keep in decided.items():
             h = by_name[h_name]
             for ref in h.consumers:
                 if ref.path == g.scored.path and len(h_keep) < h.width:
-                    input_keep.append((ref.axis, expand_repeat(np.asarray(h_keep), h.width, ref.repeat)))
+                    claims.setdefault(ref.axis, []).append((ref, h.width, h_keep))
+        input_keep = []
+        for axis, cl in claims.items():
+            if len(cl) == 1 and cl[0][0].offset is None:
+                input_keep.append((axis, expand_repeat(np.asarray(cl[0][2]), cl[0][1], cl[0][0].repeat)))
+            else:  # several groups side by side on one input axis: one index set on the original layout
+                input_keep.append((axis, kept_indices(np.shape(flat[g.scored.path])[axis], cl)))
         if scores is not None:
             s = np.asarray(scores[g.name])
             if input_keep:

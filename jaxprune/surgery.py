@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from jaxprune.groups import ChannelGroup, check_groups, flatten_variables
+from jaxprune.groups import ChannelGroup, check_groups, flatten_variables, kept_indices
 from jaxprune.plan import PruningPlan
 from jaxprune.scoring import expand_repeat
 from jaxprune.strategies import _check_model
@@ -22,19 +22,30 @@ from jaxprune.utils import abstract_variables
 __all__ = ["prune", "prune_like_params", "slicing_ops"]
 
 
-def slicing_ops(model, plan: PruningPlan) -> dict[tuple[str, ...], list[tuple[int, np.ndarray]]]:
-    """For every leaf path a plan changes: the (axis, kept indices) takes to apply, in order.
+def slicing_ops(
+    model, plan: PruningPlan, *, shapes: Mapping[tuple[str, ...], tuple[int, ...]] | None = None
+) -> dict[tuple[str, ...], list[tuple[int, np.ndarray]]]:
+    """For every leaf path a plan changes: the (axis, kept indices) takes to apply, one per axis.
+
+    When several groups share one axis (refs with an `offset`, e.g. the consumer of a concatenation), the kept
+    indices of that axis are computed at once on the original layout (`jaxprune.groups.kept_indices`).
+
+    Args:
+      model: The model the plan was made for.
+      plan: The plan.
+      shapes: Leaf path -> shape; needed only when a planned group has a ref with an `offset` (its axis length is
+        not implied by the group's width).
 
     Raises:
       TypeError: `plan` is not a PruningPlan, or `model` lacks the protocol.
       ValueError: the plan names a group the model does not have or cannot prune, or its widths differ from the
-        model's (names the group, expected vs found).
+        model's (names the group, expected vs found); an offset ref whose leaf is not in `shapes`.
     """
     _check_model(model)
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan must be a jaxprune.PruningPlan, got {type(plan).__name__}")
     groups: dict[str, ChannelGroup] = {g.name: g for g in model.channel_groups()}
-    ops: dict[tuple[str, ...], list[tuple[int, np.ndarray]]] = {}
+    claims: dict[tuple[tuple[str, ...], int], list] = {}
     for name, keep in plan.keep.items():
         if name not in groups:
             valid = [n for n, g in groups.items() if g.prunable]
@@ -49,9 +60,21 @@ def slicing_ops(model, plan: PruningPlan) -> dict[tuple[str, ...], list[tuple[in
             )
         if len(keep) == g.width:
             continue
-        idx = np.asarray(keep, dtype=np.int64)
         for ref in g.axes:
-            ops.setdefault(ref.path, []).append((ref.axis, expand_repeat(idx, g.width, ref.repeat)))
+            claims.setdefault((ref.path, ref.axis), []).append((ref, g.width, keep))
+    ops: dict[tuple[str, ...], list[tuple[int, np.ndarray]]] = {}
+    for (path, axis), cl in claims.items():
+        if len(cl) == 1 and cl[0][0].offset is None:
+            ref, width, keep = cl[0]
+            idx = expand_repeat(np.asarray(keep, dtype=np.int64), width, ref.repeat)
+        else:
+            if shapes is None or path not in shapes:
+                raise ValueError(
+                    f"leaf {'/'.join(path)} axis {axis} holds several groups side by side; slicing it needs the "
+                    "variables' shapes (pass shapes=)"
+                )
+            idx = kept_indices(shapes[path][axis], cl)
+        ops.setdefault(path, []).append((axis, idx))
     return ops
 
 
@@ -127,9 +150,9 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
       >>> m2.widths[0], v2["params"]["conv2"]["kernel"].shape
       (32, (3, 3, 32, 64))
     """
-    ops = slicing_ops(model, plan)
-    check_groups(model.channel_groups(), variables)
     flat = flatten_variables(variables)
+    ops = slicing_ops(model, plan, shapes={p: np.shape(leaf) for p, leaf in flat.items()})
+    check_groups(model.channel_groups(), variables)
     _take_many(flat, ops)
     new_model = model.with_widths({n: len(k) for n, k in plan.keep.items() if len(k) < plan.widths[n]})
     return new_model, traverse_util.unflatten_dict(flat)
@@ -161,12 +184,14 @@ def prune_like_params(opt_state, model, plan: PruningPlan, *, params: Mapping[st
       ValueError: a non-scalar leaf whose path names no parameter or whose shape differs from it (never a silent
         pass-through of a leaf that might be stale).
     """
-    ops = slicing_ops(model, plan)
     if params is None:
-        params = abstract_variables(model)["params"]
+        # A traced model (`jaxprune.TracedModel`) knows its variables' shapes; a zoo model is evaluated abstractly.
+        own = getattr(model, "abstract_variables", None)
+        params = (own() if callable(own) else abstract_variables(model))["params"]
     elif isinstance(params, Mapping) and "params" in params and not any(k for k in params if k != "params"):
         params = params["params"]
     shapes = {path: tuple(leaf.shape) for path, leaf in flatten_variables(params).items()}
+    ops = slicing_ops(model, plan, shapes={("params", *p): s for p, s in shapes.items()})
 
     def visit(path, leaf):
         shape = tuple(np.shape(leaf))
