@@ -5,6 +5,7 @@ modules that need them (`jaxprune.train`, `jaxprune.viz`, `jaxprune.data`, the b
 """
 
 from jaxprune import models, presets
+from jaxprune.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_header, save_checkpoint
 from jaxprune.flops import MacReport, compare, cost_report, count_macs, xla_flops
 from jaxprune.groups import AxisRef, ChannelGroup, check_groups
 from jaxprune.masking import full_masks, mask_dropped, masked_forward, plan_masks
@@ -23,6 +24,7 @@ from jaxprune.sensitivity import (
 )
 from jaxprune.strategies import STRATEGIES, kept_count, make_plan, resolve_ratios, select_top
 from jaxprune.surgery import prune, prune_like_params
+from jaxprune.trace import TracedModel, describe_groups, format_groups, nnx_variables, trace_groups, trace_model
 from jaxprune.utils import abstract_variables, count_leaves, init_variables, random_variables
 
 __version__ = "0.1.0"
@@ -40,6 +42,7 @@ __all__ = [
     "STRATEGIES",
     "AxisRef",
     "ChannelGroup",
+    "Checkpoint",
     "MacReport",
     "PruningPlan",
     "__version__",
@@ -54,6 +57,7 @@ __all__ = [
     "init_variables",
     "kept_count",
     "l1_filter_norms",
+    "load_checkpoint",
     "make_plan",
     "mask_dropped",
     "masked_forward",
@@ -64,7 +68,15 @@ __all__ = [
     "prune",
     "prune_like_params",
     "random_variables",
+    "read_checkpoint_header",
     "resolve_ratios",
+    "save_checkpoint",
     "select_top",
     "xla_flops",
+    "TracedModel",
+    "describe_groups",
+    "format_groups",
+    "nnx_variables",
+    "trace_groups",
+    "trace_model",
 ]

@@ -1,0 +1,564 @@
+"""Checkpoints: one self-describing file holding a (possibly pruned) model, its variables and its training state.
+
+This module owns the checkpoint file format, its atomic writing and its validated loading. A checkpoint records the
+model configuration (`model.config()`, so a pruned model comes back at its reduced widths through
+`jaxprune.models.from_config` with no user code), the plan history that led to it, the variables, the optimizer state,
+the step and the PRNG key. It does not train (`jaxprune.train`), decide or slice anything, and it never pickles: the
+arrays are a `flax.serialization` msgpack payload and everything else is JSON.
+
+File layout (format version 1)::
+
+    JAXPRUNE-CHECKPOINT\\n                 magic line
+    {"format": "jaxprune.checkpoint", "version": 1, "model": {...}, "plans": [...], "step": ..., "rng": ...,
+     "variables": {leaf path: [shape, dtype]}, "payload": {"bytes": N, "sha256": ...}, ...}\\n   one line of JSON
+    <N bytes of msgpack>                  {"variables": ..., "opt_state": ...}
+
+`head -2` shows what a checkpoint holds. The payload's length and SHA-256 are checked before anything is decoded, so a
+truncated or corrupted file is an error, never a partial load. Writes go to a temporary file in the same folder that
+is `os.replace`-d over the target only once complete, so a crash mid-save leaves the previous checkpoint intact.
+
+Multi-host: `save_checkpoint` must be called by every process (it gathers arrays that are not fully addressable);
+only process 0 writes. `load_checkpoint` reads on every process and returns host-local arrays; place them with
+`jaxprune.train` (its `fit` replicates the state over the mesh).
+
+Optimizer states are optax pytrees of functions and arrays; only their arrays are stored. Give `load_checkpoint` the
+same optax transformation (`tx=`) to get the optimizer state back in its own structure, checked leaf by leaf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization, traverse_util
+
+from jaxprune import models as _models
+from jaxprune.plan import PruningPlan
+
+__all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
+    "Checkpoint",
+    "host_array",
+    "host_tree",
+    "load_checkpoint",
+    "read_checkpoint_header",
+    "restore_opt_state",
+    "save_checkpoint",
+]
+
+#: The format version this jaxprune writes and reads.
+CHECKPOINT_FORMAT_VERSION = 1
+_MAGIC = b"JAXPRUNE-CHECKPOINT\n"
+_FORMAT = "jaxprune.checkpoint"
+# The header is one JSON line; bounding how far we look for its end keeps a garbage file from being read whole.
+_MAX_HEADER_BYTES = 64 * 1024 * 1024
+_CHUNK = 1 << 20
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Host transfer (also used by jaxprune.train for pruning sharded state)
+# ----------------------------------------------------------------------------------------------------------------------
+def host_array(x) -> Any:
+    """One leaf as a host numpy array, whatever its sharding; non-array leaves are returned unchanged.
+
+    Fully addressable arrays are copied with `np.asarray`; a replicated array that spans several processes is read
+    from a local shard; any other multi-process array is gathered with
+    `jax.experimental.multihost_utils.process_allgather` (a collective: every process must call). Typed PRNG keys come
+    back as their raw key data (`jax.random.key_data`).
+    """
+    if isinstance(x, jax.Array):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    return x
+
+
+def host_tree(tree) -> Any:
+    """`host_array` over every leaf of a pytree (same structure)."""
+    return jax.tree_util.tree_map(host_array, tree)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loaded object
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """What `load_checkpoint` returns.
+
+    Attributes:
+      model: The model rebuilt from the stored config (at its stored, possibly pruned, widths).
+      variables: ``{"params": ..., "batch_stats": ...}`` as jax arrays, shapes checked against `model`.
+      opt_state: The optimizer state restored into the structure of the `tx` given to `load_checkpoint`, or None
+        when no `tx` was given or none was saved.
+      raw_opt_state: The stored optimizer state as nested dicts of arrays (`flax.serialization.to_state_dict`
+        form), or None when none was saved.
+      step: The training step.
+      rng: The PRNG key (a typed key array), or None when none was saved.
+      plans: The plan history, oldest first (each plan applies to the model the previous one produced).
+      metadata: The free-form JSON metadata given to `save_checkpoint`.
+      header: The whole JSON header as read.
+      tx: The optax transformation given to `load_checkpoint`, if any.
+    """
+
+    model: Any
+    variables: dict[str, Any]
+    opt_state: Any
+    raw_opt_state: Any
+    step: int
+    rng: Any
+    plans: tuple[PruningPlan, ...]
+    metadata: dict[str, Any]
+    header: dict[str, Any]
+    tx: Any = None
+
+    def train_state(self, tx=None):
+        """A `jaxprune.train.TrainState` continuing exactly where the saved one stopped.
+
+        Args:
+          tx: The optax transformation the state was trained with (same structure as when saved). Defaults to the
+            `tx` given to `load_checkpoint`.
+
+        Returns:
+          A `TrainState` with this checkpoint's model, variables, optimizer state, step and PRNG key.
+
+        Raises:
+          ValueError: no `tx` given here or at load time, no optimizer state saved, or a saved state that does not
+            fit `tx` (names the first differing leaf).
+        """
+        from jaxprune.train import TrainState  # optax lives there; only imported when a train state is wanted
+
+        tx = self.tx if tx is None else tx
+        if tx is None:
+            raise ValueError("train_state needs the optax transformation the state was trained with: pass tx=")
+        if self.raw_opt_state is None:
+            raise ValueError("this checkpoint holds no optimizer state; build a new state with TrainState.create")
+        opt_state = self.opt_state if (self.opt_state is not None and tx is self.tx) else None
+        if opt_state is None:
+            opt_state = restore_opt_state(self.raw_opt_state, tx, self.variables["params"])
+        rng = self.rng if self.rng is not None else jax.random.key(0)
+        return TrainState(
+            params=self.variables["params"],
+            batch_stats=self.variables.get("batch_stats", {}),
+            opt_state=opt_state,
+            step=jnp.asarray(self.step, jnp.int32),
+            rng=rng,
+            model=self.model,
+            tx=tx,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------------------------------
+def _is_train_state(obj) -> bool:
+    return all(hasattr(obj, a) for a in ("model", "params", "batch_stats", "opt_state", "step", "rng"))
+
+
+def _plain_dict(tree):
+    if isinstance(tree, Mapping):
+        return {str(k): _plain_dict(v) for k, v in tree.items()}
+    return tree
+
+
+def _leaf_table(variables: Mapping[str, Any]) -> dict[str, list]:
+    flat = traverse_util.flatten_dict(_plain_dict(variables))
+    return {"/".join(p): [list(np.shape(v)), np.asarray(v).dtype.name] for p, v in sorted(flat.items())}
+
+
+def _rng_header(rng) -> dict[str, Any] | None:
+    if rng is None:
+        return None
+    if isinstance(rng, jax.Array) and jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return {"impl": str(jax.random.key_impl(rng)), "data": host_array(rng).tolist()}
+    arr = np.asarray(host_array(rng))
+    if arr.dtype != np.uint32:
+        raise TypeError(f"rng must be a typed PRNG key or raw uint32 key data, got dtype {arr.dtype}")
+    return {"impl": None, "data": arr.tolist()}
+
+
+def _write_chunks(f, data: bytes) -> None:
+    """Writes `data` in chunks (the step a crash can interrupt; tests make it raise midway)."""
+    view = memoryview(data)
+    for start in range(0, len(view), _CHUNK):
+        f.write(view[start : start + _CHUNK])
+
+
+def _atomic_write_bytes(path: str, parts: Sequence[bytes]) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                _write_chunks(f, part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model_or_state,
+    variables: Mapping[str, Any] | None = None,
+    *,
+    opt_state=None,
+    step: int | None = None,
+    rng=None,
+    plans: Sequence[PruningPlan] = (),
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Writes a checkpoint atomically: a crash at any point leaves the previous file at `path` intact.
+
+    Either pass a train state (anything with `model`, `params`, `batch_stats`, `opt_state`, `step`, `rng`, such as
+    `jaxprune.train.TrainState`) alone, or a model and its variables with the optional keyword parts.
+
+    Args:
+      path: The file to write (its folder must exist). Conventionally ``*.ckpt``.
+      model_or_state: A zoo model (anything with `config()` that `jaxprune.models.from_config` rebuilds), or a train
+        state.
+      variables: ``{"params": ..., "batch_stats": ...}`` when a model is given; must be None with a train state.
+      opt_state: An optax state to store (model form only).
+      step: The training step (model form only; default 0).
+      rng: A PRNG key, typed or raw uint32 (model form only).
+      plans: The plan history that produced the model, oldest first (paper §3: the record of what was pruned).
+      metadata: Free-form JSON-serializable information (accuracies, command line...).
+
+    Raises:
+      TypeError: a model without `config()`, a non-mapping `variables`, keyword parts given with a train state,
+        plans that are not `PruningPlan`s, or metadata that is not JSON-serializable.
+      ValueError: variables that do not match the model (names the leaf, expected vs found shape), or a plan history
+        whose last plan does not end at the model's widths.
+      FileNotFoundError: the folder of `path` does not exist.
+
+    Example:
+      >>> import jaxprune as jp, tempfile, os
+      >>> m = jp.models.resnet20()
+      >>> v = jp.random_variables(m)
+      >>> m2, v2 = jp.prune(m, v, jp.make_plan(m, v, prune_ratio={"stage1": 0.5}))
+      >>> path = os.path.join(tempfile.mkdtemp(), "pruned.ckpt")
+      >>> jp.save_checkpoint(path, m2, v2)
+      >>> jp.load_checkpoint(path).model.widths[:3]
+      (8, 8, 8)
+    """
+    if _is_train_state(model_or_state):
+        if variables is not None or opt_state is not None or step is not None or rng is not None:
+            raise TypeError(
+                "save_checkpoint got a train state and also variables/opt_state/step/rng; a train state carries "
+                "those itself, pass it alone"
+            )
+        state = model_or_state
+        model = state.model
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        opt_state, step, rng = state.opt_state, state.step, state.rng
+    else:
+        model = model_or_state
+        if not isinstance(variables, Mapping):
+            raise TypeError(
+                f"save_checkpoint needs the model's variables as a mapping ('params', 'batch_stats'), got "
+                f"{type(variables).__name__}"
+            )
+    if not callable(getattr(model, "config", None)):
+        raise TypeError(
+            f"{type(model).__name__} has no config(); checkpoints store zoo models (jaxprune.models), which rebuild "
+            "from their config"
+        )
+    step = 0 if step is None else int(host_array(step))
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    plans = tuple(plans)
+    for i, p in enumerate(plans):
+        if not isinstance(p, PruningPlan):
+            raise TypeError(f"plans[{i}] must be a jaxprune.PruningPlan, got {type(p).__name__}")
+    config = model.config()
+    rebuilt = _models.from_config(config)
+    host_vars = {str(k): host_tree(_plain_dict(v)) for k, v in variables.items()}
+    _check_variables(rebuilt, host_vars, what="variables to save")
+    _check_plan_history(rebuilt, plans)
+
+    body = {"variables": serialization.to_state_dict(host_vars)}
+    if opt_state is not None:
+        body["opt_state"] = serialization.to_state_dict(host_tree(opt_state))
+    payload = serialization.msgpack_serialize(body)
+    header = {
+        "format": _FORMAT,
+        "version": CHECKPOINT_FORMAT_VERSION,
+        "model": config,
+        "plans": [p.to_dict() for p in plans],
+        "step": step,
+        "rng": _rng_header(rng),
+        "has_opt_state": opt_state is not None,
+        "variables": _leaf_table(host_vars),
+        "metadata": dict(metadata or {}),
+        "payload": {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
+    }
+    try:
+        header_bytes = json.dumps(header, sort_keys=True).encode("utf-8") + b"\n"
+    except TypeError as e:
+        raise TypeError(f"checkpoint metadata must be JSON-serializable: {e}") from e
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write checkpoint {path}: folder {folder} does not exist")
+    if jax.process_index() != 0:  # every process gathered above; one writes
+        return
+    _atomic_write_bytes(path, (_MAGIC, header_bytes, payload))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------------
+def _read_header(f, path: str) -> tuple[dict[str, Any], int]:
+    magic = f.read(len(_MAGIC))
+    if magic != _MAGIC:
+        raise ValueError(f"{path} is not a jaxprune checkpoint (it does not start with {_MAGIC!r})")
+    line = f.readline(_MAX_HEADER_BYTES)
+    if not line.endswith(b"\n"):
+        raise ValueError(f"checkpoint {path} is truncated or corrupted: its JSON header line never ends")
+    try:
+        header = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"checkpoint {path} is corrupted: its JSON header does not parse ({e})") from e
+    if not isinstance(header, dict) or header.get("format") != _FORMAT:
+        raise ValueError(f"checkpoint {path} is corrupted: its header is not a {_FORMAT!r} header")
+    version = header.get("version")
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} has format version {version!r}; this jaxprune reads version "
+            f"{CHECKPOINT_FORMAT_VERSION} (a newer jaxprune wrote it, or the file is damaged)"
+        )
+    for key in ("model", "plans", "step", "rng", "has_opt_state", "variables", "metadata", "payload"):
+        if key not in header:
+            raise ValueError(f"checkpoint {path} is corrupted: its header has no {key!r} entry")
+    return header, len(_MAGIC) + len(line)
+
+
+def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a checkpoint (model config, plans, step, leaf shapes, metadata) without reading the arrays.
+
+    Raises:
+      FileNotFoundError: no file at `path`.
+      ValueError: not a jaxprune checkpoint, an unparsable header, or an unknown format version.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        header, _ = _read_header(f, path)
+    return header
+
+
+def _config_diff(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    out = []
+    for key in sorted(set(stored) | set(expected)):
+        a, b = stored.get(key, "<absent>"), expected.get(key, "<absent>")
+        if a == b:
+            continue
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            diffs = [
+                f"{key}[{i}]: checkpoint {x}, expected {y}" for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y
+            ]
+            out.append("; ".join(diffs[:6]) + (f"; ... ({len(diffs)} entries differ)" if len(diffs) > 6 else ""))
+        else:
+            out.append(f"{key}: checkpoint {a!r}, expected {b!r}")
+    return out
+
+
+def _check_variables(model, variables: Mapping[str, Any], *, what: str) -> None:
+    from jaxprune.utils import abstract_variables
+
+    expected = traverse_util.flatten_dict(abstract_variables(model))
+    found = traverse_util.flatten_dict(_plain_dict(variables)) if variables else {}
+    missing = sorted("/".join(p) for p in set(expected) - set(found))
+    extra = sorted("/".join(p) for p in set(found) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{what} do not match the model {_model_name(model)}: missing leaves {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected leaves {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+        )
+    for p in sorted(expected):
+        want, got = tuple(expected[p].shape), tuple(np.shape(found[p]))
+        if want != got:
+            raise ValueError(
+                f"{what} do not match the model {_model_name(model)}: leaf {'/'.join(p)} has shape {got}, the "
+                f"model's widths need {want}"
+            )
+        want_dt, got_dt = np.dtype(expected[p].dtype), np.asarray(found[p]).dtype
+        if want_dt != got_dt:
+            raise ValueError(f"{what}: leaf {'/'.join(p)} has dtype {got_dt}, the model needs {want_dt}")
+
+
+def _model_name(model) -> str:
+    cfg = model.config()
+    depth = cfg.get("depth")
+    return f"{cfg.get('family')}{'-' + str(depth) if depth else ''}"
+
+
+def _check_plan_history(model, plans: Sequence[PruningPlan]) -> None:
+    if not plans:
+        return
+    widths = model.group_widths() if callable(getattr(model, "group_widths", None)) else {}
+    for name, kept in plans[-1].new_widths.items():
+        if name not in widths:
+            raise ValueError(f"the last plan names group {name!r}, which the model does not have")
+        if widths[name] != kept:
+            raise ValueError(
+                f"the plan history does not end at the model's widths: the last plan leaves group {name!r} with "
+                f"{kept} filters, the model has {widths[name]}"
+            )
+
+
+def restore_opt_state(raw, tx, params):
+    """Rebuilds an optax state of `tx`'s structure from its stored state-dict form, checking every leaf's shape.
+
+    Raises:
+      ValueError: the stored state's structure or a leaf's shape differs from what `tx.init(params)` gives.
+    """
+    if not callable(getattr(tx, "init", None)):
+        raise TypeError(f"tx must be an optax GradientTransformation, got {type(tx).__name__}")
+    target = jax.eval_shape(tx.init, params)
+    try:
+        restored = serialization.from_state_dict(target, raw)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"the checkpoint's optimizer state does not fit the given tx (different optimizer or chain?): {e}"
+        ) from e
+    want = jax.tree_util.tree_leaves_with_path(target)
+    got = jax.tree_util.tree_leaves(restored)
+    if len(want) != len(got):
+        raise ValueError(
+            f"the checkpoint's optimizer state has {len(got)} arrays, the given tx needs {len(want)} (different "
+            "optimizer?)"
+        )
+    leaves = []
+    for (p, w), g in zip(want, got, strict=True):
+        g = np.asarray(g)
+        if tuple(w.shape) != g.shape:
+            raise ValueError(
+                f"optimizer-state leaf {jax.tree_util.keystr(p)} has shape {g.shape} in the checkpoint, the given tx "
+                f"and params need {tuple(w.shape)}"
+            )
+        leaves.append(jnp.asarray(g, dtype=w.dtype))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
+
+
+def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoint:
+    """Loads a checkpoint into the model its config describes: a pruned one comes back at its reduced widths.
+
+    Everything is checked before anything is returned: magic, format version, payload length and SHA-256, the model
+    config, every variable's shape and dtype against the rebuilt model, the plan history against its widths, and (with
+    `tx`) the optimizer state against `tx.init(params)`. Any failure raises; nothing is half loaded.
+
+    Args:
+      path: A file written by `save_checkpoint`.
+      model: If given, the model the caller expects; a checkpoint of another family, depth, number of classes or other
+        widths is an error that lists each difference.
+      tx: The optax transformation the optimizer state belongs to; with it `Checkpoint.opt_state` is that state.
+
+    Returns:
+      A `Checkpoint`.
+
+    Raises:
+      FileNotFoundError: no file at `path`.
+      ValueError: not a checkpoint, truncated or corrupted (length or checksum), an unknown format version, a config
+        that rebuilds no model, a model other than `model` (lists the differences), variables or an optimizer state
+        that do not match (names the leaf and both shapes).
+
+    Example:
+      >>> ckpt = load_checkpoint("pruned.ckpt")  # doctest: +SKIP
+      >>> logits = ckpt.model.apply(ckpt.variables, x, train=False)  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        header, offset = _read_header(f, path)
+        info = header["payload"]
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("bytes"), int)
+            or not isinstance(info.get("sha256"), str)
+        ):
+            raise ValueError(f"checkpoint {path} is corrupted: its header's payload entry is malformed")
+        payload = f.read(info["bytes"] + 1)
+    if len(payload) != info["bytes"]:
+        raise ValueError(
+            f"checkpoint {path} is truncated or has trailing bytes: the payload is {len(payload)} bytes after the "
+            f"header ({offset} bytes), the header says {info['bytes']}"
+        )
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != info["sha256"]:
+        raise ValueError(f"checkpoint {path} is corrupted: payload SHA-256 {digest} differs from the header's")
+    try:
+        body = serialization.msgpack_restore(payload)
+    except Exception as e:  # a valid checksum makes this very unlikely; any decoder error means a bad file
+        raise ValueError(
+            f"checkpoint {path} is corrupted: its payload does not decode ({type(e).__name__}: {e})"
+        ) from e
+    if not isinstance(body, dict) or "variables" not in body:
+        raise ValueError(f"checkpoint {path} is corrupted: its payload holds no variables")
+
+    try:
+        stored_model = _models.from_config(header["model"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"checkpoint {path} stores a model config that builds no model: {e}") from e
+    if model is not None:
+        if not callable(getattr(model, "config", None)):
+            raise TypeError(f"model must be a zoo model with config(), got {type(model).__name__}")
+        diff = _config_diff(stored_model.config(), model.config())
+        if diff:
+            raise ValueError(f"checkpoint {path} holds a different model than expected: " + "; ".join(diff))
+
+    variables = _plain_dict(body["variables"])
+    _check_variables(stored_model, variables, what=f"variables in checkpoint {path}")
+    variables = jax.tree_util.tree_map(jnp.asarray, variables)
+
+    try:
+        plans = tuple(PruningPlan.from_dict(p) for p in header["plans"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"checkpoint {path} has a malformed plan history: {e}") from e
+    _check_plan_history(stored_model, plans)
+
+    raw_opt = body.get("opt_state")
+    if header["has_opt_state"] != (raw_opt is not None):
+        raise ValueError(f"checkpoint {path} is corrupted: header and payload disagree on the optimizer state")
+    opt_state = None
+    if tx is not None and raw_opt is not None:
+        opt_state = restore_opt_state(raw_opt, tx, variables["params"])
+
+    rng = None
+    if header["rng"] is not None:
+        data = np.asarray(header["rng"]["data"], np.uint32)
+        impl = header["rng"].get("impl")
+        rng = jax.random.wrap_key_data(data, impl=impl) if impl else jnp.asarray(data)
+
+    step = header["step"]
+    if not isinstance(step, int) or step < 0:
+        raise ValueError(f"checkpoint {path} is corrupted: step {step!r} is not an int >= 0")
+    return Checkpoint(
+        model=stored_model,
+        variables=variables,
+        opt_state=opt_state,
+        raw_opt_state=raw_opt,
+        step=step,
+        rng=rng,
+        plans=plans,
+        metadata=dict(header["metadata"]),
+        header=header,
+        tx=tx,
+    )
