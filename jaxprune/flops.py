@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,13 +27,34 @@ from jaxprune.models import VGG, CifarResNet, ImageNetResNet, default_input_shap
 from jaxprune.models.base import is_prunable_model
 from jaxprune.models.layers import Conv
 
-__all__ = ["CostReport", "MacReport", "MacRow", "compare", "cost_report", "count_macs", "xla_flops"]
+__all__ = [
+    "CostReport",
+    "MacReport",
+    "MacRow",
+    "WidthAlignmentWarning",
+    "compare",
+    "cost_report",
+    "count_macs",
+    "xla_flops",
+]
 
 #: Row kinds: conv and dense rows carry MACs; bn rows carry BN scale/bias; other = params of unrecognised modules.
 ROW_KINDS = ("conv", "dense", "bn", "other")
 
 #: Words in a 1x1 conv's module name that mark it as a projection shortcut (the zoo uses ``stage{s}_block1_shortcut``).
 PROJECTION_WORDS = ("shortcut", "proj", "downsample")
+
+#: `cost_report` warns (`WidthAlignmentWarning`) when a pruned width is not a multiple of this (perf-notes.md, 2).
+WIDTH_MULTIPLE = 8
+
+
+class WidthAlignmentWarning(UserWarning):
+    """A pruned width that is not a multiple of 8 (issued by `cost_report`).
+
+    On XLA:CPU such widths can make the pruned model no faster, or slower, than the original: ResNet-56-B's 6/22/57
+    ran x1.05-1.07 of ResNet-56 (perf-notes.md, surprise 2). Prune with ``round_to=8``.
+    """
+
 
 MAC_CONVENTION = (
     "MACs = conv + dense multiply-accumulates (the paper's 'FLOP', 1 per MAC; BN, ReLU, pooling and residual adds "
@@ -465,10 +487,17 @@ def xla_flops(model, variables: Mapping[str, Any], input_shape: Sequence[int] | 
     Convention (perf-notes.md, surprise 4): 2 FLOPs per MAC over in-bounds kernel taps only (zero padding is
     skipped), plus BN (about 3 per element), ReLU, pooling and bias adds. For VGG-16 on the plain `lax.conv` path it
     is about 0.79 x 2 * `count_macs(...).macs`, so a saving measured here differs from the paper's (e.g. 30.0 % vs
-    34.2 % for VGG-16-A). The zoo models' ``conv_impl="auto"`` computes convs with <= 2x2 outputs on CPU as
-    im2col + matmul, which multiplies the zero-padded taps too and so raises the figure; compare on
-    ``model.clone(conv_impl="lax")`` for the plain path. Results are cached per model configuration, variable
-    shapes and input shape (the compile takes about a second for VGG-16).
+    34.2 % for VGG-16-A).
+
+    The figure is that of the computation XLA actually compiles, so it depends on the conv path
+    (`jaxprune.models.layers`): on CPU the zoo models' ``conv_impl="auto"`` computes convs with <= 2x2 outputs and
+    3x3 first layers over RGB as im2col + matmul, which multiplies the zero-padded taps too (a 3x3 conv at a 2x2
+    output: 9 taps per pixel in the matmul against 4 in bounds, so conv11-13 of VGG-16 count 2.25x their in-bounds
+    work), and computes some widths (56, 57, 120...) with zero filters up to a multiple of 16, which are counted too.
+    So ``auto`` gives a higher figure than the plain path, and a pruned model's XLA saving can differ between paths;
+    compare on ``model.clone(conv_impl="lax")`` for XLA's in-bounds convention. `count_macs` does not depend on the
+    path. Results are cached per model configuration, variable shapes and input shape (the compile takes about a
+    second for VGG-16).
 
     Args:
       model: A model with the prunable-model protocol, applied as ``model.apply(variables, x, train=False)``.
@@ -520,6 +549,7 @@ class CostReport:
       xla_before: `xla_flops` of the original model.
       xla_after: `xla_flops` of the pruned model.
       conv_impl: The models' conv path, which shapes the XLA figure.
+      unaligned: Pruned groups whose new width is not a multiple of 8, name -> width (see `WidthAlignmentWarning`).
     """
 
     before: MacReport
@@ -527,6 +557,7 @@ class CostReport:
     xla_before: float
     xla_after: float
     conv_impl: str = ""
+    unaligned: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def ratio_before(self) -> float:
@@ -556,7 +587,10 @@ class CostReport:
             ),
         ]
         impl = f" (conv_impl={self.conv_impl!r})" if self.conv_impl else ""
-        return f"{_table(rows, right=range(1, 4))}\nanalytic: {b.convention}\nXLA{impl}: {XLA_CONVENTION}"
+        out = f"{_table(rows, right=range(1, 4))}\nanalytic: {b.convention}\nXLA{impl}: {XLA_CONVENTION}"
+        if self.unaligned:
+            out += f"\nwarning: {_unaligned_message(self.unaligned)}"
+        return out
 
     def __str__(self) -> str:
         return self.format()
@@ -586,10 +620,33 @@ def cost_report(
 
     Raises:
       TypeError, ValueError: as `count_macs` and `xla_flops`.
+
+    Warns:
+      WidthAlignmentWarning: a group that pruning changed has a width that is not a multiple of 8 (the message names
+        the groups and widths and suggests ``round_to=8``; `CostReport.unaligned` lists them too).
     """
     before = count_macs(model, input_shape, exclude_projections=exclude_projections)
     after = count_macs(new_model, before.input_shape, exclude_projections=exclude_projections)
     xb = xla_flops(model, variables, before.input_shape)
     xa = xla_flops(new_model, new_variables, before.input_shape)
     impl = getattr(model, "conv_impl", "")
-    return CostReport(before=before, after=after, xla_before=xb, xla_after=xa, conv_impl=impl)
+    unaligned = _unaligned_widths(model, new_model)
+    if unaligned:
+        warnings.warn(_unaligned_message(unaligned), WidthAlignmentWarning, stacklevel=2)
+    return CostReport(before=before, after=after, xla_before=xb, xla_after=xa, conv_impl=impl, unaligned=unaligned)
+
+
+def _unaligned_widths(model, new_model) -> dict[str, int]:
+    """Groups whose width pruning changed to one that is not a multiple of `WIDTH_MULTIPLE`, in forward order."""
+    old, new = model.group_widths(), new_model.group_widths()
+    return {g: w for g, w in new.items() if w != old.get(g) and w % WIDTH_MULTIPLE}
+
+
+def _unaligned_message(unaligned: Mapping[str, int]) -> str:
+    items = list(unaligned.items())
+    shown = ", ".join(f"{g} = {w}" for g, w in items[:6]) + (f" and {len(items) - 6} more" if len(items) > 6 else "")
+    return (
+        f"{len(items)} pruned width(s) not a multiple of {WIDTH_MULTIPLE} ({shown}): on XLA:CPU such widths can make "
+        f"the pruned model no faster than the original; prune with round_to={WIDTH_MULTIPLE} (e.g. "
+        f"jaxprune.preset(name, model, variables, round_to={WIDTH_MULTIPLE}))"
+    )

@@ -135,7 +135,9 @@ def _brute_force(model, shape):
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
     params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables["params"]))
-    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    # The plain lax path: conv_impl="auto" may compute a width with zero filters up to a multiple of 16 (layers.py).
+    plain = model.clone(conv_impl="lax") if hasattr(model, "conv_impl") else model
+    jaxpr = jax.make_jaxpr(lambda v, x: plain.apply(v, x, train=False))(variables, x)
     return _jaxpr_macs(jaxpr.jaxpr), params
 
 
