@@ -540,7 +540,7 @@ def sensitivity(
     scores: Mapping[str, np.ndarray] | None = None,
     activation_data=None,
     batch_size: int | None = None,
-    chunk: int = 4,
+    chunk: int | None = None,
     round_to: int = 1,
     min_keep: int = 1,
 ) -> SensitivityResult:
@@ -583,7 +583,9 @@ def sensitivity(
       scores: Precomputed scores ``{group: array[width]}`` instead of a criterion.
       activation_data: Images (or ``(x, y)``) for the activation criteria; the paper uses training images.
       batch_size: Fast path: examples per forward pass; None evaluates all of ``x`` at once.
-      chunk: Fast path: masks evaluated per call (vmapped); larger chunks cut dispatch, cost memory.
+      chunk: Fast path: masks evaluated per call (vmapped). None picks 1 on CPU, where a larger batch does not run
+        faster per image (measured: ResNet-56 and VGG-16 at batch 32, chunk 8 costs 1.7-2x more per point), and
+        8 on accelerators, where it cuts dispatch and fills the device.
       round_to: Kept-count rounding, as `make_plan`.
       min_keep: Minimum kept count, as `make_plan`.
 
@@ -614,7 +616,7 @@ def sensitivity(
     ratios = _check_ratios(ratios)
     round_to = _check_positive_int(round_to, "round_to")
     min_keep = _check_positive_int(min_keep, "min_keep")
-    chunk = _check_positive_int(chunk, "chunk")
+    chunk = (1 if jax.default_backend() == "cpu" else 8) if chunk is None else _check_positive_int(chunk, "chunk")
     if evaluate is not None and not callable(evaluate):
         raise TypeError(f"evaluate must be a callable(model, variables) -> float, got {type(evaluate).__name__}")
     if evaluate is None and data is None:
@@ -945,10 +947,10 @@ def _units(sens: SensitivityResult, by: str) -> list[tuple[str, list[str]]]:
 class _Counter:
     """Exact MACs and params of any width configuration of the scanned groups, from one `count_macs` report.
 
-    Every conv or dense row costs in_width x out_width x a constant (MACs and kernel weights), its bias and a BN row
-    scale with out_width, and no layer reads and writes the same group; so scaling each row's figures by the
-    widths of the groups on its kernel's input and output axes is exact. `suggest_ratios` checks its final answer
-    against a direct `count_macs` call.
+    A conv or dense row costs in_dim x out_dim x a constant (MACs and kernel weights), its bias and a BN row scale
+    with out_dim, and an axis's length is its unscanned channels plus ``width x repeat`` of every scanned group on it
+    (several groups may sit side by side, `AxisRef.offset`). No layer reads and writes the same group, so rescaling
+    each row is exact; `suggest_ratios` still checks its final answer against a direct `count_macs` call.
     """
 
     def __init__(self, model, input_shape, groups: Sequence[str]):
@@ -960,44 +962,45 @@ class _Counter:
         self.width = {g: by_name[g].width for g in groups}
         report = count_macs(model, input_shape)
         self.base = (int(report.macs), int(report.params))
-        # (module path, leaf) -> [(group, axis)] for the scanned groups.
-        where: dict[tuple[str, ...], list[tuple[str, int]]] = {}
+        # (module path..., leaf) -> {axis: [(group, repeat)]} for the scanned groups.
+        where: dict[tuple[str, ...], dict[int, list[tuple[str, int]]]] = {}
         for g in groups:
             for ref in by_name[g].axes:
                 if ref.path[0] == "params":
-                    where.setdefault(ref.path[1:], []).append((g, ref.axis))
-        # Each term: (macs, params, group on the input axis or None, group on the output axis or None).
-        self.terms: list[tuple[int, int, str | None, str | None]] = []
+                    where.setdefault(ref.path[1:], {}).setdefault(ref.axis, []).append((g, ref.repeat))
+        # Each term: (macs, params, input-axis spec, output-axis spec); a spec is (length, [(group, repeat)]) or None.
+        self.terms: list[tuple[int, int, Any, Any]] = []
         for r in report.rows:
             module = tuple(r.name.split("/"))
             if r.kind in ("conv", "dense"):
                 out_axis = 3 if r.kind == "conv" else 1
-                kern = dict((a, g) for g, a in where.get((*module, "kernel"), ()))
-                g_in, g_out = kern.get(out_axis - 1), kern.get(out_axis)
-                self.terms.append((int(r.macs), int(r.weights), g_in, g_out))
-                self.terms.append((0, int(r.params - r.weights), None, g_out))  # bias
+                axes = where.get((*module, "kernel"), {})
+                spec_in = (int(r.in_width), axes[out_axis - 1]) if out_axis - 1 in axes else None
+                spec_out = (int(r.out_width), axes[out_axis]) if out_axis in axes else None
+                self.terms.append((int(r.macs), int(r.weights), spec_in, spec_out))
+                self.terms.append((0, int(r.params - r.weights), None, spec_out))  # bias
             elif r.kind == "bn":
-                scale = dict((a, g) for g, a in where.get((*module, "scale"), ()))
-                self.terms.append((0, int(r.params), None, scale.get(0)))
+                axes = where.get((*module, "scale"), {})
+                self.terms.append((0, int(r.params), None, (int(r.out_width), axes[0]) if 0 in axes else None))
             else:
                 self.terms.append((0, int(r.params), None, None))
 
+    def _dim(self, spec, widths: Mapping[str, int]) -> tuple[int, int]:
+        if spec is None:
+            return 1, 1
+        length, members = spec
+        new = length + sum((widths.get(g, self.width[g]) - self.width[g]) * rep for g, rep in members)
+        return new, length
+
     def __call__(self, widths: Mapping[str, int]) -> tuple[int, int]:
         macs = params = 0
-        for m, p, g_in, g_out in self.terms:
-            num = den = 1
-            for g in (g_in, g_out):
-                if g is not None:
-                    num *= widths.get(g, self.width[g])
-                    den *= self.width[g]
+        for m, p, spec_in, spec_out in self.terms:
+            n_in, d_in = self._dim(spec_in, widths)
+            n_out, d_out = self._dim(spec_out, widths)
+            num, den = n_in * n_out, d_in * d_out
             macs += m * num // den
             params += p * num // den
         return macs, params
-
-    def exact(self, widths: Mapping[str, int]) -> tuple[int, int]:
-        changed = {g: w for g, w in widths.items() if w != self.width[g]}
-        r = self._count_macs(self.model.with_widths(changed) if changed else self.model, self.input_shape)
-        return int(r.macs), int(r.params)
 
 
 def suggest_ratios(

@@ -497,3 +497,17 @@ def test_bad_suggest_ratios_input(zoo, scan):
         scan.value("stage1_block1_conv1", 0.25)
     with pytest.raises(KeyError, match="group 'conv1' was not scanned"):
         scan.value("conv1", 0.3)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet20"])
+def test_interpolated_counts_equal_count_macs(zoo, name):
+    from jaxprune.sensitivity import _Counter
+
+    m, _ = zoo(name)
+    groups = [g for g in m.channel_groups() if g.prunable]  # VGG: conv1-13 and fc1 (fc1 read through a flatten)
+    counter = _Counter(m, models.default_input_shape(m), [g.name for g in groups])
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        widths = {g.name: int(rng.integers(1, g.width + 1)) for g in groups}
+        r = jp.count_macs(m.with_widths(widths))
+        assert counter(widths) == (r.macs, r.params)
