@@ -6,8 +6,9 @@ modules that need them (`jaxprune.train`, `jaxprune.viz`, `jaxprune.data`, the b
 
 from jaxprune import models, presets
 from jaxprune.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_header, save_checkpoint
-from jaxprune.flops import MacReport, compare, cost_report, count_macs, xla_flops
+from jaxprune.flops import MacReport, WidthAlignmentWarning, compare, cost_report, count_macs, xla_flops
 from jaxprune.groups import AxisRef, ChannelGroup, check_groups
+from jaxprune.latency import LatencyComparison, LatencyResult, benchmark_latency, benchmark_many, compare_latency
 from jaxprune.masking import full_masks, mask_dropped, masked_forward, plan_masks
 from jaxprune.plan import PruningPlan
 from jaxprune.presets import preset
@@ -30,6 +31,12 @@ from jaxprune.utils import abstract_variables, count_leaves, init_variables, ran
 __version__ = "0.1.0"
 
 __all__ = [
+    "LatencyComparison",
+    "LatencyResult",
+    "WidthAlignmentWarning",
+    "benchmark_latency",
+    "benchmark_many",
+    "compare_latency",
     "ACTIVATION_CRITERIA",
     "CriteriaComparison",
     "RatioSuggestion",
