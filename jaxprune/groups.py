@@ -166,7 +166,7 @@ def check_groups(groups: Sequence[ChannelGroup], variables: Mapping[str, Any]) -
       >>> import jax, jax.numpy as jnp
       >>> from jaxprune import models, check_groups
       >>> m = models.resnet20()
-      >>> v = jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+      >>> v = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
       >>> check_groups(m.channel_groups(), v)
     """
     flat = flatten_variables(variables)
