@@ -354,9 +354,6 @@ class _Tracer:
         pd = [self.is_pd(f, v) for v in invars]
         return self.frame(jaxpr, consts, nodes, src, pd, ctx)
 
-    def out_nodes(self, sub: _Frame, v) -> tuple[int, ...]:
-        return self.nodes(sub, v)
-
     # -- dispatch ---------------------------------------------------------------------------------------------
     def eqn(self, f: _Frame, i: int, eqn) -> None:
         name = eqn.primitive.name
@@ -1498,10 +1495,16 @@ class TracedModel:
     """A model seen through its traced channel groups: what `make_plan`, `prune` and `mask_dropped` need.
 
     It implements the model protocol (`channel_groups()`, `with_widths(mapping)`, `stages()`), and `apply(variables,
-    x, *, masks=None)`, which re-runs the traced program at the model's current widths (rewriting the shape
-    parameters of the jaxpr) and, with `masks`, zeroes the masked channels in every value they flow through: the
-    masking reference for a traced model. `prune(traced, variables, plan)` returns a new `TracedModel` and the sliced
-    variables. Build one with `trace_model`.
+    x, *, masks=None)`, which re-runs the traced program at the model's current widths (the jaxpr's shape parameters
+    rewritten from the traced channel spaces; one jitted program per width configuration) and, with `masks`, zeroes
+    the masked channels wherever channels are mixed (contractions, reductions): the masking reference for a traced
+    model (design.md §4). `prune(traced, variables, plan)` returns a new `TracedModel` and the sliced variables;
+    `module` (Linen) or `nnx_module(variables)` (NNX) give a real model at the new widths. Build one with
+    `trace_model`.
+
+    The re-run keeps the traced program's constants: a mean over a pruned channel axis (LayerNorm over features)
+    still divides by the traced width, so the re-run equals the masked original, whereas a rebuilt module
+    normalises over the channels that remain.
 
     Attributes:
       kind: ``"linen"`` (a Flax Linen module), ``"nnx"`` (a Flax NNX module) or ``"function"`` (an apply function).
@@ -1646,8 +1649,9 @@ class TracedModel:
           variables: Variables at the current widths (e.g. from `jaxprune.prune`).
           x: Input; another shape than the traced example re-traces the original model at that shape (cached).
           train: Must be False: the traced program is the inference forward pass.
-          masks: Optional group name -> 0/1 vector: zeroes those channels everywhere they flow (the masking
-            reference, design.md §4); groups not named are not masked.
+          masks: Optional group name -> 0/1 vector: the 0-channels are zeroed wherever channels are mixed
+            (contractions, reductions), so they contribute nothing, as if removed (the masking reference, design.md
+            §4); groups not named are not masked.
 
         Raises:
           ValueError: `train=True`, variables that do not match the current widths, a mask for an unknown group or
