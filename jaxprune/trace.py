@@ -47,7 +47,7 @@ _ELEMENTWISE = frozenset(
     cbrt abs square integer_pow erf erfc erf_inv lgamma digamma igamma igammac igamma_grad_a random_gamma_grad
     polygamma zeta bessel_i0e bessel_i1e regularized_incomplete_beta convert_element_type reduce_precision copy copy_p
     real imag conj complex select_n clamp add_any population_count clz shift_left shift_right_logical
-    shift_right_arithmetic threefry2x32 bitcast_convert_type""".split()
+    shift_right_arithmetic threefry2x32 bitcast_convert_type stop_gradient""".split()
 )
 _IDENTITY = frozenset("optimization_barrier device_put sharding_constraint mesh_cast reshard pvary".split())
 _CALLS = frozenset(
@@ -1111,7 +1111,7 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
         specs.append(
             _Spec(
                 root=r,
-                name=_group_name(scored, d, r),
+                name=_group_name(scored, d, r, sum(1 for k in t.kernels if k[0] == scored.path) > 1),
                 members=mem,
                 scored=(scored.path, scored.axis),
                 kind=kind,
@@ -1160,11 +1160,14 @@ def _has_kernel(t: _Tracer, d: _Dims, r: int, leaves) -> bool:
     return False
 
 
-def _group_name(m: _Member, d: _Dims, r: int) -> str:
-    """The scored kernel's module path; ``[start:stop]`` when the group owns only part of the kernel's axis."""
+def _group_name(m: _Member, d: _Dims, r: int, several_axes: bool) -> str:
+    """The scored kernel's module path; ``:axis`` when the kernel writes several groups along different axes (e.g.
+    attention heads and head features), ``[start:stop]`` when the group owns only part of the kernel's axis."""
     path = m.path
     core = path[1:-1] if len(path) > 2 else path[-1:] if len(path) == 2 else path
     name = "/".join(core) or "/".join(path)
+    if several_axes:
+        name += f":{m.axis}"
     total = sum(d.size[root] * count for root, count in m.runs)
     start = 0
     for root, count in m.runs:
@@ -1603,13 +1606,12 @@ class TracedModel:
             return None
         updates: dict[str, Any] = {}
         for name, width in changed.items():
-            spec = self._fields[name]
-            if isinstance(spec, str):
-                updates[spec] = width
+            field, idx, scale = self._fields[name]
+            if idx is None:
+                updates[field] = width * scale
             else:
-                field, idx = spec
                 cur = list(updates.get(field, getattr(module, field)))
-                cur[idx] = width
+                cur[idx] = width * scale
                 updates[field] = type(getattr(module, field))(cur)
         return module.clone(**updates)
 
@@ -1954,6 +1956,7 @@ def trace_model(
     if kind == "function" and zoo is not None:
         zoo = None  # a bare function is re-run from its jaxpr; a zoo policy still names its groups
     fields = dict(fields or {})
+    norm_fields: dict[str, tuple[str, int | None, int]] = {}
     if fields:
         if kind != "linen" or zoo is not None:
             raise ValueError("fields= is for Linen modules outside the zoo (zoo models rebuild themselves)")
@@ -1980,12 +1983,22 @@ def trace_model(
                 ):
                     raise ValueError(f"fields[{name!r}]: {field}[{idx!r}] is not an index of {value!r}")
                 value = value[idx]
-            width = trace.dims.size[names[name].root]
-            if value != width:
+            g = _materialize(names[name], trace.dims, {})
+            if g.scored is None or g.scored.offset is not None:
+                raise ValueError(
+                    f"fields[{name!r}]: group {name!r} owns only part of its kernel's filters; a constructor field "
+                    "cannot follow it (run the pruned model with TracedModel.apply)"
+                )
+            # A field counts the kernel's filters: width x repeat (e.g. GroupNorm splits a conv's filters into
+            # `repeat` blocks of one group).
+            scale = g.scored.repeat
+            if value != g.width * scale:
+                extra = f" x {scale} blocks" if scale > 1 else ""
                 raise ValueError(
                     f"fields[{name!r}]: {type(module).__name__}.{field}{'' if idx is None else f'[{idx}]'} is "
-                    f"{value!r}, but group {name!r} has width {width}"
+                    f"{value!r}, but group {name!r} has width {g.width}{extra}"
                 )
+            norm_fields[name] = (field, idx, scale)
     tm = TracedModel(
         trace=trace,
         specs=trace.specs,
@@ -1994,7 +2007,7 @@ def trace_model(
         variables_abstract=abstract,
         kind=kind,
         module=module,
-        fields=fields,
+        fields=norm_fields,
         nnx_parts=nnx_parts,
         zoo=zoo,
     )

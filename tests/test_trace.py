@@ -462,6 +462,33 @@ def test_layernorm_over_pruned_channels_keeps_traced_constants():
     assert_close(tm2.apply(v2, x), jp.mask_dropped(tm, v, plan, x))
 
 
+class GroupNormed(nn.Module):
+    c: int = 16
+    groups: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.GroupNorm(num_groups=self.groups, name="gn")(nn.Conv(self.c, (3, 3), name="conv")(x)))
+        return nn.Dense(3, name="fc")(h.mean((1, 2)))
+
+
+def test_groupnorm_prunes_the_same_slot_in_every_norm_group():
+    m = GroupNormed()
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    v = random_variables(m, x)
+    tm = jp.trace_model(m, v, x, fields={"conv": "c"})
+    (g,) = tm.channel_groups()
+    # (N, H, W, 16) -> (N, H, W, 4 groups, 4): a channel slot is one space across the 4 norm groups.
+    assert (g.width, g.scored) == (4, AxisRef(("params", "conv", "kernel"), 3, repeat=4))
+    assert AxisRef(("params", "gn", "scale"), 0, repeat=4) in g.producers
+    plan = jp.make_plan(tm, v, prune_ratio={"conv": 0.5})
+    tm2, v2 = jp.prune(tm, v, plan)
+    assert tm2.module.c == 8 and v2["params"]["gn"]["scale"].shape == (8,)
+    assert_close(tm2.apply(v2, x), jp.mask_dropped(tm, v, plan, x))
+    with pytest.raises(ValueError, match=r"GroupNormed.groups is 4, but group 'conv' has width 4 x 4 blocks"):
+        jp.trace_model(m, v, x, fields={"conv": "groups"})
+
+
 def test_prune_like_params_for_a_traced_model(user):
     _m, _x, v, tm = user("mlp")
     plan = jp.make_plan(tm, v, prune_ratio={"dense1": 0.5})
@@ -557,6 +584,40 @@ def test_scan_remat_cond_and_custom_vjp_stack():
     assert_close(tm2.apply(v2, x), masked)
     assert_close(jax.jit(tm2.module.apply)(v2, x), masked)
     assert v2["params"]["blocks"]["up"]["kernel"].shape == (3, 6, 8)
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, class token, position embedding, one pre-LN attention + MLP block."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(16, (4, 4), strides=(4, 4), name="patch")(x)
+        n, hh, ww, c = h.shape
+        h = h.reshape(n, hh * ww, c)
+        cls = jnp.broadcast_to(self.param("cls", nn.initializers.zeros, (1, 1, c)), (n, 1, c))
+        h = jnp.concatenate([cls, h], axis=1) + self.param("pos", nn.initializers.normal(0.02), (1, hh * ww + 1, c))
+        y = nn.LayerNorm(name="ln_a")(h)
+        h = h + nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8, name="attn")(y, y)
+        y = nn.gelu(nn.Dense(24, name="mlp_in")(nn.LayerNorm(name="ln_b")(h)))
+        h = h + nn.Dense(c, name="mlp_out")(y)
+        return nn.Dense(3, name="head")(h[:, 0])
+
+
+def test_attention_heads_and_head_features_are_groups():
+    m = TinyViT()
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    v = random_variables(m, x)
+    tm = jp.trace_model(m, v, x)
+    g = by_name(tm.channel_groups())
+    assert list(g) == ["patch", "attn/query:1", "attn/query:2", "attn/value:2", "mlp_in"]
+    heads = g["attn/query:1"]
+    assert heads.width == 2 and heads.consumers == (AxisRef(("params", "attn", "out", "kernel"), 0),)
+    assert {r.path[2] for r in heads.producers if r.path[-1] == "kernel"} == {"query", "key", "value"}
+    assert g["patch"].kind == "stream" and AxisRef(("params", "pos"), 2) in g["patch"].producers
+    plan = jp.make_plan(tm, v, prune_ratio={n: 0.5 for n in g})
+    tm2, v2 = jp.prune(tm, v, plan)
+    assert v2["params"]["attn"]["out"]["kernel"].shape == (1, 2, 8)
+    assert_close(tm2.apply(v2, x), jp.mask_dropped(tm, v, plan, x))
 
 
 # -- NNX -------------------------------------------------------------------------------------------------------------
