@@ -189,6 +189,18 @@ def test_zoo_model_pruned_through_its_trace_matches_declared_surgery(zoo):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
+def test_zoo_rerun_at_pruned_widths_equals_the_zoo_masking_reference(zoo):
+    # VGG-11 on CPU computes its 2x2 convs as im2col (slices, concatenation, kernel reshape): the re-run rewrites
+    # all of those shapes.
+    m, v = zoo("vgg11")
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    tm = jp.trace_model(m, v, x)
+    plan = jp.make_plan(tm, v, prune_ratio=0.5)
+    tm2, v2 = jp.prune(tm, v, plan)
+    assert_close(tm2.apply(v2, x), jp.mask_dropped(m, v, plan, x))
+
+
 def test_wrong_input_rank_for_a_shipped_model():
     m = models.vgg11()
     with pytest.raises(ValueError, match=r"input must be NHWC of rank 4"):
