@@ -163,6 +163,18 @@ def test_shipped_models_trace_to_their_declared_groups(zoo_traces, name):
             )
 
 
+@pytest.mark.parametrize("impl", ["lax", "im2col"])
+def test_both_conv_paths_trace_to_the_declared_groups(impl):
+    # im2col: slices, a concatenation of kh*kw copies of the input channels, a kernel reshape, one matmul.
+    for m, size in ((models.vgg11(conv_impl=impl), 32), (models.resnet18(conv_impl=impl), 64)):
+        traced = jp.trace_groups(m, jp.abstract_variables(m), sds(1, size, size, 3))
+        declared = by_name(m.channel_groups())
+        assert len(traced) == len(declared)
+        for t in traced:
+            d = declared[t.name]
+            assert (t.width, set(t.producers), set(t.consumers)) == (d.width, set(d.producers), set(d.consumers))
+
+
 def test_trace_is_data_and_policy_decides_prunability():
     m = models.resnet20()
     v = jp.abstract_variables(m)
