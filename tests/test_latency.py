@@ -7,8 +7,14 @@ few repeats.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import statistics
+import subprocess
+import sys
+import types
 import warnings
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -240,3 +246,48 @@ def test_unpruned_odd_widths_do_not_warn(pair):
         report = jp.cost_report(odd, odd_v, odd, odd_v, (1, *IMAGE))
     assert dict(report.unaligned) == {}
     assert np.isfinite(report.xla_before)
+
+
+# -- the Torch-Pruning comparison without torch -------------------------------------------------------------------------
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_vs_torch_pruning.py"
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_vs_torch_pruning", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_torch_comparison_skips_with_one_line_without_torch():
+    env = {**os.environ, "JAXPRUNE_BENCH_NO_TORCH": "1"}
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--no-write"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(
+        "bench_vs_torch_pruning: skipped: torch comparison disabled by JAXPRUNE_BENCH_NO_TORCH=1"
+    )
+    assert "pip install torch==2.13.0 torch-pruning==1.6.1" in lines[0]
+
+
+def test_torch_import_guard(monkeypatch):
+    bench = _bench_module()
+    assert "disabled by JAXPRUNE_BENCH_NO_TORCH=yes" in bench.import_torch({"JAXPRUNE_BENCH_NO_TORCH": "yes"})
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    assert bench.import_torch({}).startswith("torch is not installed; pip install torch==2.13.0")
+    assert bench.import_torch({"JAXPRUNE_BENCH_NO_TORCH": "0"}).startswith("torch is not installed")
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+    assert bench.import_torch({}).startswith("torch-pruning is not installed")
+
+
+def test_torch_comparison_rejects_bad_repeats():
+    env = {**os.environ, "JAXPRUNE_BENCH_NO_TORCH": "1"}
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--repeats", "0"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 2 and "--repeats and --latency-repeats must be >= 1, got 0" in out.stderr
