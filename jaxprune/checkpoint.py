@@ -400,9 +400,6 @@ def _check_variables(model, variables: Mapping[str, Any], *, what: str) -> None:
                 f"{what} do not match the model {_model_name(model)}: leaf {'/'.join(p)} has shape {got}, the "
                 f"model's widths need {want}"
             )
-        want_dt, got_dt = np.dtype(expected[p].dtype), np.asarray(found[p]).dtype
-        if want_dt != got_dt:
-            raise ValueError(f"{what}: leaf {'/'.join(p)} has dtype {got_dt}, the model needs {want_dt}")
 
 
 def _model_name(model) -> str:
@@ -463,7 +460,7 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoi
     """Loads a checkpoint into the model its config describes: a pruned one comes back at its reduced widths.
 
     Everything is checked before anything is returned: magic, format version, payload length and SHA-256, the model
-    config, every variable's shape and dtype against the rebuilt model, the plan history against its widths, and (with
+    config, every variable's shape against the rebuilt model, the plan history against its widths, and (with
     `tx`) the optimizer state against `tx.init(params)`. Any failure raises; nothing is half loaded.
 
     Args:

@@ -267,6 +267,13 @@ def test_prune_state_slices_params_stats_optimizer_and_model(trained, model):
     assert rep.is_fully_replicated
 
 
+# Pruned and masked steps are the same mathematics computed in different orders. In float32 the rounding is lifted by
+# the batch-norm gradients (sums of 32x32x32 terms with heavy cancellation) and by Adam, which normalizes gradients that
+# are pure rounding noise into steps of up to ~lr: measured max|Δ| 1.6e-4 on the params after one clip+Adam step. In
+# float64 the same comparison agrees to ~5e-16 (measured), so it is run in float64 with this tolerance.
+REL64 = 1e-12
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "make_tx",
@@ -276,29 +283,34 @@ def test_prune_state_slices_params_stats_optimizer_and_model(trained, model):
         pytest.param(lambda: optax.chain(optax.clip_by_global_norm(0.05), optax.adam(1e-3)), id="clip-adam"),
     ],
 )
-def test_one_step_after_pruning_equals_masked_original_on_kept_coordinates(make_tx, model, variables, small):
+def test_one_step_after_pruning_equals_masked_original_on_kept_coordinates(make_tx, variables, small):
     """Issue 4's must-show: prune (params + optimizer state), step, and compare with a step of the original network
     whose removed channels are masked after BN (design.md §4), restricted to the kept coordinates."""
-    tx = make_tx()
-    x, y = small[0], small[1]
-    full = {k: jnp.asarray(v) for k, v in full_masks(model).items()}
-    s = train.TrainState.create(model, variables, tx)
-    s, _ = train.train_step(s, x[:BATCH], y[:BATCH], full)  # non-zero momentum / moments before pruning
-    plan = jp.make_plan(model, s.variables, prune_ratio={"stage1": 0.5, "stage2_block2_conv1": 0.75})
-    masks = {k: jnp.asarray(v) for k, v in plan_masks(model, plan).items()}
+    with jax.enable_x64(True):
+        model = jp.models.resnet20(dtype=jnp.float64)
+        v64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)
+        x, y = small[0].astype(np.float64), small[1]
+        tx = make_tx()
+        full = {k: jnp.asarray(v) for k, v in full_masks(model).items()}
+        s = train.TrainState.create(model, v64, tx)
+        s, _ = train.train_step(s, x[:BATCH], y[:BATCH], full)  # non-zero momentum / moments before pruning
+        plan = jp.make_plan(model, s.variables, prune_ratio={"stage1": 0.5, "stage2_block2_conv1": 0.75})
+        masks = {k: jnp.asarray(v) for k, v in plan_masks(model, plan).items()}
 
-    masked, m_masked = train.train_step(s, x[BATCH : 2 * BATCH], y[BATCH : 2 * BATCH], masks)
-    pruned, m_pruned = train.train_step(train.prune_state(s, plan), x[BATCH : 2 * BATCH], y[BATCH : 2 * BATCH])
+        masked, m_masked = train.train_step(s, x[BATCH : 2 * BATCH], y[BATCH : 2 * BATCH], masks)
+        pruned, m_pruned = train.train_step(train.prune_state(s, plan), x[BATCH : 2 * BATCH], y[BATCH : 2 * BATCH])
 
-    assert_close(m_pruned["loss"], m_masked["loss"], "loss")
-    assert float(m_pruned["accuracy"]) == float(m_masked["accuracy"])
-    _, kept_vars = jp.prune(model, masked.variables, plan)
-    assert_trees_close(pruned.params, kept_vars["params"], "params")
-    assert_trees_close(pruned.batch_stats, kept_vars["batch_stats"], "batch_stats")
-    assert_trees_close(pruned.opt_state, jp.prune_like_params(masked.opt_state, model, plan), "opt_state")
-    # The step really moved the kept parameters.
-    moved = np.abs(np.asarray(pruned.params["fc"]["kernel"]) - np.asarray(s.params["fc"]["kernel"])).max()
-    assert moved > 1e-4
+        assert pruned.params["fc"]["kernel"].dtype == jnp.float64
+        assert pruned.model.widths == (8, 8, 8, 32, 8, 32, 64, 64, 64)
+        assert_close(m_pruned["loss"], m_masked["loss"], "loss", rel=REL64)
+        assert float(m_pruned["accuracy"]) == float(m_masked["accuracy"])
+        _, kept_vars = jp.prune(model, masked.variables, plan)
+        assert_trees_close(pruned.params, kept_vars["params"], "params", rel=REL64)
+        assert_trees_close(pruned.batch_stats, kept_vars["batch_stats"], "batch_stats", rel=REL64)
+        assert_trees_close(pruned.opt_state, jp.prune_like_params(masked.opt_state, model, plan), "opt", rel=REL64)
+        # The step really moved the kept parameters.
+        moved = np.abs(np.asarray(pruned.params["fc"]["kernel"]) - np.asarray(s.params["fc"]["kernel"])).max()
+        assert moved > 1e-4
 
 
 @pytest.mark.slow
@@ -363,22 +375,26 @@ _PARALLEL_SCRIPT = textwrap.dedent(
     model = jp.models.resnet20()
     variables = jp.random_variables(model, seed=0)
     out = {"devices": jax.device_count()}
-    # One step at a real learning rate: params and statistics after it.
-    s = train.TrainState.create(model, variables, train.sgd(0.1))
-    s1, h = train.fit(s, (x[:32], y[:32]), epochs=1, batch_size=32, progress=False)
-    out["one_step"] = {
-        "loss": h[0]["train_loss"],
-        "params": [np.asarray(l).ravel().tolist() for l in jax.tree_util.tree_leaves(s1.params)[:6]],
-        "stats": [np.asarray(l).ravel().tolist() for l in jax.tree_util.tree_leaves(s1.batch_stats)[:6]],
-        "replicated": all(l.sharding.is_fully_replicated for l in jax.tree_util.tree_leaves(s1)),
-    }
-    # Whole loops (2 epochs x 4 steps, evaluation with a padded batch) at a tiny rate: training at this scale is
-    # chaotic (a 1e-7 relative change of the weights moves the loss by 1e-4 within 4 steps at lr 0.001), so a tiny
+    # Whole loops (2 epochs x 4 steps, evaluation with a padded batch), float32, at a tiny rate: training at this scale
+    # is chaotic (a 1e-7 relative change of the weights moves the loss by 1e-4 within 4 steps at lr 0.001), so a tiny
     # rate is what lets the comparison see the loop, sharding and reductions rather than the chaos.
     s = train.TrainState.create(model, variables, train.sgd(1e-6))
     s2, h = train.fit(s, (x, y, xt, yt), epochs=2, batch_size=32, progress=False)
     out["loop"] = {k: [r[k] for r in h] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")}
     out["loop"]["stats"] = np.asarray(s2.batch_stats["stage3_block3_bn2"]["var"]).tolist()
+    out["replicated"] = all(l.sharding.is_fully_replicated for l in jax.tree_util.tree_leaves(s2))
+    # One step at a real learning rate, in float64 (float32 gradients of batch-norm parameters are sums with heavy
+    # cancellation whose rounding depends on the reduction order, ~1e-4 of their scale).
+    with jax.enable_x64(True):
+        m64 = jp.models.resnet20(dtype=jnp.float64)
+        v64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)
+        s = train.TrainState.create(m64, v64, train.sgd(0.1))
+        s1, h = train.fit(s, (x[:32].astype(np.float64), y[:32]), epochs=1, batch_size=32, progress=False)
+        out["one_step"] = {
+            "loss": h[0]["train_loss"],
+            "params": [np.asarray(l).ravel().tolist() for l in jax.tree_util.tree_leaves(s1.params)],
+            "stats": [np.asarray(l).ravel().tolist() for l in jax.tree_util.tree_leaves(s1.batch_stats)],
+        }
     # Pruning sharded state keeps its sharding.
     plan = jp.make_plan(model, s2.variables, prune_ratio={"stage1": 0.5})
     p = train.prune_state(s2, plan)
@@ -387,12 +403,14 @@ _PARALLEL_SCRIPT = textwrap.dedent(
     out["pruned_devices"] = sorted({len(l.sharding.device_set) for l in leaves if isinstance(l, jax.Array)})
     errors = {}
     for name, call in {
-        "fit": lambda: train.fit(s, (x, y), epochs=1, batch_size=30, progress=False),
-        "evaluate": lambda: train.evaluate(s, xt, yt, batch_size=30),
+        "fit": lambda: train.fit(s2, (x, y), epochs=1, batch_size=30, progress=False),
+        "evaluate": lambda: train.evaluate(s2, xt, yt, batch_size=30),
     }.items():
+        if jax.device_count() == 1:  # 30 is fine on one device (and would only cost a compile here)
+            continue
         try:
             call()
-            errors[name] = None
+            errors[name] = "no error"
         except ValueError as e:
             errors[name] = str(e)
     out["errors"] = errors
@@ -422,24 +440,24 @@ def parallel_runs():
 def test_four_host_devices_equal_one_device(parallel_runs):
     one, four = parallel_runs
     assert one["devices"] == 1 and four["devices"] == 4
-    assert_close(four["one_step"]["loss"], one["one_step"]["loss"], "one-step loss")
-    for i, (a, b) in enumerate(zip(four["one_step"]["params"], one["one_step"]["params"], strict=True)):
-        assert_close(a, b, f"params leaf {i} after one step")
-    for i, (a, b) in enumerate(zip(four["one_step"]["stats"], one["one_step"]["stats"], strict=True)):
-        assert_close(a, b, f"batch_stats leaf {i} after one step")
-    assert four["one_step"]["replicated"] and one["one_step"]["replicated"]
     for k in ("train_loss", "test_loss"):
         assert_close(four["loop"][k], one["loop"][k], k)
     assert four["loop"]["train_accuracy"] == one["loop"]["train_accuracy"]
     assert four["loop"]["test_accuracy"] == one["loop"]["test_accuracy"]
     assert_close(four["loop"]["stats"], one["loop"]["stats"], "running var")
-    assert four["pruned_sharding"] == ["PartitionSpec()"] and four["pruned_devices"] == [4]
+    assert four["replicated"] and one["replicated"]
+    assert_close(four["one_step"]["loss"], one["one_step"]["loss"], "one-step loss", rel=REL64)
+    for i, (a, b) in enumerate(zip(four["one_step"]["params"], one["one_step"]["params"], strict=True)):
+        assert_close(a, b, f"params leaf {i} after one step", rel=REL64)
+    for i, (a, b) in enumerate(zip(four["one_step"]["stats"], one["one_step"]["stats"], strict=True)):
+        assert_close(a, b, f"batch_stats leaf {i} after one step", rel=REL64)
+    assert four["pruned_sharding"] == ["P()"] and four["pruned_devices"] == [4]
 
 
 @pytest.mark.slow
 def test_batch_not_divisible_by_device_count_is_a_clear_error(parallel_runs):
     one, four = parallel_runs
-    assert one["errors"] == {"fit": None, "evaluate": None}
+    assert one["errors"] == {}
     assert "batch_size=30 is not divisible by the 4 devices" in four["errors"]["fit"]
     assert "use a multiple of 4 (e.g. 28 or 32)" in four["errors"]["fit"]
     assert "batch_size=30 is not divisible by the 4 devices" in four["errors"]["evaluate"]
