@@ -146,8 +146,14 @@ def _criteria() -> tuple[str, ...]:
     return CRITERIA
 
 
-def _add_model(p, *, required: bool, default: str | None = None, help: str = "zoo model") -> None:
-    names = _model_names()
+def _digits_models() -> tuple[str, ...]:
+    from jaxprune.demo import DIGITS_MODELS
+
+    return DIGITS_MODELS
+
+
+def _add_model(p, *, required: bool, default: str | None = None, help: str = "zoo model", digits: bool = False) -> None:
+    names = _digits_models() if digits else _model_names()
     p.add_argument(
         "--model",
         choices=names,
@@ -162,14 +168,15 @@ def _add_progress(p) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def _add_train_options(p, *, epochs: int | None, lr: float | None) -> None:
+def _add_train_options(p, *, epochs: int, lr: float, batch_size: int) -> None:
+    p.add_argument("--epochs", type=_positive_int, default=None, help=f"epochs (default {epochs})")
     p.add_argument(
-        "--epochs", type=_positive_int, default=epochs, help=f"epochs (default {epochs or 'the recipe default'})"
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help=f"initial learning rate, divided by 10 at 50%% and 75%% of the run (default {lr:g})",
     )
-    p.add_argument(
-        "--lr", type=_positive_float, default=lr, help=f"learning rate (default {lr or 'the recipe default'})"
-    )
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default: the recipe's)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help=f"batch size (default {batch_size})")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
 
 
@@ -182,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with 'jaxprune demo'. Exit status: 0 success, 2 bad input, 130 interrupted.",
     )
     from jaxprune import __version__
+    from jaxprune.demo import FULL_RECIPE as recipe
+    from jaxprune.demo import QUICK_RECIPE as quick
 
     parser.add_argument("--version", action="version", version=f"jaxprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -195,18 +204,36 @@ def build_parser() -> argparse.ArgumentParser:
         "MACs, XLA FLOPs and measured CPU latency before -> after. Writes the plan, checkpoints, figures and "
         "report.md to --out.",
     )
-    _add_model(p, required=False, default="resnet20", help="model to train and prune")
+    _add_model(p, required=False, default="resnet20", help="model to train and prune", digits=True)
     p.add_argument("--out", default="jaxprune-demo", help="output folder (default ./jaxprune-demo)")
     p.add_argument("--quick", action="store_true", help="a shorter run for CI (about a minute)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: 15, --quick 4)")
-    p.add_argument("--finetune-epochs", type=_positive_int, default=None, help="fine-tuning epochs (default 4)")
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help=f"training epochs (default {recipe.epochs}, --quick {quick.epochs})",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=_positive_int,
+        default=None,
+        help=f"fine-tuning epochs (default {recipe.finetune_epochs}, --quick {quick.finetune_epochs})",
+    )
+    p.add_argument(
+        "--target-macs",
+        type=_fraction,
+        default=None,
+        metavar="F",
+        help=f"keep this fraction of the MACs, pruning the least sensitive stages (default {recipe.target_macs:g})",
+    )
     p.add_argument(
         "--tolerance",
         type=_non_negative_float,
         default=None,
-        help="allowed single-layer accuracy drop when choosing ratios (default 0.02)",
+        metavar="T",
+        help="the paper's way instead: per-stage ratios with every layer's single-layer accuracy drop <= T, "
+        "sensitive layers skipped (with --target-macs: a cap on each layer's drop)",
     )
-    p.add_argument("--target-macs", type=_fraction, default=None, help="instead: MACs budget as a fraction, e.g. 0.6")
     p.add_argument("--round-to", type=_positive_int, default=8, help="round kept widths to a multiple (default 8)")
     p.add_argument("--retrain", action="store_true", help="train again even if --out holds a trained checkpoint")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
@@ -287,18 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--criterion", choices=_criteria(), default="l1", metavar="NAME", help=f"{', '.join(_criteria())} (default l1)"
     )
     p.add_argument("--tolerance", type=_non_negative_float, default=0.02, help="allowed accuracy drop (default 0.02)")
-    p.add_argument("--out", default=None, metavar="DIR", help="write sensitivity.md, suggestion.json and figures here")
+    p.add_argument("--round-to", type=_positive_int, default=1, help="round kept widths to a multiple, e.g. 8")
+    p.add_argument("--images", type=_positive_int, default=None, help="training images to evaluate on (default 256)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write sensitivity.md, suggestion.txt and figures here")
+    _add_progress(p)
 
     # train --------------------------------------------------------------------------------------------------------
     p = sub.add_parser(
         "train",
         help="train a zoo model on the digits data; checkpoint every epoch",
-        description="Train a zoo model on the embedded digits data with the paper's recipe (SGD momentum 0.9, "
-        "weight decay 1e-4, step learning rate). Writes a checkpoint to --out after every epoch; Ctrl-C leaves the "
-        "last complete one intact.",
+        description="Train a zoo model on the embedded digits data with the paper's optimizer (SGD with momentum, "
+        "weight decay, learning rate divided by 10 at 50%% and 75%% of training). Writes a checkpoint to --out after "
+        "every epoch; Ctrl-C leaves the last complete one intact, and the same command resumes from it.",
     )
-    _add_model(p, required=False, default="resnet20", help="model to train")
-    _add_train_options(p, epochs=15, lr=None)
+    _add_model(p, required=False, default="resnet20", help="model to train", digits=True)
+    _add_train_options(p, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size)
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder")
     _add_progress(p)
 
@@ -307,10 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune",
         help="fine-tune a (pruned) checkpoint on the digits data",
         description="Fine-tune the model of a checkpoint (e.g. from 'jaxprune prune --checkpoint ...') on the "
-        "digits data at the paper's constant learning rate 0.001. Writes a checkpoint to --out after every epoch.",
+        "digits data with the training optimizer and a fresh state (the paper retrains at lr 0.001 for 40 epochs; "
+        "a few epochs need a larger, decaying rate). Writes a checkpoint to --out after every epoch.",
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="the checkpoint to start from")
-    _add_train_options(p, epochs=4, lr=None)
+    _add_train_options(p, epochs=recipe.finetune_epochs, lr=recipe.finetune_lr, batch_size=recipe.batch_size)
     p.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder for the fine-tuned model")
     _add_progress(p)
     return parser
@@ -385,7 +416,14 @@ def _cmd_sensitivity(args) -> None:
 
     print(
         demo.sensitivity_from_checkpoint(
-            args.checkpoint, ratios=args.ratios, criterion=args.criterion, tolerance=args.tolerance, out=args.out
+            args.checkpoint,
+            ratios=args.ratios,
+            criterion=args.criterion,
+            tolerance=args.tolerance,
+            round_to=args.round_to,
+            images=args.images,
+            out=args.out,
+            progress=args.progress,
         ).text
     )
 
@@ -402,6 +440,7 @@ def _cmd_train(args) -> None:
             batch_size=args.batch_size,
             seed=args.seed,
             progress=args.progress,
+            log=print,
         ).text
     )
 
@@ -418,6 +457,7 @@ def _cmd_finetune(args) -> None:
             batch_size=args.batch_size,
             seed=args.seed,
             progress=args.progress,
+            log=print,
         ).text
     )
 

@@ -1,0 +1,225 @@
+"""The digits pipeline behind `jaxprune demo`, `train`, `finetune` and `sensitivity` (jaxprune.demo).
+
+The end-to-end test runs ``jaxprune demo --quick`` in a subprocess, interrupts it with SIGINT (Ctrl-C) while it
+trains, checks that the last complete checkpoint is intact, runs the same command again (it resumes from that
+checkpoint) and checks the files and the report's numbers. Other tests use checkpoints of random weights, which need
+no training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import jaxprune as jp
+from jaxprune import cli, demo, models
+from jaxprune.checkpoint import load_checkpoint, save_checkpoint
+from jaxprune.demo import CHECKPOINT_FILE
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    """A ResNet-20 checkpoint of seeded random weights (no training)."""
+    folder = tmp_path_factory.mktemp("random")
+    m = models.resnet20()
+    save_checkpoint(folder / CHECKPOINT_FILE, m, jp.random_variables(m, seed=0))
+    return folder
+
+
+# -- validation before any work --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"model": "resnet57"}, ValueError, "unknown model 'resnet57'; valid models: resnet20"),
+        ({"model": "resnet34"}, ValueError, "ImageNet model .* resnet20, resnet32"),
+        ({"model": 20}, TypeError, "zoo model name"),
+        ({"epochs": 0}, ValueError, "epochs must be >= 1"),
+        ({"finetune_epochs": 1.5}, TypeError, "finetune epochs must be an int"),
+        ({"tolerance": -0.1}, ValueError, "tolerance must be a number >= 0"),
+        ({"target_macs": 0.0}, ValueError, r"target_macs must be a fraction .* \(0, 1\]"),
+        ({"round_to": 0}, ValueError, "round_to must be >= 1"),
+        ({"quick": "yes"}, TypeError, "quick must be a bool"),
+    ],
+)
+def test_run_demo_bad_arguments(tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        demo.run_demo(tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()  # nothing written before the arguments are checked
+
+
+def test_run_demo_out_is_a_file(tmp_path):
+    f = tmp_path / "report"
+    f.write_text("mine")
+    with pytest.raises(FileExistsError, match="exists and is a file"):
+        demo.run_demo(f)
+    assert f.read_text() == "mine"
+
+
+def test_train_refuses_a_checkpoint_it_cannot_continue(random_checkpoint, capsys):
+    # The folder holds a checkpoint without a training record: resuming it would train something else.
+    code = cli.main(["train", "--out", str(random_checkpoint), "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "already holds a checkpoint this run cannot continue" in err[0]
+
+
+def test_finetune_rejects_a_model_the_digits_do_not_fit(tmp_path):
+    m = models.resnet20(num_classes=100)
+    save_checkpoint(tmp_path / CHECKPOINT_FILE, m, jp.random_variables(m))
+    with pytest.raises(ValueError, match="10 classes"):
+        demo.finetune_to_folder(tmp_path / "ft", checkpoint=tmp_path)
+
+
+def test_recipes():
+    assert demo.QUICK_RECIPE.epochs < demo.FULL_RECIPE.epochs
+    assert demo.FULL_RECIPE.training(3) == {
+        "data": "digits",
+        "epochs": demo.FULL_RECIPE.epochs,
+        "batch_size": demo.FULL_RECIPE.batch_size,
+        "lr": demo.FULL_RECIPE.lr,
+        "augment": demo.FULL_RECIPE.augment,
+        "nesterov": demo.FULL_RECIPE.nesterov,
+        "weight_decay": demo.FULL_RECIPE.weight_decay,
+        "label_smoothing": demo.FULL_RECIPE.label_smoothing,
+        "seed": 3,
+    }
+    assert set(demo.DIGITS_MODELS) < set(models.available())
+
+
+# -- sensitivity of a checkpoint (random weights: no training) -------------------------------------------------------
+def test_sensitivity_command(random_checkpoint, tmp_path, capsys):
+    out = tmp_path / "sens"
+    code = cli.main(
+        ["sensitivity", "--checkpoint", str(random_checkpoint), "--ratios", "0.25,0.5", "--tolerance", "1", "--images", "32",
+         "--out", str(out), "--no-progress"]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fig2a_sorted_filter_norms.png",
+        "fig2b_sensitivity.png",
+        "sensitivity.md",
+        "suggestion.txt",
+    ]
+    assert all(
+        (out / n).read_bytes().startswith(PNG) for n in ("fig2a_sorted_filter_norms.png", "fig2b_sensitivity.png")
+    )
+    table = (out / "sensitivity.md").read_text()
+    assert table.count("| stage") == 9 and "| 0.25 | 0.5 |" in table
+    # tolerance 1 (a whole accuracy) lets every stage take the largest scanned ratio
+    assert "make_plan arguments: {'prune_ratio': {'stage1': 0.5, 'stage2': 0.5, 'stage3': 0.5}, 'skip': []}" in text
+
+
+def test_sensitivity_outcome_matches_a_single_scan(random_checkpoint):
+    outcome = demo.sensitivity_from_checkpoint(
+        random_checkpoint, ratios=(0.5,), tolerance=0.0, images=32, progress=False
+    )
+    sens = outcome.result
+    ckpt = load_checkpoint(random_checkpoint / CHECKPOINT_FILE)
+    x, y = demo._scan_data(demo._load_data(), 32, 0)
+    direct = jp.sensitivity(ckpt.model, ckpt.variables, data=(x, y), ratios=(0.5,))
+    assert sens.groups == direct.groups and sens.kept.tolist() == direct.kept.tolist()
+    np.testing.assert_allclose(sens.values, direct.values, atol=1e-12)
+    assert sens.baseline == pytest.approx(direct.baseline, abs=1e-12)
+    assert outcome.numbers["suggestion"] == json.loads(
+        json.dumps(jp.suggest_ratios(direct, tolerance=0.0).plan_kwargs())
+    )
+
+
+# -- the end-to-end demo, interrupted and resumed --------------------------------------------------------------------
+def _demo_cmd(out):
+    return [sys.executable, "-m", "jaxprune", "demo", "--quick", "--no-progress", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The subprocesses' environment: one persistent XLA compilation cache for both runs of the demo (the second
+    run then skips most compiles; measured about 30 % less CPU time for ``demo --quick``)."""
+    env = dict(os.environ)
+    env.pop("JAXPRUNE_TRACEBACK", None)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "jax-compilation-cache"))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    return env
+
+
+@pytest.mark.slow
+def test_demo_quick_interrupted_resumed_and_reported(tmp_path, env):
+    out = tmp_path / "demo"
+    ckpt_path = out / "baseline" / CHECKPOINT_FILE
+    proc = subprocess.Popen(_demo_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not ckpt_path.exists():  # the first epoch's checkpoint
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C during the second epoch
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "interrupted" in stdout and "run the same command again to resume" in stdout
+    assert stderr.strip().splitlines()[-1] == "jaxprune demo: interrupted; checkpoints written so far are complete"
+
+    ckpt = load_checkpoint(ckpt_path)  # intact: loads and passes its checksum
+    info = ckpt.metadata["training"]
+    spe = len(demo._load_data().x_train) // demo.QUICK_RECIPE.batch_size
+    assert 1 <= info["epochs_done"] < demo.QUICK_RECIPE.epochs and not info["complete"]
+    assert ckpt.step == info["epochs_done"] * spe
+    assert [h["epoch"] for h in info["history"]] == list(range(1, info["epochs_done"] + 1))
+    assert not [p.name for p in ckpt_path.parent.iterdir() if p.name != CHECKPOINT_FILE]  # no temporary files left
+
+    t0 = time.monotonic()
+    r = subprocess.run(_demo_cmd(out), capture_output=True, text=True, env=env, timeout=600)
+    seconds = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert f"resumed {ckpt_path} ({info['epochs_done']}/{demo.QUICK_RECIPE.epochs} epochs)" in r.stdout
+    for i in range(1, 7):
+        assert f"[{i}/6]" in r.stdout
+
+    expected = {
+        "plan.json", "report.md", "report.json", "sensitivity.md", "baseline", "pruned", "figures",
+    }  # fmt: skip
+    assert {p.name for p in out.iterdir()} == expected
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert figures == ["fig2a_sorted_filter_norms.png", "fig2b_sensitivity.png", "macs_per_layer.png", "widths.png"]
+    assert all((out / "figures" / f).read_bytes().startswith(PNG) for f in figures)
+
+    rep = json.loads((out / "report.json").read_text())
+    b, a = rep["before"], rep["after"]
+    assert a["params"] < b["params"] and a["macs"] < b["macs"] and a["xla_flops"] < b["xla_flops"]
+    assert rep["mac_ratio"] == pytest.approx(a["macs"] / b["macs"], rel=1e-12)
+    assert a["macs"] / b["macs"] <= 0.6  # the default budget keeps 60 % of the MACs
+    for acc in (b["test_accuracy"], a["test_accuracy"], a["test_accuracy_pruned"]):
+        assert 0.0 <= acc <= 1.0 and round(acc * 360) == pytest.approx(acc * 360, abs=1e-6)  # k of 360 images
+    assert b["test_accuracy"] >= 0.8  # a trained network, not chance (0.1)
+    assert set(b["latency_ms"]) == {"1", "32"} and all(v > 0 for v in b["latency_ms"].values())
+    assert rep["baseline"] == "resumed" and rep["quick"] is True
+
+    # The files agree with the report: the plan, and the pruned checkpoint at the plan's widths.
+    m = models.resnet20()
+    plan = jp.PruningPlan.load(out / "plan.json")
+    pruned = load_checkpoint(out / "pruned" / CHECKPOINT_FILE)
+    assert pruned.model.group_widths() == m.with_widths(plan.new_widths).group_widths()
+    assert all(w % 8 == 0 for w in plan.new_widths.values())  # round_to 8
+    assert jp.count_macs(pruned.model).macs == a["macs"] and jp.count_macs(pruned.model).params == a["params"]
+    assert [p.keep for p in pruned.plans] == [plan.keep]
+    baseline = load_checkpoint(ckpt_path)
+    assert baseline.metadata["training"]["complete"] and baseline.step == demo.QUICK_RECIPE.epochs * spe
+
+    md = (out / "report.md").read_text()
+    assert f"| params | {b['params']:,} | {a['params']:,} |" in md
+    assert f"| test accuracy | {100 * b['test_accuracy']:.2f} % | {100 * a['test_accuracy']:.2f} % |" in md
+    assert "![Sensitivity, paper Fig. 2(b)](figures/fig2b_sensitivity.png)" in md
+    assert f"{b['macs'] / 1e6:,.2f} M" in r.stdout  # the report table is printed
+    assert seconds < 300, f"resumed quick demo took {seconds:.0f} s"
