@@ -225,6 +225,11 @@ def _check_entry(name: str, model, variables) -> None:
             f"{name}: variables must be a mapping with a 'params' collection (as model.init returns), got "
             f"{type(variables).__name__}"
         )
+    if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree_util.tree_leaves(variables)):
+        raise TypeError(
+            f"{name}: variables hold abstract shapes (jax.ShapeDtypeStruct); timing needs arrays, e.g. "
+            "jaxprune.random_variables(model)"
+        )
 
 
 def _label(model) -> str:

@@ -174,6 +174,8 @@ def test_bad_models_and_entries(pair):
         jp.benchmark_latency(m, [v], IMAGE)
     with pytest.raises(TypeError, match="variables must be a mapping with a 'params' collection"):
         jp.benchmark_latency(m, {"batch_stats": {}}, IMAGE)
+    with pytest.raises(TypeError, match="variables hold abstract shapes"):
+        jp.benchmark_latency(m, jp.abstract_variables(m), IMAGE)
     with pytest.raises(TypeError, match="new_model: Dense is not a prunable model"):
         jp.compare_latency(m, v, nn.Dense(3), small_v, IMAGE)
     with pytest.raises(TypeError, match="verbose must be a bool"):
