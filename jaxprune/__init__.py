@@ -6,6 +6,7 @@ modules that need them (`jaxprune.train`, `jaxprune.viz`, `jaxprune.data`, the b
 
 from jaxprune import models, presets
 from jaxprune.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_header, save_checkpoint
+from jaxprune.demo import DemoResult, run_demo
 from jaxprune.flops import MacReport, WidthAlignmentWarning, compare, cost_report, count_macs, xla_flops
 from jaxprune.groups import AxisRef, ChannelGroup, check_groups
 from jaxprune.latency import LatencyComparison, LatencyResult, benchmark_latency, benchmark_many, compare_latency
@@ -75,6 +76,8 @@ __all__ = [
     "prune",
     "prune_like_params",
     "random_variables",
+    "DemoResult",
+    "run_demo",
     "read_checkpoint_header",
     "resolve_ratios",
     "save_checkpoint",
