@@ -386,10 +386,25 @@ def prune_to_folder(
         f"{_describe(m)} pruned by {how}, strategy {strategy}, {source}\n\n{table}\n\n"
         f"MACs {before.macs:,} -> {after.macs:,} ({_pct(before.macs, after.macs)} fewer); "
         f"params {before.params:,} -> {after.params:,} ({_pct(before.params, after.params)} fewer)\n"
+        + _unaligned_note(plan)
         + "\n".join(f"wrote {p}" for p in files.values())
     )
     return PruneOutcome(
         model=m, new_model=new_m, plan=plan, before=before, after=after, files=files, source=source, text=text
+    )
+
+
+def _unaligned_note(plan) -> str:
+    """A line naming pruned widths that are not multiples of 8 (XLA:CPU runs them slowly; perf-notes.md, 2)."""
+    from jaxprune.flops import WIDTH_MULTIPLE
+
+    odd = {g: w for g, w in plan.new_widths.items() if w != plan.widths[g] and w % WIDTH_MULTIPLE}
+    if not odd:
+        return ""
+    shown = ", ".join(f"{g} = {w}" for g, w in list(odd.items())[:4]) + (" ..." if len(odd) > 4 else "")
+    return (
+        f"note: {len(odd)} pruned width(s) not a multiple of {WIDTH_MULTIPLE} ({shown}); XLA:CPU can run such widths "
+        f"no faster than the original: add --round-to {WIDTH_MULTIPLE}\n"
     )
 
 

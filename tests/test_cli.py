@@ -217,6 +217,16 @@ def pruned_folder(tmp_path_factory):
     return out
 
 
+def test_prune_notes_widths_that_are_not_multiples_of_8(capsys, tmp_path):
+    code, out, _ = run(capsys, "prune", "--model", "resnet56", "--preset", "resnet56-B", "--out", str(tmp_path))
+    assert code == 0
+    assert "note: 21 pruned width(s) not a multiple of 8 (stage1_block1_conv1 = 6," in out and "--round-to 8" in out
+    code, out, _ = run(
+        capsys, "prune", "--model", "resnet56", "--preset", "resnet56-B", "--round-to", "8", "--out", str(tmp_path)
+    )
+    assert code == 0 and "note:" not in out
+
+
 def test_prune_preset_writes_checkpoint_plan_and_comparison(pruned_folder):
     assert sorted(p.name for p in pruned_folder.iterdir()) == [CHECKPOINT_FILE, "comparison.txt", "plan.json"]
     m = models.resnet56()

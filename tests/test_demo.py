@@ -223,3 +223,34 @@ def test_demo_quick_interrupted_resumed_and_reported(tmp_path, env):
     assert "![Sensitivity, paper Fig. 2(b)](figures/fig2b_sensitivity.png)" in md
     assert f"{b['macs'] / 1e6:,.2f} M" in r.stdout  # the report table is printed
     assert seconds < 300, f"resumed quick demo took {seconds:.0f} s"
+
+
+@pytest.mark.slow
+def test_train_prune_finetune_commands_chain(tmp_path, capsys):
+    """``train`` -> ``train`` again (reused) -> ``prune --checkpoint`` -> ``finetune``, in-process."""
+    a, b, c = tmp_path / "trained", tmp_path / "pruned", tmp_path / "finetuned"
+    assert cli.main(["train", "--epochs", "1", "--batch-size", "128", "--out", str(a), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "after 1 epochs (trained)" in out and f"wrote {a / CHECKPOINT_FILE}" in out
+    trained = load_checkpoint(a / CHECKPOINT_FILE)
+    info = trained.metadata["training"]
+    assert info["complete"] and info["epochs_done"] == 1 and info["recipe"]["batch_size"] == 128
+    assert trained.step == len(demo._load_data().x_train) // 128
+
+    # The same command again finds the finished run and does not train.
+    assert cli.main(["train", "--epochs", "1", "--batch-size", "128", "--out", str(a), "--no-progress"]) == 0
+    assert "(reused)" in capsys.readouterr().out
+    assert load_checkpoint(a / CHECKPOINT_FILE).step == trained.step
+
+    args = ["prune", "--checkpoint", str(a), "--ratios", "stage3=0.5", "--round-to", "8", "--out", str(b)]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    assert cli.main(["finetune", "--checkpoint", str(b), "--epochs", "1", "--out", str(c), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "after 1 fine-tuning epochs from lr 0.02" in out
+    tuned = load_checkpoint(c / CHECKPOINT_FILE)
+    plan = jp.PruningPlan.load(b / "plan.json")
+    assert [p.keep for p in tuned.plans] == [plan.keep]
+    assert [tuned.model.group_widths()[g] for g in tuned.model.stages()["stage3"]] == [32, 32, 32]
+    assert len(tuned.metadata["finetuning"]["history"]) == 1
+    assert 0.0 <= tuned.metadata["finetuning"]["history"][0]["test_accuracy"] <= 1.0
