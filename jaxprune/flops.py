@@ -11,7 +11,6 @@ kernel taps and adds BN, ReLU, pooling and bias work. Every printed number comes
 from __future__ import annotations
 
 import dataclasses
-import json
 import numbers
 import warnings
 from collections.abc import Mapping, Sequence
@@ -24,8 +23,9 @@ import numpy as np
 from flax import traverse_util
 
 from jaxprune.models import VGG, CifarResNet, ImageNetResNet, default_input_shape
-from jaxprune.models.base import is_prunable_model
+from jaxprune.models.base import check_prunable_model
 from jaxprune.models.layers import Conv
+from jaxprune.utils import _model_key
 
 __all__ = [
     "CostReport",
@@ -197,14 +197,6 @@ def _table(rows: Sequence[Sequence[str]], right=()) -> str:
 # -- validation -------------------------------------------------------------------------------------------------------
 
 
-def _check_model(model) -> None:
-    if not is_prunable_model(model):
-        raise TypeError(
-            f"{type(model).__name__} is not a prunable model: it needs channel_groups() and with_widths(mapping) "
-            "(the jaxprune.models protocol)"
-        )
-
-
 def _downsampling(model) -> int | None:
     """Total stride of a zoo model's pooling and strided convs, or None for other models."""
     if isinstance(model, VGG):
@@ -246,16 +238,6 @@ def _check_input_shape(model, input_shape) -> tuple[int, int, int, int]:
             f"{model.image_size}x{model.image_size} input's flatten)"
         )
     return shape
-
-
-def _model_key(model) -> str | None:
-    cfg = getattr(model, "config", None)
-    if not callable(cfg):
-        return None
-    try:
-        return json.dumps(cfg(), sort_keys=True)
-    except TypeError:
-        return None
 
 
 def _label(model) -> str:
@@ -363,7 +345,7 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
       >>> r.macs, r.params, r.params_no_bn
       (313463808, 14987722, 14978250)
     """
-    _check_model(model)
+    check_prunable_model(model)
     if not isinstance(exclude_projections, bool):
         raise TypeError(f"exclude_projections must be a bool, got {type(exclude_projections).__name__}")
     shape = _check_input_shape(model, input_shape)
@@ -512,7 +494,7 @@ def xla_flops(model, variables: Mapping[str, Any], input_shape: Sequence[int] | 
       ValueError: `input_shape` of the wrong rank or channels, or too small for the model's pooling.
       RuntimeError: the backend reports no cost analysis.
     """
-    _check_model(model)
+    check_prunable_model(model)
     if not isinstance(variables, Mapping):
         raise TypeError(f"variables must be a mapping of collections (e.g. {{'params': ...}}), got {type(variables)}")
     shape = _check_input_shape(model, input_shape)

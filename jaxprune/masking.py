@@ -15,15 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
-from jaxprune.strategies import _check_model
 
 __all__ = ["full_masks", "mask_dropped", "masked_forward", "plan_masks"]
 
 
 def full_masks(model, dtype=np.float32) -> dict[str, np.ndarray]:
     """All-ones masks for every group of the model (a complete dict keeps one compiled forward for any mask)."""
-    _check_model(model)
+    check_prunable_model(model)
     return {g.name: np.ones((g.width,), dtype) for g in model.channel_groups()}
 
 
@@ -31,17 +31,11 @@ def plan_masks(model, plan: PruningPlan, dtype=np.float32) -> dict[str, np.ndarr
     """0/1 masks for every group: 0 at the channels the plan removes.
 
     Raises:
-      ValueError: the plan names a group the model lacks, or its widths differ from the model's.
+      ValueError: the plan names a group the model lacks or cannot prune, or its widths differ from the model's.
     """
     masks = full_masks(model, dtype)
+    plan.validate(model.channel_groups())
     for name, keep in plan.keep.items():
-        if name not in masks:
-            raise ValueError(f"plan names unknown group {name!r}; model groups: {', '.join(masks)}")
-        if plan.widths[name] != masks[name].shape[0]:
-            raise ValueError(
-                f"plan does not match the model: group {name!r} has width {masks[name].shape[0]} in the model, the "
-                f"plan expects {plan.widths[name]}"
-            )
         m = np.zeros_like(masks[name])
         m[list(keep)] = 1
         masks[name] = m
@@ -58,7 +52,7 @@ def masked_forward(model, *, train: bool = False):
     statistics, as in training). One compile serves every mask of the same groups: pass a complete dict
     (`full_masks` / `plan_masks`).
     """
-    _check_model(model)
+    check_prunable_model(model)
     cache_key = (id(model), bool(train))
     if cache_key in _FORWARDS and _FORWARDS[cache_key][0] is model:
         return _FORWARDS[cache_key][1]

@@ -10,10 +10,13 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+
+from jaxprune.groups import ChannelGroup
 
 __all__ = ["PLAN_FORMAT_VERSION", "PruningPlan", "atomic_write_text"]
 
@@ -66,7 +69,9 @@ class PruningPlan:
         widths: dict[str, int] = {}
         for name, idx in self.keep.items():
             width = self.widths[name]
-            if isinstance(width, bool) or not isinstance(width, int | np.integer) or width < 1:
+            if isinstance(width, bool) or not isinstance(width, int | np.integer):
+                raise TypeError(f"PruningPlan: width of group {name!r} must be an int, got {type(width).__name__}")
+            if width < 1:
                 raise ValueError(f"PruningPlan: width of group {name!r} must be an int >= 1, got {width!r}")
             arr = np.asarray(idx)
             if arr.ndim != 1 or arr.size == 0:
@@ -85,9 +90,43 @@ class PruningPlan:
                 raise ValueError(f"PruningPlan: indices of group {name!r} are {what}; they must be strictly ascending")
             keep[name] = tuple(int(i) for i in arr)
             widths[name] = int(width)
-        object.__setattr__(self, "keep", keep)
-        object.__setattr__(self, "widths", widths)
-        object.__setattr__(self, "meta", dict(self.meta))
+        # Read-only views: a plan's invariants are checked once, here, so its mappings cannot change afterwards.
+        object.__setattr__(self, "keep", MappingProxyType(keep))
+        object.__setattr__(self, "widths", MappingProxyType(widths))
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, PruningPlan):
+            return NotImplemented
+        return (
+            dict(self.keep) == dict(other.keep)
+            and dict(self.widths) == dict(other.widths)
+            and dict(self.meta) == dict(other.meta)
+        )
+
+    __hash__ = None  # mutable-looking contents (meta); plans are compared, not hashed
+
+    def validate(self, groups: Iterable[ChannelGroup]) -> dict[str, ChannelGroup]:
+        """Checks the plan against a model's groups; returns them by name.
+
+        Raises:
+          ValueError: a name the groups do not have, a non-prunable group, or a width that differs (expected vs
+            found).
+        """
+        by_name = {g.name: g for g in groups}
+        for name in self.keep:
+            g = by_name.get(name)
+            if g is None:
+                valid = [n for n, h in by_name.items() if h.prunable]
+                raise ValueError(f"plan names unknown group {name!r}; this model's prunable groups: {', '.join(valid)}")
+            if not g.prunable:
+                raise ValueError(f"plan prunes group {name!r}, which the model declares not prunable (kind {g.kind!r})")
+            if self.widths[name] != g.width:
+                raise ValueError(
+                    f"plan does not match the model: group {name!r} has width {g.width} in the model, the plan "
+                    f"expects {self.widths[name]}"
+                )
+        return by_name
 
     # -- views --------------------------------------------------------------------------------------------------
     @property
@@ -129,7 +168,7 @@ class PruningPlan:
             "version": PLAN_FORMAT_VERSION,
             "widths": dict(self.widths),
             "keep": {n: list(k) for n, k in self.keep.items()},
-            "meta": self.meta,
+            "meta": dict(self.meta),
         }
 
     def to_json(self, **kwargs) -> str:
@@ -144,6 +183,9 @@ class PruningPlan:
             raise ValueError(
                 f"unsupported plan version {data.get('version')!r}; this jaxprune reads {PLAN_FORMAT_VERSION}"
             )
+        missing = [k for k in ("keep", "widths") if not isinstance(data.get(k), Mapping)]
+        if missing:
+            raise ValueError(f"plan data lacks {' and '.join(repr(k) for k in missing)} (mappings by group name)")
         return cls(
             keep={n: tuple(k) for n, k in data["keep"].items()}, widths=dict(data["widths"]), meta=data.get("meta", {})
         )

@@ -36,8 +36,7 @@ from types import MappingProxyType
 from typing import Any
 
 from jaxprune import models as _models
-from jaxprune.models.base import is_prunable_model
-from jaxprune.plan import PruningPlan
+from jaxprune.models.base import check_prunable_model
 from jaxprune.strategies import make_plan
 
 __all__ = ["PRESETS", "Preset", "available", "paper_layer", "preset", "preset_ratios"]
@@ -163,14 +162,6 @@ def available() -> dict[str, str]:
     return {name: p.description for name, p in PRESETS.items()}
 
 
-def _check_model(model) -> None:
-    if not is_prunable_model(model):
-        raise TypeError(
-            f"{type(model).__name__} is not a prunable model: it needs channel_groups() and with_widths(mapping) "
-            "(the jaxprune.models protocol)"
-        )
-
-
 def _block_groups(model) -> list[Any]:
     """The first-conv groups of a zoo ResNet, in forward (block) order."""
     return [g for g in model.channel_groups() if g.kind == "conv"]
@@ -201,7 +192,7 @@ def paper_layer(model, layer: int) -> str:
       >>> [presets.paper_layer(m, L) for L in (2, 16, 20, 21)]
       ['stage1_block1_conv1', 'stage1_block8_conv1', 'stage2_block1_conv1', 'stage2_stream']
     """
-    _check_model(model)
+    check_prunable_model(model)
     if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
         raise TypeError(f"paper layer must be an int, got {type(layer).__name__} {layer!r}")
     layer = int(layer)
@@ -253,7 +244,7 @@ def preset_ratios(name: str, model) -> dict[str, float]:
       TypeError: `model` lacks the prunable-model protocol.
     """
     p = _get_preset(name)
-    _check_model(model)
+    check_prunable_model(model)
     ref = _models.get(p.base)
     family, depth = getattr(model, "family", None), getattr(model, "depth", None)
     if family != ref.family or depth != ref.depth:
@@ -323,5 +314,4 @@ def preset(name: str, model, variables: Mapping[str, Any], *, strategy: str = "i
       [6, 22, 57]
     """
     ratios = preset_ratios(name, model)
-    plan = make_plan(model, variables, prune_ratio=ratios, strategy=strategy, round_to=round_to)
-    return PruningPlan(keep=plan.keep, widths=plan.widths, meta={**plan.meta, "preset": name})
+    return make_plan(model, variables, prune_ratio=ratios, strategy=strategy, round_to=round_to, meta={"preset": name})

@@ -114,6 +114,7 @@ def score_group(
     Raises:
       ValueError: the scored kernel holds NaN or inf (names the layer), or the group has no scored kernel.
     """
+    _check_criterion(criterion, key)
     ref = group.scored
     if ref is None:
         raise ValueError(f"group {group.name!r} has no scored kernel (prunable=False)")
@@ -159,6 +160,7 @@ def score_groups(
       key: PRNG key for `random`.
       index: Group name -> position (for `random`); default: position in `groups`.
     """
+    _check_criterion(criterion, key)
     index = index or {g.name: i for i, g in enumerate(groups)}
     if criterion == "random":
         return {g.name: score_group(flat, g, criterion=criterion, key=key, index=index[g.name]) for g in groups}

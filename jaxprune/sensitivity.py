@@ -25,8 +25,9 @@ import numpy as np
 from jaxprune.groups import ChannelGroup
 from jaxprune.masking import full_masks
 from jaxprune.models import default_input_shape
+from jaxprune.models.base import check_prunable_model
 from jaxprune.scoring import CRITERIA, _check_criterion, filter_norms
-from jaxprune.strategies import _check_model, _check_positive_int, make_plan, plan_from_scores
+from jaxprune.strategies import _check_positive_int, make_plan, plan_from_scores
 from jaxprune.surgery import prune
 
 __all__ = [
@@ -456,7 +457,7 @@ def activation_scores(
       (16,)
       >>> plan = jp.make_plan(m, v, prune_ratio=0.5, scores=s)
     """
-    _check_model(model)
+    check_prunable_model(model)
     if not isinstance(criterion, str) or criterion not in ACTIVATION_CRITERIA:
         raise ValueError(
             f"unknown activation criterion {criterion!r}; valid activation criteria: {', '.join(ACTIVATION_CRITERIA)}"
@@ -612,7 +613,7 @@ def sensitivity(
       (1, 2)
     """
     t0 = time.perf_counter()
-    _check_model(model)
+    check_prunable_model(model)
     ratios = _check_ratios(ratios)
     round_to = _check_positive_int(round_to, "round_to")
     min_keep = _check_positive_int(min_keep, "min_keep")
@@ -838,7 +839,7 @@ def compare_criteria(
         raise ValueError(f"criteria must not repeat, got {list(criteria)}")
     if "random" in criteria and key is None:
         raise ValueError("criterion 'random' needs an explicit PRNG key: key=jax.random.key(seed)")
-    _check_model(model)
+    check_prunable_model(model)
     x, _ = _check_data(data)
     act_scores: dict[str, dict[str, np.ndarray]] = {}
     wanted_act = [c for c in criteria if c in ACTIVATION_CRITERIA]

@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from jaxprune.groups import ChannelGroup, flatten_variables, kept_indices
-from jaxprune.models.base import is_prunable_model
+from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
 from jaxprune.scoring import CRITERIA, _check_criterion, expand_repeat, score_group, score_groups
 
@@ -45,8 +44,8 @@ def _check_positive_int(v, what: str) -> int:
 def kept_count(width: int, prune_ratio: float, *, round_to: int = 1, min_keep: int = 1) -> int:
     """Number of filters a group of `width` keeps at `prune_ratio` (design.md §1).
 
-    keep = floor(width * (1 - p)), computed exactly on the decimal the user wrote (`int(n*(1-p))` as the paper's code
-    does, without its float error: 10 filters at p = 0.8 keep 2, not 1); then, if `round_to` > 1, the nearest
+    keep = floor(width * (1 - p)) (`int(n*(1-p))` as the paper's code does, without its float error: 10 filters at
+    p = 0.8 keep 2, not 1, also for float32 or computed ratios such as 1 - 0.7); then, if `round_to` > 1, the nearest
     multiple of `round_to` (ties up, at least `round_to`); then at least `min_keep`; last, never above `width`.
     A ratio of 0 keeps every filter.
 
@@ -62,7 +61,10 @@ def kept_count(width: int, prune_ratio: float, *, round_to: int = 1, min_keep: i
     min_keep = _check_positive_int(min_keep, "min_keep")
     if p == 0.0:
         return width
-    k = math.floor(width * (1 - Fraction(repr(p))))
+    # Floor of width * (1 - p), snapping results within float error of an integer (10 * (1 - 0.8) is
+    # 1.9999999999999996 in float64; float32 ratios are off by ~1e-8): the paper's int() without its float error.
+    x = width * (1.0 - p)
+    k = round(x) if abs(x - round(x)) <= 1e-6 * width else math.floor(x)
     if round_to > 1:
         k = max(((2 * k + round_to) // (2 * round_to)) * round_to, round_to)
     return min(max(k, min_keep), width)
@@ -147,14 +149,6 @@ def _dependency_order(groups: list[ChannelGroup]) -> list[ChannelGroup]:
     return done
 
 
-def _check_model(model) -> None:
-    if not is_prunable_model(model):
-        raise TypeError(
-            f"{type(model).__name__} is not a prunable model: it needs channel_groups() and with_widths(mapping) "
-            "(the jaxprune.models protocol)"
-        )
-
-
 def plan_from_scores(
     groups: Iterable[ChannelGroup],
     ratios: Mapping[str, float],
@@ -168,7 +162,12 @@ def plan_from_scores(
     by_name = {g.name: g for g in groups}
     keep, widths = {}, {}
     for name, p in ratios.items():
-        g = by_name[name]
+        g = by_name.get(name)
+        if g is None or not g.prunable:
+            valid = ", ".join(n for n, h in by_name.items() if h.prunable)
+            what = "unknown group" if g is None else "non-prunable group"
+            raise ValueError(f"ratios name {what} {name!r}; prunable groups: {valid}")
+        p = _check_ratio(p, f"group {name!r}")
         if name not in scores:
             raise ValueError(f"scores has no entry for group {name!r}")
         s = np.asarray(scores[name])
@@ -193,6 +192,7 @@ def make_plan(
     skip: Iterable[str] = (),
     round_to: int = 1,
     min_keep: int = 1,
+    meta: Mapping[str, Any] | None = None,
 ) -> PruningPlan:
     """Decides which filters every reached group keeps (paper §3.1-3.2, design.md §1, §3).
 
@@ -209,6 +209,7 @@ def make_plan(
       skip: Group names left unpruned (the paper's sensitive layers).
       round_to: Round kept counts to the nearest multiple (e.g. 8, for XLA:CPU speed).
       min_keep: Never keep fewer filters.
+      meta: Extra JSON-ready entries recorded in `plan.meta` (e.g. a preset name).
 
     Returns:
       A `PruningPlan` naming every reached group with a ratio > 0.
@@ -226,25 +227,33 @@ def make_plan(
       >>> plan.new_widths["stage1_block1_conv1"]
       8
     """
-    _check_model(model)
+    check_prunable_model(model)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
     round_to = _check_positive_int(round_to, "round_to")
     min_keep = _check_positive_int(min_keep, "min_keep")
+    skip = (skip,) if isinstance(skip, str) else tuple(skip)
     if scores is None:
         _check_criterion(criterion, key)
     elif not isinstance(scores, Mapping):
         raise TypeError(f"scores must be a mapping from group names to arrays, got {type(scores).__name__}")
+    elif criterion != "l1" or key is not None:
+        raise ValueError(
+            f"scores= replaces the criterion: pass either scores= or criterion={criterion!r}/key=, not both"
+        )
     groups = list(model.channel_groups())
     ratios = resolve_ratios(model, prune_ratio, skip=skip)
     ratios = {n: p for n, p in ratios.items() if p > 0}  # a ratio of 0 keeps every filter: nothing to record
     meta = {
         "strategy": strategy,
         "criterion": "precomputed" if scores is not None else criterion,
-        "prune_ratio": dict(prune_ratio) if isinstance(prune_ratio, Mapping) else float(prune_ratio),
-        "skip": list(skip) if not isinstance(skip, str) else [skip],
+        "prune_ratio": {str(k): float(r) for k, r in prune_ratio.items()}
+        if isinstance(prune_ratio, Mapping)
+        else float(prune_ratio),
+        "skip": list(skip),
         "round_to": round_to,
         "min_keep": min_keep,
+        **dict(meta or {}),
     }
     if scores is not None:
         unknown = set(scores) - {g.name for g in groups}

@@ -6,6 +6,7 @@ back to jax arrays on the original sharding. It never scores or picks filters (`
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,13 +14,17 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from jaxprune.groups import ChannelGroup, check_groups, flatten_variables, kept_indices
+from jaxprune.groups import check_groups, flatten_variables, kept_indices
+from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
 from jaxprune.scoring import expand_repeat
-from jaxprune.strategies import _check_model
 from jaxprune.utils import abstract_variables
 
-__all__ = ["prune", "prune_like_params", "slicing_ops"]
+__all__ = ["ReshardWarning", "prune", "prune_like_params", "slicing_ops"]
+
+
+class ReshardWarning(UserWarning):
+    """A pruned leaf could not keep its sharding (the new shape does not divide it) and was replicated."""
 
 
 def slicing_ops(
@@ -41,23 +46,13 @@ def slicing_ops(
       ValueError: the plan names a group the model does not have or cannot prune, or its widths differ from the
         model's (names the group, expected vs found); an offset ref whose leaf is not in `shapes`.
     """
-    _check_model(model)
+    check_prunable_model(model)
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan must be a jaxprune.PruningPlan, got {type(plan).__name__}")
-    groups: dict[str, ChannelGroup] = {g.name: g for g in model.channel_groups()}
+    groups = plan.validate(model.channel_groups())
     claims: dict[tuple[tuple[str, ...], int], list] = {}
     for name, keep in plan.keep.items():
-        if name not in groups:
-            valid = [n for n, g in groups.items() if g.prunable]
-            raise ValueError(f"plan names unknown group {name!r}; this model's prunable groups: {', '.join(valid)}")
         g = groups[name]
-        if not g.prunable:
-            raise ValueError(f"plan prunes group {name!r}, which the model declares not prunable (kind {g.kind!r})")
-        if plan.widths[name] != g.width:
-            raise ValueError(
-                f"plan does not match the model: group {name!r} has width {g.width} in the model, the plan expects "
-                f"{plan.widths[name]}"
-            )
         if len(keep) == g.width:
             continue
         for ref in g.axes:
@@ -90,7 +85,13 @@ def _to_device(arr: np.ndarray, sharding):
         return jax.device_put(arr, sharding)
     except ValueError:
         # A sharding that no longer divides the new shape (e.g. a sharded channel axis): replicate over the same
-        # devices rather than fail after the work is done.
+        # devices rather than fail after the work is done, and say so.
+        warnings.warn(
+            f"a pruned leaf of shape {arr.shape} no longer divides its sharding {sharding}; it is replicated over the "
+            "same devices instead",
+            ReshardWarning,
+            stacklevel=3,
+        )
         mesh = jax.sharding.Mesh(np.array(list(sharding.device_set)), ("d",))
         return jax.device_put(arr, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
@@ -188,8 +189,8 @@ def prune_like_params(opt_state, model, plan: PruningPlan, *, params: Mapping[st
         # A traced model (`jaxprune.TracedModel`) knows its variables' shapes; a zoo model is evaluated abstractly.
         own = getattr(model, "abstract_variables", None)
         params = (own() if callable(own) else abstract_variables(model))["params"]
-    elif isinstance(params, Mapping) and "params" in params and not any(k for k in params if k != "params"):
-        params = params["params"]
+    elif isinstance(params, Mapping) and "params" in params:
+        params = params["params"]  # a full variables dict: its params collection
     shapes = {path: tuple(leaf.shape) for path, leaf in flatten_variables(params).items()}
     ops = slicing_ops(model, plan, shapes={("params", *p): s for p, s in shapes.items()})
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from jaxprune.groups import ChannelGroup, flatten_variables
+from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
 from jaxprune.scoring import filter_norms
-from jaxprune.strategies import _check_model
 
 __all__ = [
     "FIGURE_FORMATS",
@@ -188,7 +188,7 @@ def plot_sorted_filter_norms(
       ValueError: unknown groups, a criterion other than l1/l2, a bad `path` suffix.
       TypeError: a model without the protocol, `ax` not an Axes.
     """
-    _check_model(model)
+    check_prunable_model(model)
     if criterion not in ("l1", "l2"):
         raise ValueError(f"criterion must be 'l1' or 'l2' for sorted filter norms, got {criterion!r}")
     chosen = _pick_groups(model, groups)
@@ -370,7 +370,7 @@ def plot_filter_norms(
       TypeError: a model without the protocol, `plan` not a PruningPlan.
       ValueError: unknown groups, a plan for other widths, a bad criterion or `path` suffix.
     """
-    _check_model(model)
+    check_prunable_model(model)
     plan = _check_plan(model, plan)
     if criterion not in ("l1", "l2"):
         raise ValueError(f"criterion must be 'l1' or 'l2', got {criterion!r}")
@@ -425,7 +425,7 @@ def plot_kernel_weights(
       TypeError: a model without the protocol, `plan` not a PruningPlan.
       ValueError: unknown groups, a plan for other widths, a bad `path` suffix.
     """
-    _check_model(model)
+    check_prunable_model(model)
     plan = _check_plan(model, plan)
     chosen = _pick_groups(model, groups)
     flat = flatten_variables(variables)
@@ -484,7 +484,7 @@ def plot_widths(
       TypeError: a model without the protocol, `after` of the wrong kind, `ax` not an Axes.
       ValueError: unknown groups, a plan for other widths, a bad `path` suffix.
     """
-    _check_model(model)
+    check_prunable_model(model)
     new = _after_model(model, after)
     all_prunable = [g for g in model.channel_groups() if g.prunable]
     chosen = all_prunable if groups is None else _pick_groups(model, groups)
@@ -530,7 +530,7 @@ def plot_macs(
     """
     from jaxprune.flops import count_macs
 
-    _check_model(model)
+    check_prunable_model(model)
     new = _after_model(model, after)
     r0, r1 = count_macs(model, input_shape), count_macs(new, input_shape)
     rows0 = [r for r in r0.rows if r.kind in ("conv", "dense")]

@@ -21,6 +21,8 @@ def test_plan_masks(zoo):
     assert masks["stage3_stream"].tolist() == [1] * 64
     with pytest.raises(ValueError, match=r"plan names unknown group 'conv1'"):
         jp.plan_masks(m, PruningPlan(keep={"conv1": (0,)}, widths={"conv1": 4}))
+    with pytest.raises(ValueError, match=r"plan prunes group 'stage2_stream', which the model declares not prunable"):
+        jp.plan_masks(m, PruningPlan(keep={"stage2_stream": (0,)}, widths={"stage2_stream": 32}))
     with pytest.raises(ValueError, match=r"group 'stage1_block1_conv1' has width 16 in the model, the plan expects 8"):
         jp.plan_masks(m, PruningPlan(keep={"stage1_block1_conv1": (0,)}, widths={"stage1_block1_conv1": 8}))
 

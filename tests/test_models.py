@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -84,7 +86,7 @@ def test_resnet34_stage3_stream_axes_as_designed():
 def test_check_groups_original_and_random_widths(name):
     m = models.get(name)
     check_groups(m.channel_groups(), jp.abstract_variables(m))
-    rng = np.random.default_rng(hash(name) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
     new = {g.name: int(rng.integers(1, g.width + 1)) for g in m.channel_groups() if g.prunable}
     small = m.with_widths(new)
     assert small.group_widths() == {**m.group_widths(), **new}
@@ -118,8 +120,6 @@ def test_real_init_matches_abstract_shapes_and_bn_defaults():
     assert jax.tree_util.tree_map(lambda a: a.shape, v) == jax.tree_util.tree_map(
         lambda a: a.shape, jp.abstract_variables(m)
     )
-    bn = m.apply(v, jnp.zeros((1, 32, 32, 3)), method=lambda mod, x: batch_norm("b", True, jnp.float32), mutable=True)
-    assert bn is not None
     np.testing.assert_array_equal(v["batch_stats"]["stem_bn"]["var"], np.ones(16))
 
 

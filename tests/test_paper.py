@@ -68,7 +68,6 @@ def test_table1_pruned_percent_within_a_tenth_of_a_point(t1):
         assert (round(r.macs_pruned, 2), round(r.params_pruned, 2)) == PRUNED[r.model]
         assert abs(r.macs_pruned_diff) <= 0.1 + 1e-9, r.model
         assert abs(r.params_pruned_diff) <= 0.1 + 1e-9, r.model
-        assert r.macs_pruned_diff == pytest.approx(r.macs_pruned - float(r.paper_macs_pruned), abs=1e-12)
     for r in t1:
         if r.preset is None:
             assert r.macs_pruned is None and r.macs_pruned_diff is None and r.params_pruned_diff is None

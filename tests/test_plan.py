@@ -46,6 +46,7 @@ def test_numpy_indices_are_normalised_to_int_tuples():
         ({"a": (0,)}, {"b": 4}, ValueError, r"must name the same groups"),
         ({"a": (0.5,)}, {"a": 4}, TypeError, r"indices of group 'a' must be ints"),
         ({"a": (0,)}, {"a": 0}, ValueError, r"width of group 'a' must be an int >= 1"),
+        ({"a": (0,)}, {"a": 4.0}, TypeError, r"width of group 'a' must be an int, got float"),
     ],
 )
 def test_invariants(keep, widths, exc, match):
@@ -58,5 +59,15 @@ def test_from_json_errors():
         PruningPlan.from_json("{not json")
     with pytest.raises(ValueError, match="not a jaxprune plan"):
         PruningPlan.from_json('{"keep": {}}')
+    with pytest.raises(ValueError, match=r"plan data lacks 'keep' and 'widths'"):
+        PruningPlan.from_json('{"format": "jaxprune.PruningPlan", "version": 1}')
     with pytest.raises(ValueError, match="unsupported plan version 99"):
         PruningPlan.from_json('{"format": "jaxprune.PruningPlan", "version": 99, "keep": {}, "widths": {}}')
+
+
+def test_plan_is_read_only():
+    plan = PruningPlan(keep={"a": (0, 2)}, widths={"a": 4})
+    with pytest.raises(TypeError):
+        plan.keep["a"] = (3, 1)
+    with pytest.raises(TypeError):
+        plan.widths["a"] = 9

@@ -121,9 +121,16 @@ def test_selection_is_top_l1_of_the_scored_kernel(zoo):
 
 
 def test_greedy_and_round_to(zoo):
-    _, _, plan_g, new_g = _pruned(zoo, "vgg16-A", strategy="greedy")
+    _, v, plan_g, new_g = _pruned(zoo, "vgg16-A", strategy="greedy")
+    _, _, plan_i, _ = _pruned(zoo, "vgg16-A")
     assert list(new_g.widths) == WIDTHS["vgg16-A"]
     assert plan_g.meta["strategy"] == "greedy"
+    # conv8 reads an unpruned conv7, so both strategies agree there; conv9 is re-scored on conv8's kept inputs.
+    assert plan_g.keep["conv8"] == plan_i.keep["conv8"]
+    k9 = np.asarray(v["params"]["conv9"]["kernel"])[:, :, list(plan_g.keep["conv8"]), :]
+    greedy_l1 = np.abs(k9.astype(np.float64)).sum(axis=(0, 1, 2))
+    assert plan_g.keep["conv9"] == tuple(sorted(np.argsort(-greedy_l1, kind="stable")[:256].tolist()))
+    assert plan_g.keep["conv9"] != plan_i.keep["conv9"]
     _, _, plan8, new8 = _pruned(zoo, "resnet56-B", round_to=8)
     assert (new8.widths[0], new8.widths[10], new8.widths[19]) == (8, 24, 56)
     assert plan8.meta["round_to"] == 8

@@ -91,3 +91,15 @@ def test_bad_criterion_and_missing_key(zoo):
         jp.filter_norms(v, m.channel_groups(), criterion="l3")
     with pytest.raises(ValueError, match="needs an explicit PRNG key"):
         jp.filter_norms(v, m.channel_groups(), criterion="random")
+
+
+def test_public_score_group_validates_the_criterion(zoo):
+    from jaxprune.scoring import score_group, score_groups
+
+    m, v = zoo("resnet20")
+    flat = jp.groups.flatten_variables(v)
+    g = m.channel_groups()[0]
+    with pytest.raises(ValueError, match="unknown criterion 'l3'"):
+        score_group(flat, g, criterion="l3")
+    with pytest.raises(ValueError, match="needs an explicit PRNG key"):
+        score_groups(flat, [g], criterion="random")

@@ -21,6 +21,10 @@ def test_floor_rule_matches_the_reimplementation(width, p, expected):
 def test_float_error_is_guarded():
     assert int(10 * (1 - 0.8)) == 1  # what the plain float expression gives
     assert kept_count(10, 0.8) == 2
+    assert kept_count(10, np.float32(0.8)) == 2
+    assert kept_count(10, 1 - 0.7) == 7  # 0.30000000000000004
+    assert kept_count(10, 0.1 * 3) == 7
+    assert kept_count(256, np.float32(0.2)) == 204
     assert kept_count(100, 0.7) == 30
     assert kept_count(3, 0.0) == 3
 
@@ -58,7 +62,10 @@ def test_mapping_stage_group_override_and_skip(zoo):
     vgg, _ = zoo("vgg16")
     r = resolve_ratios(vgg, {"stage4": 0.5, "conv9": 0.25, "fc1": 0.5}, skip=("conv10",))
     assert r == {"conv8": 0.5, "conv9": 0.25, "fc1": 0.5}
+    # The override does not depend on the mapping's order.
+    assert resolve_ratios(vgg, {"conv9": 0.25, "stage4": 0.5}) == {"conv8": 0.5, "conv9": 0.25, "conv10": 0.5}
     r34, _ = zoo("resnet34")
+    assert "stage3_stream" not in resolve_ratios(r34, {"stage3": 0.3})
     assert resolve_ratios(r34, {"stage3_stream": 0.2}) == {"stage3_stream": 0.2}
 
 
@@ -119,6 +126,7 @@ def test_precomputed_scores_and_criteria(zoo):
         assert set(small.keep[name]).isdisjoint(big.keep[name])
     r = jp.make_plan(m, v, prune_ratio=0.5, criterion="random", key=jax.random.key(0))
     assert r.new_widths == big.new_widths
+    assert sum(r.keep[n] != big.keep[n] for n in big.keep) >= 8  # random picks are not the L1 picks
 
 
 def test_zero_ratio_groups_are_not_in_the_plan(zoo):
@@ -181,3 +189,29 @@ def test_not_a_prunable_model():
 
     with pytest.raises(TypeError, match=r"Dense is not a prunable model: it needs channel_groups\(\)"):
         jp.make_plan(nn.Dense(3), {"params": {}}, prune_ratio=0.5)
+
+
+def test_meta_is_json_ready_and_skip_may_be_a_generator(zoo):
+    m, v = zoo("resnet20")
+    plan = jp.make_plan(m, v, prune_ratio={"stage1": np.float32(0.5)}, skip=(n for n in ["stage1_block2_conv1"]))
+    assert plan.meta["skip"] == ["stage1_block2_conv1"]
+    assert "stage1_block2_conv1" not in plan.keep
+    assert jp.PruningPlan.from_json(plan.to_json()) == plan
+    assert jp.make_plan(m, v, prune_ratio=0.5, meta={"note": "x"}).meta["note"] == "x"
+
+
+def test_scores_with_a_criterion_is_an_error(zoo):
+    m, v = zoo("resnet20")
+    scores = {g.name: np.ones(g.width) for g in m.channel_groups() if g.prunable}
+    with pytest.raises(ValueError, match="scores= replaces the criterion"):
+        jp.make_plan(m, v, prune_ratio=0.5, scores=scores, criterion="l2")
+
+
+def test_plan_from_scores_rejects_unknown_and_non_prunable_groups(zoo):
+    from jaxprune.strategies import plan_from_scores
+
+    m, _ = zoo("resnet20")
+    with pytest.raises(ValueError, match=r"ratios name unknown group 'nope'; prunable groups: stage1_block1_conv1"):
+        plan_from_scores(m.channel_groups(), {"nope": 0.5}, {"nope": np.ones(3)})
+    with pytest.raises(ValueError, match=r"non-prunable group 'stage1_stream'"):
+        plan_from_scores(m.channel_groups(), {"stage1_stream": 0.5}, {"stage1_stream": np.ones(16)})

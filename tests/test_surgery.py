@@ -9,6 +9,10 @@ float32, and one float64 case shows the equivalence is exact up to float64 round
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,6 +99,45 @@ def test_fixed_ratio_every_other_model(zoo, name):
     plan = jp.make_plan(m, v, prune_ratio=FIXED[name])
     x = input_batch(m, 2, seed=5, size=64 if isinstance(m, models.ImageNetResNet) else None)
     _check_equivalence(m, v, plan, x, train_too=name in ("resnet56", "resnet18"))
+
+
+def test_imagenet_streams_pruned_equals_masked(zoo):
+    """Prunable streams (projection-scored) in the quick loop: ResNet-18 at 64x64, stem and stage-3 streams."""
+    m, v = zoo("resnet18", seed=6)
+    plan = jp.make_plan(m, v, prune_ratio={"stage1_stream": 0.5, "stage3_stream": 0.2, "stage2": 0.5})
+    _check_equivalence(m, v, plan, input_batch(m, 2, seed=7, size=64))
+
+
+def test_prune_like_params_accepts_full_variables(zoo):
+    m, v = zoo("resnet20")
+    plan = jp.make_plan(m, v, prune_ratio=0.5)
+    state = optax.sgd(0.1, momentum=0.9).init(v["params"])
+    a = jp.prune_like_params(state, m, plan, params=v)
+    b = jp.prune_like_params(state, m, plan, params=v["params"])
+    assert jax.tree_util.tree_map(np.shape, a) == jax.tree_util.tree_map(np.shape, b)
+
+
+def test_unshardable_leaf_is_replicated_with_a_warning(tmp_path):
+    """A channel axis sharded over 2 host devices, pruned to an odd width: ReshardWarning, then replicated."""
+    code = """
+import os, warnings, jax, numpy as np
+import jaxprune as jp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+m = jp.models.resnet20()
+v = jp.random_variables(m)
+mesh = Mesh(np.array(jax.devices()), ("d",))
+k = v["params"]["stage1_block1_conv1"]["kernel"]
+v["params"]["stage1_block1_conv1"]["kernel"] = jax.device_put(k, NamedSharding(mesh, P(None, None, None, "d")))
+plan = jp.PruningPlan(keep={"stage1_block1_conv1": (0, 1, 2)}, widths={"stage1_block1_conv1": 16})
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    _, v2 = jp.prune(m, v, plan)
+new = v2["params"]["stage1_block1_conv1"]["kernel"]
+print([type(x.message).__name__ for x in w], new.shape, len(new.sharding.device_set), new.sharding.is_fully_replicated)
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "['ReshardWarning'] (3, 3, 16, 3) 2 True"
 
 
 def test_float64_train_mode_is_exact():

@@ -17,7 +17,7 @@ import numpy as np
 from jaxprune.groups import AxisRef, ChannelGroup
 from jaxprune.models.layers import CONV_IMPLS
 
-__all__ = ["PrunableMixin", "bn_refs", "cached_groups", "check_int", "is_prunable_model"]
+__all__ = ["PrunableMixin", "bn_refs", "cached_groups", "check_int", "check_prunable_model", "is_prunable_model"]
 
 
 def check_int(value, what: str, *, minimum: int = 1) -> int:
@@ -62,6 +62,15 @@ def cached_groups(fn):
 def is_prunable_model(model: Any) -> bool:
     """True if `model` follows the protocol: `channel_groups()` and `with_widths(mapping)`."""
     return callable(getattr(model, "channel_groups", None)) and callable(getattr(model, "with_widths", None))
+
+
+def check_prunable_model(model: Any) -> None:
+    """Raises TypeError naming the protocol when `model` does not follow it."""
+    if not is_prunable_model(model):
+        raise TypeError(
+            f"{type(model).__name__} is not a prunable model: it needs channel_groups() and with_widths(mapping) "
+            "(the jaxprune.models protocol)"
+        )
 
 
 class PrunableMixin:
