@@ -181,7 +181,11 @@ Pruned by `jaxprune.preset("vgg16-A", ...)` (paper Table 1: 50 % of conv1 and co
 {pruned_layers}; {100 * (1 - a.macs / b.macs):.2f} % fewer MACs, {100 * (1 - a.params_no_bn / b.params_no_bn):.2f} %
 fewer conv + FC parameters (the paper: 34.2 % and 64.0 %). `prune_state` (weights, BN statistics, momentum) took
 {1e3 * r["t_prune"]:.0f} ms; fine-tuning {r["t_ft"]:.0f} s. Accuracy change after fine-tuning:
-{100 * (r["acc_tuned"] - r["acc"]):+.2f} points (the paper, on CIFAR-10: 93.25 % -> 93.40 %).
+{100 * (r["acc_tuned"] - r["acc"]):+.2f} points (the paper, on CIFAR-10: 93.25 % -> 93.40 %). Right after pruning,
+before any retraining, the network is {"at chance (10 classes: 10 %)" if r["acc_pruned"] < 0.15 else "degraded"}:
+pruning drops each removed channel's whole post-BN output, its BN shift included (design.md §4), in seven layers
+at once. The paper retrains VGG-16-A too; here {"one epoch" if r["ft_history"][0]["test_accuracy"] > 0.9 else "a few epochs"}
+of fine-tuning {"restores" if r["ft_history"][0]["test_accuracy"] > 0.9 else "restore"} most of the accuracy.
 
 Training (test accuracy evaluated every {max(1, args.epochs // 4)} epochs and after the last):
 
