@@ -14,6 +14,7 @@ aim <= 0.85).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     if repeats < 1 or repeats_lax < 1:
         ap.error(f"--repeats and --repeats-lax must be >= 1, got {repeats} and {repeats_lax}")
 
+    load = [os.getloadavg()[0]]
     entries, pairs = build()
     print(f"timing {len(entries)} models interleaved at batch sizes {BATCHES}, {repeats} rounds ...", flush=True)
     res = jp.benchmark_many(entries, IMAGE, batch_sizes=BATCHES, repeats=repeats, warmup=3)
@@ -87,11 +89,13 @@ def main(argv=None) -> int:
         warmup=1,
     )
 
+    load.append(os.getloadavg()[0])
     macs = {n: jp.count_macs(m, (1, *IMAGE)).macs for n, (m, _) in entries.items()}
     lines = [
         "## Inference latency (`benchmarks/bench_latency.py`)",
         "",
-        f"Machine: {machine_line()}. Latency = median wall-clock ms of one call of the jitted inference forward "
+        f"Machine: {machine_line()}; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end of the timing "
+        "(the machine is shared: ratios from one interleaved run hold, absolute times are upper bounds). Latency = median wall-clock ms of one call of the jitted inference forward "
         f"(compile excluded, 3 warm-up calls, input already on the device); {repeats} rounds per batch size, every "
         "model timed once per round in alternating order (`jaxprune.benchmark_many`), so load from other processes "
         "hits all of them alike. Ratios are pruned / original medians of the same run; MACs = conv + dense "

@@ -311,6 +311,7 @@ def torch_latency(torch, nets: dict, batch: int, repeats: int) -> dict[str, floa
 
 
 def run(torch, tp, repeats: int, lat_repeats: int) -> tuple[str, int]:
+    load = [os.getloadavg()[0]]
     rows_prune, rows_lat, missed = [], [], 0
     checks = []
     for base, name, builder in (("vgg16", "vgg16-A", torch_vgg), ("resnet56", "resnet56-B", torch_resnet)):
@@ -368,10 +369,13 @@ def run(torch, tp, repeats: int, lat_repeats: int) -> tuple[str, int]:
             )
             print(rows_lat[-1], flush=True)
 
+    load.append(os.getloadavg()[0])
     lines = [
         "## jaxprune vs Torch-Pruning (`benchmarks/bench_vs_torch_pruning.py`)",
         "",
-        f"Machine: {machine_line()}; torch {torch.__version__}, torch-pruning {tp_version()} "
+        f"Machine: {machine_line()}; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (shared "
+        "machine: torch's OpenMP threads suffer most from other processes' load, so its absolute times and the "
+        "prune-time spread are upper bounds there); torch {torch.__version__}, torch-pruning {tp_version()} "
         f"({torch.get_num_threads()} threads). Same seeded random weights in both tools (jaxprune's, copied into an "
         "identical torch network; ResNet residual branches' last BN scales x 0.2 so that logits stay ~4); Torch-Pruning with `MagnitudeImportance(p=1, group_reduction='first', "
         "normalizer=None)` (the paper's per-filter L1) and the preset's per-layer kept counts.",
@@ -405,6 +409,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20, help="prune repetitions per tool (default 20)")
     ap.add_argument("--latency-repeats", type=int, default=20, help="timed forwards per model and batch (default 20)")
     ap.add_argument("--quick", action="store_true", help="3 repetitions of everything: a smoke run")
+    ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     ap.add_argument("--no-write", action="store_true", help="print the section, do not write docs/benchmarks.md")
     args = ap.parse_args(argv)
     repeats, lat_repeats = (3, 3) if args.quick else (args.repeats, args.latency_repeats)
@@ -415,6 +420,10 @@ def main(argv=None) -> int:
         print(f"bench_vs_torch_pruning: skipped: {mods}")
         return 0
     torch, tp = mods
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            ap.error(f"--torch-threads must be >= 1, got {args.torch_threads}")
+        torch.set_num_threads(args.torch_threads)
     if torch.__version__.split("+")[0] != TORCH_VERSION or tp_version() != TP_VERSION:
         print(
             f"note: measured with torch {torch.__version__}, torch-pruning {tp_version()}; the bench extra pins "
