@@ -62,8 +62,8 @@ CONV_IMPLS = ("auto", "lax", "im2col", "padded")
 #: Output widths are padded to a multiple of this on the 'padded' path (16 float32 = one AVX-512 register).
 PAD_MULTIPLE = 16
 
-#: `auto` pads only when the zero filters add at most this fraction of the real ones (56 -> 64 is 1/7).
-_AUTO_PAD_MAX_EXTRA = 1 / 7
+#: `auto` pads only when the zero filters add at most 1/this of the real ones (56 -> 64 adds 8 = 56/7).
+_AUTO_PAD_MAX_EXTRA_INV = 7
 
 #: `auto` uses im2col when the output has at most this many pixels (2x2) and the kernel is spatial (perf-notes 1).
 _AUTO_IM2COL_MAX_PIXELS = 4
@@ -185,7 +185,7 @@ def resolve_conv_impl(
         return "im2col"
     if out_width is not None:
         extra = padded_width(out_width) - out_width
-        if 0 < extra <= _AUTO_PAD_MAX_EXTRA * out_width:
+        if 0 < extra and extra * _AUTO_PAD_MAX_EXTRA_INV <= out_width:  # integers: 56 -> 64 exactly at the limit
             return "padded"
     return "lax"
 
