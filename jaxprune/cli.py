@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Structured filter pruning for JAX/Flax after Li et al., 'Pruning Filters for Efficient "
         "ConvNets' (ICLR 2017).",
-        epilog="Start with 'jaxprune demo'. Exit status: 0 success, 2 bad input, 130 interrupted.",
+        epilog="Start with 'jaxprune demo'. Exit status: 0 success, 2 bad input (one line on stderr; set "
+        "JAXPRUNE_TRACEBACK=1 for the full traceback), 130 interrupted.",
     )
     from jaxprune import __version__
     from jaxprune.demo import FULL_RECIPE as recipe
