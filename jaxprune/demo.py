@@ -2,7 +2,8 @@
 
 This module owns the end-to-end demo (`run_demo`: train on the digits data, sensitivity scan, suggested ratios,
 prune, fine-tune, measure, report) and the other steps the command line offers as one call each (`prune_to_folder`,
-`parse_ratios`, `output_folder`). Every step calls the public API (`make_plan`, `preset`, `prune`, `count_macs`,
+`report_text`, `train_to_folder`, `finetune_to_folder`, `sensitivity_from_checkpoint`), with their settings
+(`Recipe`) and the checkpoint-folder convention (`CHECKPOINT_FILE`, `checkpoint_file`, `output_folder`). Every step calls the public API (`make_plan`, `preset`, `prune`, `count_macs`,
 `xla_flops`, `sensitivity`, `suggest_ratios`, `jaxprune.train`, `jaxprune.checkpoint`, `jaxprune.viz`); this module
 adds only orchestration, files and words. It does not parse command lines (that is `jaxprune.cli`) and owns no
 algorithm. optax, matplotlib and scikit-learn are imported inside the functions that need them, so
@@ -20,12 +21,22 @@ from typing import Any
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "DIGITS_MODELS",
+    "FULL_RECIPE",
+    "QUICK_RECIPE",
+    "DemoResult",
     "PruneOutcome",
+    "Recipe",
+    "StepOutcome",
     "checkpoint_file",
+    "finetune_to_folder",
     "output_folder",
     "parse_ratios",
     "prune_to_folder",
     "report_text",
+    "run_demo",
+    "sensitivity_from_checkpoint",
+    "train_to_folder",
 ]
 
 
@@ -1068,6 +1079,7 @@ def run_demo(
     Raises:
       ValueError: an unknown or ImageNet model (lists the valid ones), epochs < 1, tolerance < 0, target_macs outside
         (0, 1] or out of reach, round_to < 1.
+      TypeError: arguments of the wrong kind (a non-int epoch count, a non-number tolerance...).
       FileExistsError: `out` exists and is a file.
       KeyboardInterrupt: interrupted; ``out/baseline`` keeps the last complete training epoch, and the same call
         resumes from it.
@@ -1098,13 +1110,14 @@ def run_demo(
         if finetune_epochs is None
         else _check_int(finetune_epochs, "finetune epochs", minimum=1),
     )
+    for what, v in (("tolerance", tolerance), ("target_macs", target_macs)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+            raise TypeError(f"{what} must be a number, got {type(v).__name__} {v!r}")
     if tolerance is not None:
-        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not tolerance >= 0:
+        if not tolerance >= 0:
             raise ValueError(f"tolerance must be a number >= 0 (an accuracy drop), got {tolerance!r}")
         recipe = dataclasses.replace(recipe, tolerance=float(tolerance))
-    if target_macs is not None and (
-        isinstance(target_macs, bool) or not isinstance(target_macs, numbers.Real) or not 0 < target_macs <= 1
-    ):
+    if target_macs is not None and not 0 < target_macs <= 1:
         raise ValueError(f"target_macs must be a fraction of the original MACs in (0, 1], got {target_macs!r}")
     round_to = _check_int(round_to, "round_to", minimum=1)
     seed = _check_int(seed, "seed", minimum=0)
@@ -1122,6 +1135,7 @@ def run_demo(
     data = _load_data()
     baseline_dir = output_folder(folder / "baseline")
     if retrain and (baseline_dir / CHECKPOINT_FILE).exists():
+        log(f"  --retrain: removing {baseline_dir / CHECKPOINT_FILE}")
         (baseline_dir / CHECKPOINT_FILE).unlink()
     state, history, status = _train_with_checkpoints(
         baseline_dir, m, data, recipe, seed=seed, progress=progress, log=log, on_mismatch="retrain"

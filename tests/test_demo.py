@@ -48,6 +48,8 @@ def random_checkpoint(tmp_path_factory):
         ({"target_macs": 0.0}, ValueError, r"target_macs must be a fraction .* \(0, 1\]"),
         ({"round_to": 0}, ValueError, "round_to must be >= 1"),
         ({"quick": "yes"}, TypeError, "quick must be a bool"),
+        ({"tolerance": "0.1"}, TypeError, "tolerance must be a number, got str"),
+        ({"target_macs": True}, TypeError, "target_macs must be a number, got bool"),
     ],
 )
 def test_run_demo_bad_arguments(tmp_path, kwargs, error, match):
