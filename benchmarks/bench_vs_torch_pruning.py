@@ -375,7 +375,8 @@ def run(torch, tp, repeats: int, lat_repeats: int) -> tuple[str, int]:
         "",
         f"Machine: {machine_line()}; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (shared "
         "machine: torch's OpenMP threads suffer most from other processes' load, so its absolute times and the "
-        "prune-time spread are upper bounds there); torch {torch.__version__}, torch-pruning {tp_version()} "
+        "prune-time spread are upper bounds there); "
+        f"torch {torch.__version__}, torch-pruning {tp_version()} "
         f"({torch.get_num_threads()} threads). Same seeded random weights in both tools (jaxprune's, copied into an "
         "identical torch network; ResNet residual branches' last BN scales x 0.2 so that logits stay ~4); Torch-Pruning with `MagnitudeImportance(p=1, group_reduction='first', "
         "normalizer=None)` (the paper's per-filter L1) and the preset's per-layer kept counts.",
