@@ -46,7 +46,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from jaxprune.checkpoint import host_tree
+from jaxprune.checkpoint import host_array, host_tree
 from jaxprune.data import augment_cifar, batches
 from jaxprune.plan import PruningPlan
 from jaxprune.strategies import make_plan
@@ -607,7 +607,7 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 256, mesh: 
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
             yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
         sums.append(step(state, shard_batch(mesh, xb), shard_batch(mesh, yb), shard_batch(mesh, mask)))
-    sums = jax.device_get(sums)
+    sums = host_tree(sums)  # replicated outputs: read from a local shard, also with several processes
     total = {k: float(np.sum([s[k] for s in sums], dtype=np.float64)) for k in ("loss_sum", "correct", "count")}
     return {
         "loss": total["loss_sum"] / total["count"],
@@ -699,7 +699,7 @@ def fit(
 
     state = _replicate(state, mesh)
     step_fn, _ = _mesh_steps(mesh)
-    start = int(jax.device_get(state.step))
+    start = int(host_array(state.step))
     first_epoch, offset = divmod(start, spe)
     history: list[dict[str, Any]] = []
     done = start
@@ -721,7 +721,7 @@ def fit(
                 )
                 metrics.append(m)
                 bar.update(1)
-            metrics = jax.device_get(metrics)  # waits for the epoch's last step
+            metrics = host_tree(metrics)  # waits for the epoch's last step
             seconds = time.perf_counter() - t0
             done += len(metrics)
             record: dict[str, Any] = {
@@ -892,7 +892,7 @@ def iterative_prune(
     schedule: Sequence[Any],
     *,
     epochs_per_round: int | Sequence[int] = 1,
-    lr: float = 0.001,
+    lr: float | None = None,
     tx: optax.GradientTransformation | None = None,
     strategy: str = "independent",
     criterion: str = "l1",
@@ -916,7 +916,7 @@ def iterative_prune(
       data: As in `fit`.
       schedule: Non-empty sequence of `prune_ratio` values, one per round.
       epochs_per_round: Fine-tuning epochs after each pruning, an int >= 1 or one per round.
-      lr: Constant fine-tuning rate (paper: 0.001), > 0; ignored in favour of `tx` if that is given.
+      lr: Constant fine-tuning rate > 0 (default 0.001, the paper's); not allowed together with `tx`.
       tx: Fine-tuning optimizer (default ``sgd(lr)``); its state must have the structure of the state's.
       strategy, criterion, key, skip, round_to, min_keep: As in `jaxprune.make_plan` (`key` for ``"random"``; each
         round folds in its round number).
@@ -929,8 +929,8 @@ def iterative_prune(
       ``widths`` (group widths after pruning) and ``history`` (the fine-tuning epochs, as `fit` returns).
 
     Raises:
-      ValueError: an empty schedule, epochs per round < 1 or a list of the wrong length, lr <= 0, or anything
-        `make_plan`, `prune_state` or `finetune` raises.
+      ValueError: an empty schedule, epochs per round < 1 or a list of the wrong length, lr <= 0, both `lr` and
+        `tx`, or anything `make_plan`, `prune_state` or `finetune` raises.
       TypeError: a schedule that is not a sequence, or options of the wrong kind.
     """
     _check_state(state)
@@ -950,8 +950,10 @@ def iterative_prune(
             )
     else:
         epochs = [_check_int(epochs_per_round, "epochs_per_round", minimum=1)] * len(schedule)
+    if tx is not None and lr is not None:
+        raise ValueError("iterative_prune takes lr= or tx=, not both (the lr of a given tx is its own)")
     if tx is None:
-        tx = sgd(_check_positive_float(lr, "lr"))
+        tx = sgd(0.001 if lr is None else _check_positive_float(lr, "lr"))
     rounds = []
     for r, ratio in enumerate(schedule):
         plan = make_plan(

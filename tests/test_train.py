@@ -486,6 +486,8 @@ def test_finetune_and_iterative_prune_reject_bad_lr_and_epochs(trained, small):
         train.finetune(state, small, epochs=1, lr=0.01, tx=train.sgd(0.01))
     with pytest.raises(ValueError, match="keep_optimizer_state=False"):
         train.finetune(state, small, epochs=1, tx=optax.adam(1e-3))
+    with pytest.raises(ValueError, match="iterative_prune takes lr= or tx=, not both"):
+        train.iterative_prune(state, small, [0.5], lr=0.01, tx=train.sgd(0.01))
     with pytest.raises(ValueError, match="at least one round"):
         train.iterative_prune(state, small, [])
     with pytest.raises(TypeError, match="schedule must be a sequence"):
