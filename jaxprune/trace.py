@@ -28,6 +28,7 @@ from jax import lax
 from jax.extend import core as jcore
 
 from jaxprune.groups import AxisRef, ChannelGroup, check_groups, flatten_variables, groups_by_name
+from jaxprune.models.base import checked_widths, stage_map
 
 __all__ = [
     "SUPPORTED_PRIMITIVES",
@@ -1543,11 +1544,7 @@ class TracedModel:
 
     def stages(self) -> dict[str, tuple[str, ...]]:
         """Stage name -> the prunable conv-filter groups a stage ratio reaches (from the policy; empty if none)."""
-        out: dict[str, list[str]] = {}
-        for g in self.channel_groups():
-            if g.stage is not None and g.prunable and g.kind == "conv":
-                out.setdefault(g.stage, []).append(g.name)
-        return {k: tuple(v) for k, v in out.items()}
+        return stage_map(self.channel_groups())
 
     def with_widths(self, mapping: Mapping[str, int]) -> TracedModel:
         """The same traced model with the named groups at new widths (the module is rebuilt when it can be).
@@ -1556,28 +1553,14 @@ class TracedModel:
           TypeError: a mapping that is not a mapping, or a width that is not an int.
           ValueError: an unknown or non-prunable group, or a width outside [1, current width].
         """
-        if not isinstance(mapping, Mapping):
-            raise TypeError(f"with_widths takes a mapping from group names to widths, got {type(mapping).__name__}")
         groups = {g.name: g for g in self.channel_groups()}
         specs = {s.name: s for s in self._specs}
-        valid = [n for n, g in groups.items() if g.prunable]
         sizes = dict(self._sizes)
         changed: dict[str, int] = {}
-        for name, width in mapping.items():
-            if name not in groups:
-                raise ValueError(f"unknown group {name!r} for this traced model; valid groups: {', '.join(valid)}")
-            g = groups[name]
-            if not g.prunable:
-                raise ValueError(
-                    f"group {name!r} is not prunable (kind {g.kind!r}); prunable groups: {', '.join(valid)}"
-                )
-            if isinstance(width, bool) or not isinstance(width, int | np.integer):
-                raise TypeError(f"width of group {name!r} must be an int, got {type(width).__name__} {width!r}")
-            if not 1 <= width <= g.width:
-                raise ValueError(f"width of group {name!r} must be in [1, {g.width}] (its current width), got {width}")
-            if int(width) != g.width:
-                sizes[specs[name].root] = int(width)
-                changed[name] = int(width)
+        for name, width in checked_widths(groups.values(), mapping, "this traced model").items():
+            if width != groups[name].width:
+                sizes[specs[name].root] = width
+                changed[name] = width
         if not changed:
             return self
         module = self._module

@@ -17,7 +17,17 @@ import numpy as np
 from jaxprune.groups import AxisRef, ChannelGroup
 from jaxprune.models.layers import CONV_IMPLS
 
-__all__ = ["PrunableMixin", "bn_refs", "cached_groups", "check_int", "check_prunable_model", "is_prunable_model"]
+__all__ = [
+    "PrunableMixin",
+    "bn_refs",
+    "cached_groups",
+    "check_int",
+    "check_prunable_model",
+    "checked_widths",
+    "first_conv_groups",
+    "is_prunable_model",
+    "stage_map",
+]
 
 
 def check_int(value, what: str, *, minimum: int = 1) -> int:
@@ -37,6 +47,61 @@ def bn_refs(name: str) -> tuple[AxisRef, ...]:
         AxisRef(("batch_stats", name, "mean"), 0),
         AxisRef(("batch_stats", name, "var"), 0),
     )
+
+
+def stage_map(groups) -> dict[str, tuple[str, ...]]:
+    """Stage name -> the conv-filter groups a stage ratio reaches (prunable, kind 'conv'), in forward order."""
+    out: dict[str, list[str]] = {}
+    for g in groups:
+        if g.stage is not None and g.prunable and g.kind == "conv":
+            out.setdefault(g.stage, []).append(g.name)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def checked_widths(groups, mapping: Mapping[str, int], owner: str) -> dict[str, int]:
+    """Validates a `with_widths` mapping against groups; returns ``{name: int width}``.
+
+    Raises:
+      TypeError: a mapping that is not a mapping, or a width that is not an int.
+      ValueError: an unknown or non-prunable group (lists the prunable ones), or a width outside [1, current width].
+    """
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"with_widths takes a mapping from group names to widths, got {type(mapping).__name__}")
+    by_name = {g.name: g for g in groups}
+    valid = [n for n, g in by_name.items() if g.prunable]
+    new: dict[str, int] = {}
+    for name, width in mapping.items():
+        if name not in by_name:
+            raise ValueError(f"unknown group {name!r} for {owner}; valid groups: {', '.join(valid)}")
+        g = by_name[name]
+        if not g.prunable:
+            raise ValueError(f"group {name!r} is not prunable (kind {g.kind!r}); prunable groups: {', '.join(valid)}")
+        if isinstance(width, bool) or not isinstance(width, int | np.integer):
+            raise TypeError(f"width of group {name!r} must be an int, got {type(width).__name__} {width!r}")
+        if not 1 <= width <= g.width:
+            raise ValueError(f"width of group {name!r} must be in [1, {g.width}] (its current width), got {width}")
+        new[name] = int(width)
+    return new
+
+
+def first_conv_groups(blocks, widths) -> list[ChannelGroup]:
+    """The ResNets' per-block groups: a block's first conv filters, its BN, and its second conv's inputs."""
+    groups = []
+    for s, b, i in blocks:
+        p = f"stage{s}_block{b}"
+        kernel = AxisRef(("params", f"{p}_conv1", "kernel"), 3)
+        groups.append(
+            ChannelGroup(
+                name=f"{p}_conv1",
+                width=widths[i],
+                producers=(kernel, *bn_refs(f"{p}_bn1")),
+                consumers=(AxisRef(("params", f"{p}_conv2", "kernel"), 2),),
+                scored=kernel,
+                kind="conv",
+                stage=f"stage{s}",
+            )
+        )
+    return groups
 
 
 _GROUP_CACHE: dict[tuple, tuple[ChannelGroup, ...]] = {}
@@ -92,11 +157,7 @@ class PrunableMixin:
 
     def stages(self) -> dict[str, tuple[str, ...]]:
         """Stage name -> the conv-filter groups a stage ratio reaches (prunable, kind 'conv')."""
-        out: dict[str, list[str]] = {}
-        for g in self.channel_groups():
-            if g.stage is not None and g.prunable and g.kind == "conv":
-                out.setdefault(g.stage, []).append(g.name)
-        return {k: tuple(v) for k, v in out.items()}
+        return stage_map(self.channel_groups())
 
     def with_widths(self, mapping: Mapping[str, int]):
         """Returns a clone of this model with the named groups at new widths.
@@ -108,24 +169,7 @@ class PrunableMixin:
           TypeError: a width that is not an int, or a mapping that is not a mapping.
           ValueError: an unknown or non-prunable group name, or a width out of range.
         """
-        if not isinstance(mapping, Mapping):
-            raise TypeError(f"with_widths takes a mapping from group names to widths, got {type(mapping).__name__}")
-        groups = {g.name: g for g in self.channel_groups()}
-        valid = [n for n, g in groups.items() if g.prunable]
-        new: dict[str, int] = {}
-        for name, width in mapping.items():
-            if name not in groups:
-                raise ValueError(f"unknown group {name!r} for {self.family}; valid groups: {', '.join(valid)}")
-            g = groups[name]
-            if not g.prunable:
-                raise ValueError(
-                    f"group {name!r} is not prunable (kind {g.kind!r}); prunable groups: {', '.join(valid)}"
-                )
-            if isinstance(width, bool) or not isinstance(width, int | np.integer):
-                raise TypeError(f"width of group {name!r} must be an int, got {type(width).__name__} {width!r}")
-            if not 1 <= width <= g.width:
-                raise ValueError(f"width of group {name!r} must be in [1, {g.width}] (its current width), got {width}")
-            new[name] = int(width)
+        new = checked_widths(self.channel_groups(), mapping, f"{self.family}")
         if not new:
             return self
         return self._replace_widths(new)

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxprune.groups import AxisRef, ChannelGroup
-from jaxprune.models.base import PrunableMixin, bn_refs, cached_groups, check_int
+from jaxprune.models.base import PrunableMixin, bn_refs, cached_groups, check_int, first_conv_groups
 from jaxprune.models.layers import Conv, apply_mask, batch_norm
 
 __all__ = ["CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
@@ -110,21 +110,7 @@ class CifarResNet(PrunableMixin, nn.Module):
     def channel_groups(self) -> tuple[ChannelGroup, ...]:
         """One group per block (`stage{s}_block{b}_conv1`) then one stream per stage, in forward order."""
         blocks = self._blocks()
-        groups = []
-        for s, b, i in blocks:
-            p = f"stage{s}_block{b}"
-            kernel = AxisRef(("params", f"{p}_conv1", "kernel"), 3)
-            groups.append(
-                ChannelGroup(
-                    name=f"{p}_conv1",
-                    width=self.widths[i],
-                    producers=(kernel, *bn_refs(f"{p}_bn1")),
-                    consumers=(AxisRef(("params", f"{p}_conv2", "kernel"), 2),),
-                    scored=kernel,
-                    kind="conv",
-                    stage=f"stage{s}",
-                )
-            )
+        groups = first_conv_groups(blocks, self.widths)
         for s in (1, 2, 3):
             producers: list[AxisRef] = []
             if s == 1:
