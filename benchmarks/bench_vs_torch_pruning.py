@@ -396,7 +396,9 @@ def run(torch, tp, repeats: int, lat_repeats: int) -> tuple[str, int]:
         "",
         f"Latency pruned / original (medians of {lat_repeats}, interleaved per tool): torch eager "
         "(`inference_mode`, eval) beside jaxprune's jitted forward (`conv_impl='auto'`). MACs = conv + dense "
-        "multiply-accumulates (the paper's FLOP).",
+        "multiply-accumulates (the paper's FLOP). ResNet-56-B's odd widths (6/22/57) are what Torch-Pruning "
+        "produces too; on XLA:CPU they make the pruned ResNet no faster, and `preset(..., round_to=8)` is the fix "
+        "(see the inference-latency section).",
         "",
         "| preset | batch | MAC ratio | torch ms | torch ratio | jaxprune ms | jaxprune ratio |",
         "|---|---|---|---|---|---|---|",
