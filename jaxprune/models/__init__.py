@@ -13,7 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from jaxprune.models.base import PrunableMixin, is_prunable_model
-from jaxprune.models.layers import CONV_IMPLS, Conv, conv_im2col, conv_lax
+from jaxprune.models.layers import CONV_IMPLS, Conv, conv_im2col, conv_lax, conv_padded
 from jaxprune.models.resnet_cifar import CifarResNet, resnet20, resnet32, resnet44, resnet56, resnet110
 from jaxprune.models.resnet_imagenet import ImageNetResNet, resnet18, resnet34
 from jaxprune.models.vgg import VGG, vgg11, vgg13, vgg16, vgg19
@@ -29,6 +29,7 @@ __all__ = [
     "available",
     "conv_im2col",
     "conv_lax",
+    "conv_padded",
     "default_input_shape",
     "from_config",
     "get",

@@ -44,7 +44,7 @@ class ImageNetResNet(PrunableMixin, nn.Module):
       num_classes: Classifier outputs.
       in_channels: Input channels (3).
       dtype: Computation dtype.
-      conv_impl: 'auto', 'lax' or 'im2col'.
+      conv_impl: 'auto', 'lax', 'im2col' or 'padded' (see `jaxprune.models.layers`).
     """
 
     depth: int = 34

@@ -43,7 +43,7 @@ class VGG(PrunableMixin, nn.Module):
       in_channels: Input channels (3).
       image_size: Input height = width; 32 for CIFAR. The flatten before `fc1` holds (image_size / 32)^2 positions.
       dtype: Computation dtype.
-      conv_impl: 'auto', 'lax' or 'im2col' (see `jaxprune.models.layers`).
+      conv_impl: 'auto', 'lax', 'im2col' or 'padded' (see `jaxprune.models.layers`).
     """
 
     depth: int = 16
