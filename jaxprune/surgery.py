@@ -102,6 +102,33 @@ def _take_all(leaf, takes: list[tuple[int, np.ndarray]]):
     return _to_device(arr, leaf.sharding) if isinstance(leaf, jax.Array) else arr
 
 
+def _fast_single_device_put(sharding):
+    """A ~5x cheaper host-to-device copy for single-device arrays, or None to use `jax.device_put`.
+
+    `jax.device_put` costs ~20 us of Python per array; surgery returns ~160 arrays for a ResNet-56, which made the
+    transfer most of the prune time. jax's own batched put for one device is called directly when it is available
+    (a private API: any failure to find or call it falls back to the public path).
+    """
+    if not isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return None
+    try:
+        from jax._src import core as _core
+        from jax._src.interpreters import pxla as _pxla
+
+        device = next(iter(sharding.device_set))
+        put = _pxla.batched_device_put
+
+        def fast(arr):
+            return put(_core.ShapedArray(arr.shape, arr.dtype), sharding, [arr], [device])
+
+        probe = fast(np.zeros((1,), np.float32))
+        if not isinstance(probe, jax.Array) or probe.sharding != sharding:
+            return None
+        return fast
+    except Exception:
+        return None
+
+
 def _take_many(flat: dict, ops: dict) -> None:
     """`_take_all` over many leaves; jax leaves sharing one sharding go back to the device in one batched call."""
     host = {path: _host_take(flat[path], takes) for path, takes in ops.items()}
@@ -113,10 +140,14 @@ def _take_many(flat: dict, ops: dict) -> None:
         else:
             flat[path] = arr
     for sharding, paths in by_sharding.items():
-        try:
-            moved = jax.device_put([host[p] for p in paths], sharding)
-        except ValueError:
-            moved = [_to_device(host[p], sharding) for p in paths]
+        fast = _fast_single_device_put(sharding)
+        if fast is not None:
+            moved = [fast(host[p]) for p in paths]
+        else:
+            try:
+                moved = jax.device_put([host[p] for p in paths], sharding)
+            except ValueError:
+                moved = [_to_device(host[p], sharding) for p in paths]
         for p, a in zip(paths, moved, strict=True):
             flat[p] = a
 
