@@ -147,7 +147,9 @@ def groups_by_name(groups: Iterable[ChannelGroup]) -> dict[str, ChannelGroup]:
     return out
 
 
-def check_groups(groups: Sequence[ChannelGroup], variables: Mapping[str, Any]) -> None:
+def check_groups(
+    groups: Sequence[ChannelGroup], variables: Mapping[str, Any], *, flat: Mapping[tuple[str, ...], Any] | None = None
+) -> None:
     """Proves a coupling declaration against real variables.
 
     Checks that every path exists, every axis exists and has length ``width * repeat`` (for a ref with an `offset`:
@@ -158,6 +160,7 @@ def check_groups(groups: Sequence[ChannelGroup], variables: Mapping[str, Any]) -
       groups: The declaration, e.g. ``model.channel_groups()``.
       variables: A variables dict (``{'params': ..., 'batch_stats': ...}``); shapes are all that is read, so the
         result of ``jax.eval_shape(model.init, ...)`` works too.
+      flat: `flatten_variables(variables)`, when the caller has it already (saves flattening twice on a hot path).
 
     Raises:
       ValueError: naming the group and path that fail.
@@ -169,7 +172,8 @@ def check_groups(groups: Sequence[ChannelGroup], variables: Mapping[str, Any]) -
       >>> v = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
       >>> check_groups(m.channel_groups(), v)
     """
-    flat = flatten_variables(variables)
+    if flat is None:
+        flat = flatten_variables(variables)
     # (path, axis) -> [(start, stop, group name)]: an axis may hold several groups side by side (offsets), never
     # two claims on the same channel.
     claimed: dict[tuple[tuple[str, ...], int], list[tuple[int, int, str]]] = {}

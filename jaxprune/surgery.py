@@ -184,7 +184,7 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
     """
     flat = flatten_variables(variables)
     ops = slicing_ops(model, plan, shapes={p: np.shape(leaf) for p, leaf in flat.items()})
-    check_groups(model.channel_groups(), variables)
+    check_groups(model.channel_groups(), variables, flat=flat)
     _take_many(flat, ops)
     new_model = model.with_widths({n: len(k) for n, k in plan.keep.items() if len(k) < plan.widths[n]})
     return new_model, traverse_util.unflatten_dict(flat)
