@@ -14,9 +14,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine_line, median_ms, timeit, write_section  # noqa: E402
+from _report import machine_line, median_ms, timeit, write_section
 
-import jaxprune as jp  # noqa: E402
+import jaxprune as jp
 
 
 def main() -> None:
@@ -58,8 +58,18 @@ def main() -> None:
         ("L1 scoring, 13 VGG-16 conv kernels", f"{median_ms(t_score):.2f} ms", ""),
         (f"numpy `a.sum()` over the same {n_floats:,} floats", f"{median_ms(t_read):.2f} ms", ""),
         ("scoring / numpy read", f"{ratio:.2f}x", "target <= 1.0x", ratio <= 1.0),
-        ("VGG-16 50 % plan + surgery (median)", f"{median_ms(t_vgg):.2f} ms", "target <= 15 ms", median_ms(t_vgg) <= 15),
-        ("ResNet-56 50 % plan + surgery (median)", f"{median_ms(t_r56):.2f} ms", "target <= 3 ms", median_ms(t_r56) <= 3),
+        (
+            "VGG-16 50 % plan + surgery (median)",
+            f"{median_ms(t_vgg):.2f} ms",
+            "target <= 15 ms",
+            median_ms(t_vgg) <= 15,
+        ),
+        (
+            "ResNet-56 50 % plan + surgery (median)",
+            f"{median_ms(t_r56):.2f} ms",
+            "target <= 3 ms",
+            median_ms(t_r56) <= 3,
+        ),
     ]
     lines = [
         "## Scoring and surgery (`benchmarks/bench_prune.py`)",
