@@ -126,6 +126,43 @@ def flatten_variables(variables: Mapping[str, Any]) -> dict[tuple[str, ...], Any
     return out
 
 
+class LeafView(Mapping):
+    """Read-only ``{path tuple: leaf}`` view of a nested variables dict, without flattening it first.
+
+    Plans read only the scored kernels; looking them up by path is cheaper than flattening every leaf (hot path).
+    """
+
+    def __init__(self, variables: Mapping[str, Any]):
+        if not isinstance(variables, Mapping):
+            raise TypeError(
+                f"variables must be a mapping of collections (e.g. {{'params': ...}}), got {type(variables)}"
+            )
+        self._tree = variables
+
+    def __getitem__(self, path):
+        node = self._tree
+        for k in path:
+            if not isinstance(node, Mapping) or k not in node:
+                raise KeyError(path)
+            node = node[k]
+        if isinstance(node, Mapping):
+            raise KeyError(path)
+        return node
+
+    def __contains__(self, path) -> bool:
+        try:
+            self[path]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self):
+        return iter(flatten_variables(self._tree))
+
+    def __len__(self) -> int:
+        return len(flatten_variables(self._tree))
+
+
 def _flatten_into(tree: Mapping, prefix: tuple[str, ...], out: dict) -> None:
     # Plain recursion over dicts and FrozenDicts; cheaper than unfreezing then `traverse_util.flatten_dict` (hot path).
     for k, v in tree.items():

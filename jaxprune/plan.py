@@ -88,7 +88,7 @@ class PruningPlan:
             if np.any(np.diff(arr) <= 0):
                 what = "duplicated" if np.any(np.diff(arr) == 0) else "unsorted"
                 raise ValueError(f"PruningPlan: indices of group {name!r} are {what}; they must be strictly ascending")
-            keep[name] = tuple(int(i) for i in arr)
+            keep[name] = tuple(arr.tolist())  # plain Python ints
             widths[name] = int(width)
         # Read-only views: a plan's invariants are checked once, here, so its mappings cannot change afterwards.
         object.__setattr__(self, "keep", MappingProxyType(keep))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxprune.groups import ChannelGroup, flatten_variables, kept_indices
+from jaxprune.groups import ChannelGroup, LeafView, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
 from jaxprune.scoring import CRITERIA, _check_criterion, expand_repeat, score_group, score_groups
@@ -74,7 +74,7 @@ def select_top(scores: np.ndarray, k: int) -> tuple[int, ...]:
     """The `k` highest-scoring indices, ascending. Stable: on a tie the lower index wins."""
     scores = np.asarray(scores)
     order = np.argsort(-scores.astype(np.float64), kind="stable")
-    return tuple(int(i) for i in np.sort(order[:k]))
+    return tuple(np.sort(order[:k]).tolist())
 
 
 def resolve_ratios(model, prune_ratio, *, skip: Iterable[str] = ()) -> dict[str, float]:
@@ -262,7 +262,7 @@ def make_plan(
         missing = [n for n in ratios if n not in scores]
         if missing:
             raise ValueError(f"scores has no entry for reached groups {missing}")
-    flat = flatten_variables(variables)
+    flat = LeafView(variables)
     if strategy == "independent":
         if scores is None:
             index = {g.name: i for i, g in enumerate(groups)}
