@@ -163,13 +163,21 @@ class LeafView(Mapping):
         return len(flatten_variables(self._tree))
 
 
+# Leaf types already seen not to be mappings: `isinstance(x, Mapping)` is an ABC check, slow next to a set lookup, and
+# flattening meets the same few array types hundreds of times per call (hot path).
+_LEAF_TYPES: set[type] = set()
+
+
 def _flatten_into(tree: Mapping, prefix: tuple[str, ...], out: dict) -> None:
     # Plain recursion over dicts and FrozenDicts; cheaper than unfreezing then `traverse_util.flatten_dict` (hot path).
     for k, v in tree.items():
-        if isinstance(v, Mapping):
-            _flatten_into(v, (*prefix, k), out)
-        else:
+        t = type(v)
+        if t is not dict and (t in _LEAF_TYPES or not isinstance(v, Mapping)):
+            if len(_LEAF_TYPES) < 256:
+                _LEAF_TYPES.add(t)
             out[(*prefix, k)] = v
+        else:
+            _flatten_into(v, (*prefix, k), out)
 
 
 def groups_by_name(groups: Iterable[ChannelGroup]) -> dict[str, ChannelGroup]:
@@ -216,7 +224,8 @@ def check_groups(
     claimed: dict[tuple[tuple[str, ...], int], list[tuple[int, int, str]]] = {}
     for g in groups_by_name(groups).values():
         for ref in g.axes:
-            if ref.path not in flat:
+            leaf = flat.get(ref.path, _MISSING)
+            if leaf is _MISSING:
                 collections = sorted(variables)
                 if ref.path[0] not in collections:
                     raise ValueError(
@@ -224,32 +233,41 @@ def check_groups(
                         f"(collections present: {', '.join(collections) or 'none'})"
                     )
                 raise ValueError(f"group {g.name!r}: path {ref.name} not found in variables")
-            shape = tuple(getattr(flat[ref.path], "shape", ()))
-            if ref.axis >= len(shape):
-                raise ValueError(f"group {g.name!r}: path {ref.name} has shape {shape}, no axis {ref.axis}")
+            shape = getattr(leaf, "shape", ())
+            axis = ref.axis
+            if axis >= len(shape):
+                raise ValueError(f"group {g.name!r}: path {ref.name} has shape {tuple(shape)}, no axis {axis}")
+            length = shape[axis]
             expected = g.width * ref.repeat
             if ref.offset is None:
-                if shape[ref.axis] != expected:
+                if length != expected:
                     raise ValueError(
-                        f"group {g.name!r}: path {ref.name} axis {ref.axis} has length {shape[ref.axis]}, expected "
+                        f"group {g.name!r}: path {ref.name} axis {axis} has length {length}, expected "
                         f"{expected} (width {g.width} x repeat {ref.repeat})"
                     )
-                start, stop = 0, shape[ref.axis]
+                start, stop = 0, length
             else:
                 start, stop = ref.offset, ref.offset + expected
-                if stop > shape[ref.axis]:
+                if stop > length:
                     raise ValueError(
-                        f"group {g.name!r}: path {ref.name} axis {ref.axis} has length {shape[ref.axis]}, too short "
+                        f"group {g.name!r}: path {ref.name} axis {axis} has length {length}, too short "
                         f"for channels [{start}, {stop}) (offset {ref.offset} + width {g.width} x repeat {ref.repeat})"
                     )
-            key = (ref.path, ref.axis)
-            for s0, s1, other in claimed.get(key, ()):
+            key = (ref.path, axis)
+            spans = claimed.get(key)
+            if spans is None:
+                claimed[key] = [(start, stop, g.name)]
+                continue
+            for s0, s1, other in spans:
                 if start < s1 and s0 < stop:
                     raise ValueError(
-                        f"group {g.name!r}: path {ref.name} axis {ref.axis} is already claimed by group {other!r} "
+                        f"group {g.name!r}: path {ref.name} axis {axis} is already claimed by group {other!r} "
                         f"(channels [{s0}, {s1}) overlap [{start}, {stop}))"
                     )
-            claimed.setdefault(key, []).append((start, stop, g.name))
+            spans.append((start, stop, g.name))
+
+
+_MISSING = object()
 
 
 def kept_indices(length: int, claims: Iterable[tuple[AxisRef, int, Sequence[int]]]) -> np.ndarray:

@@ -55,9 +55,10 @@ def _norm(kernel, axis: int, p: int):
 
 @functools.partial(jax.jit, static_argnames=("axis", "p"))
 def _norms(kernels: tuple, axis: int, p: int):
-    # Several kernels of one shape in one dispatch (no stacking copy): traced once per (kernel shape, count).
+    # Several kernels of one shape in one dispatch (no stacking copy of the inputs): traced once per (kernel shape,
+    # count). One concatenated output, so the host fetches one array per dispatch, not one per kernel.
     _TRACES["norm"] += 1
-    return tuple(_norm_body(k, axis, p) for k in kernels)
+    return jnp.concatenate([_norm_body(k, axis, p) for k in kernels])
 
 
 def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
@@ -65,15 +66,19 @@ def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
     buckets: dict[tuple, list[int]] = {}
     for i, (k, a) in enumerate(zip(kernels, axes, strict=True)):
         buckets.setdefault((tuple(k.shape), str(k.dtype), a), []).append(i)
-    out: list = [None] * len(kernels)
-    for (_, _, axis), idx in buckets.items():
+    # Dispatch every bucket before fetching any result, so the device works while the host dispatches the next.
+    pending = []
+    for (shape, _, axis), idx in buckets.items():
         if len(idx) == 1:
-            res = (_norm(kernels[idx[0]], axis, p),)
+            pending.append((idx, shape[axis], _norm(kernels[idx[0]], axis, p)))
         else:
-            res = _norms(tuple(kernels[i] for i in idx), axis, p)
-        for i, r in zip(idx, res, strict=True):
-            out[i] = r
-    return [np.asarray(r) for r in out]
+            pending.append((idx, shape[axis], _norms(tuple(kernels[i] for i in idx), axis, p)))
+    out: list = [None] * len(kernels)
+    for idx, width, res in pending:
+        res = np.asarray(res)
+        for j, i in enumerate(idx):
+            out[i] = res[j * width : (j + 1) * width]
+    return out
 
 
 def expand_repeat(idx: np.ndarray, width: int, repeat: int) -> np.ndarray:

@@ -173,7 +173,7 @@ def plan_from_scores(
         s = np.asarray(scores[name])
         if s.shape != (g.width,):
             raise ValueError(f"scores for group {name!r} must have shape ({g.width},), got {s.shape}")
-        if not np.all(np.isfinite(s)):
+        if not np.isfinite(s).all():
             raise ValueError(f"scores for group {name!r} hold NaN or inf")
         keep[name] = select_top(s, kept_count(g.width, p, round_to=round_to, min_keep=min_keep))
         widths[name] = g.width

@@ -295,3 +295,33 @@ def test_config_round_trip():
         models.from_config({"family": "alexnet"})
     with pytest.raises(ValueError, match="unknown fields"):
         models.from_config({"family": "vgg", "bogus": 1})
+
+
+def test_flatten_variables_recurses_into_every_mapping_kind():
+    """Leaf types are cached as non-mappings; dicts, FrozenDicts and user Mappings are still recursed into."""
+    from collections.abc import Mapping
+
+    from flax.core import FrozenDict
+
+    from jaxprune.groups import flatten_variables
+
+    class Box(Mapping):  # a user mapping type flatten has never seen
+        def __init__(self, d):
+            self._d = d
+
+        def __getitem__(self, k):
+            return self._d[k]
+
+        def __iter__(self):
+            return iter(self._d)
+
+        def __len__(self):
+            return len(self._d)
+
+    a, b, c, d = np.zeros(2), jnp.ones(3), np.float32(1.5), 7
+    tree = {"params": FrozenDict({"x": {"k": a}, "y": Box({"k": b, "z": Box({"s": c})})}), "other": {"n": d}}
+    for _ in range(2):  # the second pass runs with every leaf type cached
+        flat = flatten_variables(tree)
+        assert list(flat) == [("params", "x", "k"), ("params", "y", "k"), ("params", "y", "z", "s"), ("other", "n")]
+        assert flat[("params", "x", "k")] is a and flat[("params", "y", "k")] is b
+        assert flat[("params", "y", "z", "s")] is c and flat[("other", "n")] == 7

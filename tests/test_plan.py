@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxprune as jp
 from jaxprune.plan import PruningPlan
@@ -47,6 +51,14 @@ def test_numpy_indices_are_normalised_to_int_tuples():
         ({"a": (0.5,)}, {"a": 4}, TypeError, r"indices of group 'a' must be ints"),
         ({"a": (0,)}, {"a": 0}, ValueError, r"width of group 'a' must be an int >= 1"),
         ({"a": (0,)}, {"a": 4.0}, TypeError, r"width of group 'a' must be an int, got float"),
+        # Lists of plain ints take the fast path first; every failure must still raise the same message.
+        ({"a": [2, 1]}, {"a": 4}, ValueError, r"group 'a' are unsorted"),
+        ({"a": [1, 1]}, {"a": 4}, ValueError, r"group 'a' are duplicated"),
+        ({"a": []}, {"a": 4}, ValueError, r"group 'a' must keep at least one filter"),
+        ({"a": [0, 5]}, {"a": 4}, ValueError, r"out of range \[0, 4\): \[5\]"),
+        ({"a": [-1]}, {"a": 4}, ValueError, r"out of range \[0, 4\): \[-1\]"),
+        ({"a": (False, True)}, {"a": 4}, TypeError, r"indices of group 'a' must be ints, got dtype bool"),
+        ({"a": ((0, 1),)}, {"a": 4}, ValueError, r"group 'a' must keep at least one filter \(1-D indices\)"),
     ],
 )
 def test_invariants(keep, widths, exc, match):
@@ -71,3 +83,18 @@ def test_plan_is_read_only():
         plan.keep["a"] = (3, 1)
     with pytest.raises(TypeError):
         plan.widths["a"] = 9
+
+
+@settings(deadline=None, max_examples=200)
+@given(idx=st.lists(st.integers(-2, 7), max_size=6), as_list=st.booleans())
+def test_plain_int_indices_are_accepted_exactly_when_valid(idx, as_list):
+    """The plain-int fast path accepts exactly what the rule allows: non-empty, strictly ascending, in [0, width)."""
+    width = 6
+    valid = bool(idx) and all(0 <= i < width for i in idx) and all(a < b for a, b in itertools.pairwise(idx))
+    keep = list(idx) if as_list else tuple(idx)
+    if valid:
+        plan = PruningPlan(keep={"a": keep}, widths={"a": width})
+        assert plan.keep["a"] == tuple(idx) and type(plan.keep["a"]) is tuple
+    else:
+        with pytest.raises(ValueError, match="group 'a'"):
+            PruningPlan(keep={"a": keep}, widths={"a": width})

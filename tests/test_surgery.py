@@ -315,3 +315,43 @@ def test_variables_of_other_widths(zoo):
     ident = PruningPlan(keep={"stage2_block1_conv1": (0,)}, widths={"stage2_block1_conv1": 32})
     with pytest.raises(ValueError, match=r"path params/stage1_block1_conv1/kernel axis 3 has length 16, expected 8"):
         jp.prune(small, v, ident)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16, np.int32, np.uint8])
+def test_fast_single_device_put_equals_device_put(dtype):
+    """Surgery's cheap host-to-device copy gives what `jax.device_put` gives: value, dtype, shape, sharding."""
+    from jaxprune.surgery import _fast_single_device_put
+
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    fast = _fast_single_device_put(sharding)
+    assert fast is not None  # the private path is found on the jax this project pins
+    host = (np.arange(24).reshape(2, 3, 4) % 7).astype(dtype)
+    got, ref = fast(host), jax.device_put(host, sharding)
+    assert isinstance(got, jax.Array) and got.sharding == ref.sharding
+    assert (got.shape, got.dtype, got.weak_type) == (ref.shape, ref.dtype, ref.weak_type)
+    np.testing.assert_array_equal(np.asarray(got), host)
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda a: a * 2)(got)), np.asarray(ref) * 2)
+
+
+def test_prune_falls_back_to_device_put_without_the_private_api(zoo, monkeypatch):
+    """If jax's private batched put is missing or fails, surgery uses the public `jax.device_put`, same result."""
+    from jaxprune import surgery
+
+    m, v = zoo("resnet20")
+    plan = jp.make_plan(m, v, prune_ratio=0.5)
+    _, fast_v = jp.prune(m, v, plan)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no batched put here")
+
+    surgery._fast_single_device_put.cache_clear()
+    monkeypatch.setattr(surgery, "_private_batched_put", lambda: (broken, jax.ShapeDtypeStruct))
+    try:
+        assert surgery._fast_single_device_put(next(iter(jax.tree_util.tree_leaves(v))).sharding) is None
+        _, slow_v = jp.prune(m, v, plan)
+    finally:
+        monkeypatch.undo()
+        surgery._fast_single_device_put.cache_clear()
+    for a, b in zip(jax.tree_util.tree_leaves(fast_v), jax.tree_util.tree_leaves(slow_v), strict=True):
+        assert a.sharding == b.sharding and a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
