@@ -35,7 +35,7 @@ def main() -> None:
 
     # Interleave the two so both see the same machine load.
     t_score, t_read = [], []
-    for _ in range(10):
+    for _ in range(30):
         t_score += timeit(score, repeats=5, warmup=1)
         t_read += timeit(numpy_read, repeats=5, warmup=1)
     ratio = median_ms(t_score) / median_ms(t_read)
