@@ -163,7 +163,7 @@ class LeafView(Mapping):
         return len(flatten_variables(self._tree))
 
 
-# Leaf types already seen not to be mappings: `isinstance(x, Mapping)` is an ABC check, slow next to a set lookup, and
+# Array types already seen not to be mappings: `isinstance(x, Mapping)` is an ABC check, slow next to a set lookup, and
 # flattening meets the same few array types hundreds of times per call (hot path).
 _LEAF_TYPES: set[type] = set()
 
@@ -173,8 +173,8 @@ def _flatten_into(tree: Mapping, prefix: tuple[str, ...], out: dict) -> None:
     for k, v in tree.items():
         t = type(v)
         if t is not dict and (t in _LEAF_TYPES or not isinstance(v, Mapping)):
-            if len(_LEAF_TYPES) < 256:
-                _LEAF_TYPES.add(t)
+            if len(_LEAF_TYPES) < 256 and t.__module__.split(".", 1)[0] in ("jax", "jaxlib", "numpy"):
+                _LEAF_TYPES.add(t)  # array types only: another type could be registered as a Mapping later
             out[(*prefix, k)] = v
         else:
             _flatten_into(v, (*prefix, k), out)

@@ -45,9 +45,11 @@ def _checked_indices(name: str, idx, width: int) -> tuple[int, ...]:
     """`idx` as a tuple of plain ints, after checking it is non-empty, strictly ascending and within [0, width)."""
     if type(idx) in (tuple, list) and idx and all(type(i) is int for i in idx):
         # Plain Python ints (every plan `make_plan` builds): checked without numpy, whose per-call overhead is most of
-        # the cost on small groups. Any failure falls through to the numpy path below for its precise message.
-        if idx[0] >= 0 and idx[-1] < width and all(a < b for a, b in itertools.pairwise(idx)):
-            return tuple(idx)
+        # the cost on small groups. Any failure falls through to the numpy path below for its precise message. The
+        # snapshot is taken first, so what is checked is what is stored.
+        snap = tuple(idx)
+        if snap[0] >= 0 and snap[-1] < min(width, 2**63) and all(a < b for a, b in itertools.pairwise(snap)):
+            return snap
     arr = np.asarray(idx)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"PruningPlan: group {name!r} must keep at least one filter (1-D indices), got {idx!r}")

@@ -36,6 +36,8 @@ def slicing_ops(
     When several groups share one axis (refs with an `offset`, e.g. the consumer of a concatenation), the kept
     indices of that axis are computed at once on the original layout (`jaxprune.groups.kept_indices`).
 
+    The returned index arrays are read-only and may be shared between paths (one array per group).
+
     Args:
       model: The model the plan was made for.
       plan: The plan.
@@ -125,8 +127,11 @@ def _fast_single_device_put(sharding):
     if not isinstance(sharding, jax.sharding.SingleDeviceSharding):
         return None
     try:
+        device = next(iter(sharding.device_set))
+        if sharding.memory_kind not in (None, device.default_memory().kind):
+            return None  # e.g. pinned_host: the cached abstract value would label host memory as device memory
         put, shaped_array = _private_batched_put()
-        devices = [next(iter(sharding.device_set))]
+        devices = [device]
         avals: dict = {}
 
         def fast(arr):

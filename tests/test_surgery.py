@@ -355,3 +355,24 @@ def test_prune_falls_back_to_device_put_without_the_private_api(zoo, monkeypatch
     for a, b in zip(jax.tree_util.tree_leaves(fast_v), jax.tree_util.tree_leaves(slow_v), strict=True):
         assert a.sharding == b.sharding and a.dtype == b.dtype
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_host_memory_leaves_stay_in_host_memory(zoo):
+    """Leaves placed in pinned host memory come back there, labelled as host memory (not through the fast put)."""
+    from jaxprune.surgery import _fast_single_device_put
+
+    dev = jax.devices()[0]
+    if "pinned_host" not in [mem.kind for mem in dev.addressable_memories()]:
+        pytest.skip("this backend has no pinned_host memory")
+    host = jax.sharding.SingleDeviceSharding(dev, memory_kind="pinned_host")
+    assert _fast_single_device_put(host) is None
+    m, v = zoo("resnet20")
+    v = jax.tree_util.tree_map(lambda a: a, v)
+    name = "stage1_block1_conv1"
+    v["params"][name]["kernel"] = jax.device_put(v["params"][name]["kernel"], host)
+    _, v2 = jp.prune(m, v, PruningPlan(keep={name: (0, 3, 5)}, widths={name: 16}))
+    new = v2["params"][name]["kernel"]
+    ref = jax.device_put(np.asarray(v["params"][name]["kernel"])[..., [0, 3, 5]], host)
+    assert new.sharding == host and jax.typeof(new) == jax.typeof(ref)
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(ref))
+    assert v2["params"]["stage1_block1_conv2"]["kernel"].sharding.memory_kind in (None, "device")
