@@ -56,8 +56,9 @@ def main() -> None:
     t_r56 = timeit(r56_prune, repeats=50, warmup=3)
     t_vgg = timeit(vgg_prune, repeats=30, warmup=3)
 
+    p10, p90 = (1e3 * float(np.percentile(t_score, q)) for q in (10, 90))
     rows = [
-        ("L1 scoring, 13 VGG-16 conv kernels", f"{median_ms(t_score):.2f} ms", ""),
+        ("L1 scoring, 13 VGG-16 conv kernels", f"{median_ms(t_score):.2f} ms", f"p10-p90 {p10:.2f}-{p90:.2f} ms"),
         (f"numpy `a.sum()` over the same {n_floats:,} floats", f"{median_ms(t_read):.2f} ms", ""),
         ("scoring / numpy read", f"{ratio:.2f}x", "target <= 1.0x", ratio <= 1.0),
         (
@@ -84,6 +85,13 @@ def main() -> None:
     for r in rows:
         met = "" if len(r) < 4 else ("yes" if r[3] else "**no**")
         lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {met} |")
+    lines += [
+        "",
+        "Scoring reads every kernel byte once in one jitted dispatch. On this 2-core VM its calls come in two modes:",
+        "XLA spreads the reductions over both cores (~1.7-1.9 ms), or runs them mostly on one (~3.0 ms; process",
+        "CPU/wall ~1.2), where the L1 pass runs at numpy's own speed. The median ratio (the target) therefore lies",
+        "between ~0.65 and ~1.05 depending on which mode dominates a run; the p10-p90 spread above shows the mix.",
+    ]
     text = "\n".join(lines)
     print(text)
     write_section("bench_prune", text)

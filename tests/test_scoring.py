@@ -8,7 +8,7 @@ import pytest
 
 import jaxprune as jp
 from jaxprune import scoring
-from jaxprune.groups import flatten_variables
+from jaxprune.groups import AxisRef, ChannelGroup, flatten_variables
 
 
 def test_l1_equals_numpy_reference_for_every_vgg16_group(zoo):
@@ -45,6 +45,17 @@ def test_scorer_traces_once_per_kernel_shape(zoo):
     m2, v2 = zoo("resnet56", seed=5)
     jp.l1_filter_norms(v2, m2.channel_groups())  # same shapes, new values: no new trace
     assert scoring.trace_count() == before
+    # All kernels of a call go out in one dispatch, but each shape is traced once: a new mix of known shapes (a
+    # subset, in another order) traces nothing; a mix with one unseen shape traces that shape only.
+    groups = m.channel_groups()
+    jp.l1_filter_norms(v, [groups[9], groups[3], groups[20]])
+    assert scoring.trace_count() == before
+    k = AxisRef(("params", "odd", "kernel"), 3)
+    odd = ChannelGroup("odd", 7, producers=(k,), consumers=(), scored=k)
+    v_odd = {"params": {**v["params"], "odd": {"kernel": np.ones((3, 3, 5, 7), np.float32)}}}
+    scores = jp.l1_filter_norms(v_odd, [groups[3], odd])
+    assert scoring.trace_count() == before + 1
+    np.testing.assert_array_equal(scores["odd"], np.full(7, 45.0, np.float32))
 
 
 def test_other_criteria(zoo):
@@ -103,3 +114,19 @@ def test_public_score_group_validates_the_criterion(zoo):
         score_group(flat, g, criterion="l3")
     with pytest.raises(ValueError, match="needs an explicit PRNG key"):
         score_groups(flat, [g], criterion="random")
+
+
+def test_one_call_mixes_dtypes_and_axes():
+    """Kernels of different dtypes and scored axes share one dispatch; each keeps its own accumulation dtype."""
+    a_ref, b_ref = AxisRef(("params", "a", "kernel"), 3), AxisRef(("params", "b", "kernel"), 1)
+    groups = [
+        ChannelGroup("a", 4, producers=(a_ref,), consumers=(), scored=a_ref),
+        ChannelGroup("b", 3, producers=(b_ref,), consumers=(), scored=b_ref, kind="fc"),
+    ]
+    a = -np.arange(1, 5, dtype=np.float32) * np.ones((3, 3, 2, 4), np.float32)
+    b = np.array([[1.0, -2.0, 3.0], [4.0, 5.0, -6.0]], np.float32)
+    v = {"params": {"a": {"kernel": jax.numpy.asarray(a, jax.numpy.bfloat16)}, "b": {"kernel": b}}}
+    s = jp.l1_filter_norms(v, groups)
+    assert s["a"].dtype == np.float32 and s["b"].dtype == np.float32
+    np.testing.assert_array_equal(s["a"], [18.0, 36.0, 54.0, 72.0])
+    np.testing.assert_array_equal(s["b"], [5.0, 7.0, 9.0])
