@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +40,7 @@ import numpy as np
 from flax import serialization, traverse_util
 
 from jaxprune import models as _models
+from jaxprune._atomic import atomic_write
 from jaxprune.plan import PruningPlan
 
 __all__ = [
@@ -200,19 +200,9 @@ def _write_chunks(f, data: bytes) -> None:
 
 
 def _atomic_write_bytes(path: str, parts: Sequence[bytes]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for part in parts:
-                _write_chunks(f, part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, suffix=".ckpt") as f:
+        for part in parts:
+            _write_chunks(f, part)
 
 
 def save_checkpoint(

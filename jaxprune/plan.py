@@ -10,13 +10,13 @@ import dataclasses
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
+from jaxprune._atomic import atomic_write
 from jaxprune.groups import ChannelGroup
 
 __all__ = ["PLAN_FORMAT_VERSION", "PruningPlan", "atomic_write_text"]
@@ -25,20 +25,10 @@ PLAN_FORMAT_VERSION = 1
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same folder and `os.replace` (never half-written)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Writes `text` (UTF-8) to `path` through a temporary file in the same folder and `os.replace` (never
+    half-written); the file gets the mode `open()` would give it (the umask applies)."""
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
 
 
 def _checked_indices(name: str, idx, width: int) -> tuple[int, ...]:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from jaxprune._atomic import atomic_write
 from jaxprune.groups import ChannelGroup, flatten_variables
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
@@ -75,15 +75,8 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 150) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot save figure: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{fmt}", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, suffix=f".{fmt}") as f:
+        fig.savefig(f, format=fmt, dpi=dpi)
 
 
 def _finish(fig, path):
