@@ -1,8 +1,8 @@
 """Atomic file writes: a temporary file beside the target, fsync, then `os.replace` (never half a file).
 
-The one place plans, checkpoints and figures are written through. The temporary file is created with mode 0o666
-and `O_EXCL`, so the process umask applies as it does for `open()` (a plan saved by a group is readable by the
-group), unlike `tempfile.mkstemp`, which always creates 0o600.
+The one place plans, checkpoints and figures are written through. The file ends with the mode `open(path, "w")`
+would leave: an existing file keeps its mode; a new one gets 0o666 under the process umask (the temporary file is
+created with that mode and `O_EXCL`), unlike `tempfile.mkstemp`, which always creates 0o600.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -26,6 +27,17 @@ def _create_temp(folder: str, suffix: str) -> tuple[int, str]:
         except FileExistsError:
             continue
     raise FileExistsError(f"could not create a temporary file in {folder} (100 names taken)")
+
+
+def _keep_mode(fd: int, path: str) -> None:
+    """Gives the temporary file the mode of the file it replaces, if there is one (as overwriting in place would)."""
+    if not hasattr(os, "fchmod"):
+        return  # Windows: no POSIX modes to keep
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    os.fchmod(fd, mode)
 
 
 @contextlib.contextmanager
@@ -48,6 +60,7 @@ def atomic_write(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Binar
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
+            _keep_mode(f.fileno(), path)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -25,8 +25,10 @@ PLAN_FORMAT_VERSION = 1
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` (UTF-8) to `path` through a temporary file in the same folder and `os.replace` (never
-    half-written); the file gets the mode `open()` would give it (the umask applies)."""
+    """Writes `text` (UTF-8, newlines as given) to `path` through a temporary file in the same folder and
+    `os.replace` (never half-written); the file ends with the mode `open(path, "w")` would leave."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     with atomic_write(path) as f:
         f.write(text.encode("utf-8"))
 

@@ -63,10 +63,30 @@ def _norms(kernels: tuple, axes: tuple[int, ...], p: int):
 
 
 def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
-    """Norms of many kernels in one jitted dispatch (traced once per kernel shape, compiled once per mix)."""
+    """Norms of many kernels: one jitted dispatch per placement (traced once per kernel shape).
+
+    Kernels are sorted by (dtype, shape, axis) before the dispatch, so the same kernels in another order reuse the
+    compiled program; kernels on different devices or shardings go out in separate dispatches (one jitted call
+    cannot mix committed placements).
+    """
     if len(kernels) == 1:
         return [np.asarray(_norm(kernels[0], axes[0], p))]
-    return [np.asarray(r) for r in _norms(tuple(kernels), tuple(axes), p)]
+    by_place: dict = {}
+    for i, k in enumerate(kernels):
+        by_place.setdefault(getattr(k, "sharding", None), []).append(i)
+    pending = []
+    for idx in by_place.values():
+        idx = sorted(idx, key=lambda i: (str(kernels[i].dtype), tuple(kernels[i].shape), axes[i]))
+        outs = _norms(tuple(kernels[i] for i in idx), tuple(axes[i] for i in idx), p)
+        if any(d.platform != "cpu" for d in outs[0].sharding.device_set):
+            for r in outs:  # start every copy before the first wait: one round trip, not one per kernel
+                r.copy_to_host_async()
+        pending.append((idx, outs))
+    out: list = [None] * len(kernels)
+    for idx, outs in pending:
+        for i, r in zip(idx, outs, strict=True):
+            out[i] = np.asarray(r)
+    return out
 
 
 def expand_repeat(idx: np.ndarray, width: int, repeat: int) -> np.ndarray:
@@ -142,7 +162,13 @@ def _finish(group: ChannelGroup, scores: np.ndarray, criterion: str) -> np.ndarr
 
 
 def score_groups(
-    flat: Mapping[tuple[str, ...], Any], groups: Sequence[ChannelGroup], *, criterion: str = "l1", key=None, index=None
+    flat: Mapping[tuple[str, ...], Any],
+    groups: Sequence[ChannelGroup],
+    *,
+    criterion: str = "l1",
+    key=None,
+    index=None,
+    batch_with: Sequence[ChannelGroup] = (),
 ) -> dict[str, np.ndarray]:
     """`score_group` for many groups at once: kernels of one shape share one jitted dispatch.
 
@@ -152,6 +178,9 @@ def score_groups(
       criterion: One of `CRITERIA`.
       key: PRNG key for `random`.
       index: Group name -> position (for `random`); default: position in `groups`.
+      batch_with: More groups whose kernels ride along in the same dispatch, unscored and unchecked (e.g. every
+        scored group of the model): then any subset of them reuses one compiled program instead of compiling a
+        new one per subset. Kernels missing from `flat` are left out.
     """
     _check_criterion(criterion, key)
     index = index or {g.name: i for i, g in enumerate(groups)}
@@ -162,10 +191,13 @@ def score_groups(
             raise ValueError(f"group {g.name!r} has no scored kernel (prunable=False)")
         if g.scored.path not in flat:
             raise ValueError(f"group {g.name!r}: scored kernel {g.scored.name} not found in variables")
+    names = {g.name for g in groups}
+    extra = [h for h in batch_with if h.name not in names and h.scored is not None and h.scored.path in flat]
+    every = [*groups, *extra]
     norms = _batched_norms(
-        [flat[g.scored.path] for g in groups], [g.scored.axis for g in groups], 2 if criterion == "l2" else 1
+        [flat[g.scored.path] for g in every], [g.scored.axis for g in every], 2 if criterion == "l2" else 1
     )
-    return {g.name: _finish(g, s, criterion) for g, s in zip(groups, norms, strict=True)}
+    return {g.name: _finish(g, s, criterion) for g, s in zip(groups, norms[: len(groups)], strict=True)}
 
 
 def filter_norms(

@@ -12,7 +12,7 @@ import jaxprune as jp
 from jaxprune._atomic import atomic_write
 from jaxprune.plan import PruningPlan
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 
 
 @pytest.fixture
@@ -28,6 +28,7 @@ def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+@posix_only
 def test_plan_checkpoint_and_figure_get_the_umask_mode(tmp_path, umask_027, zoo):
     import matplotlib
 
@@ -63,3 +64,24 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_missing_folder_is_a_file_not_found_error(tmp_path):
     with pytest.raises(FileNotFoundError), atomic_write(tmp_path / "nope" / "f.bin") as f:
         f.write(b"x")
+
+
+@posix_only
+def test_an_existing_file_keeps_its_mode(tmp_path, umask_027):
+    """Overwriting keeps the old file's mode, as `open(path, "w")` does: a private checkpoint stays private."""
+    target = tmp_path / "plan.json"
+    target.write_text("old")
+    os.chmod(target, 0o600)
+    PruningPlan(keep={"a": (0,)}, widths={"a": 2}).save(target)
+    assert _mode(target) == 0o600
+    os.chmod(target, 0o664)
+    PruningPlan(keep={"a": (1,)}, widths={"a": 2}).save(target)
+    assert _mode(target) == 0o664 and PruningPlan.load(target).keep == {"a": (1,)}
+
+
+def test_text_must_be_a_str(tmp_path):
+    from jaxprune.plan import atomic_write_text
+
+    with pytest.raises(TypeError, match="text must be a str, got bytes"):
+        atomic_write_text(tmp_path / "f.txt", b"bytes")
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -50,12 +54,54 @@ def test_scorer_traces_once_per_kernel_shape(zoo):
     groups = m.channel_groups()
     jp.l1_filter_norms(v, [groups[9], groups[3], groups[20]])
     assert scoring.trace_count() == before
+    width = 1000 + before  # a width no earlier trace in this process can have used (the count only grows)
     k = AxisRef(("params", "odd", "kernel"), 3)
-    odd = ChannelGroup("odd", 7, producers=(k,), consumers=(), scored=k)
-    v_odd = {"params": {**v["params"], "odd": {"kernel": np.ones((3, 3, 5, 7), np.float32)}}}
+    odd = ChannelGroup("odd", width, producers=(k,), consumers=(), scored=k)
+    v_odd = {"params": {**v["params"], "odd": {"kernel": np.ones((3, 3, 5, width), np.float32)}}}
     scores = jp.l1_filter_norms(v_odd, [groups[3], odd])
     assert scoring.trace_count() == before + 1
-    np.testing.assert_array_equal(scores["odd"], np.full(7, 45.0, np.float32))
+    np.testing.assert_array_equal(scores["odd"], np.full(width, 45.0, np.float32))
+    shape = v["params"][groups[3].scored.path[1]]["kernel"].shape
+    twin = next(g for g in groups[4:] if g.scored and v["params"][g.scored.path[1]]["kernel"].shape == shape)
+    jp.l1_filter_norms(v_odd, [odd, twin, groups[3]])  # a new mix of seen shapes: nothing new is traced
+    assert scoring.trace_count() == before + 1
+
+
+def test_any_ratio_mapping_reuses_the_models_compiled_scorer(zoo):
+    """make_plan dispatches every scored kernel of the model, so a new subset of reached groups, or the same
+    kernels in another order, compiles nothing new."""
+    m, v = zoo("resnet56")
+    jp.make_plan(m, v, prune_ratio=0.5)
+    compiled = scoring._norms._cache_size()
+    for ratio in ({"stage1": 0.5}, {"stage2": 0.3, "stage3": 0.1}, {"stage3_block4_conv1": 0.5}):
+        plan = jp.make_plan(m, v, prune_ratio=ratio)
+        assert plan.keep  # a real plan, not an empty one
+    groups = [g for g in m.channel_groups() if g.scored is not None]
+    a = jp.l1_filter_norms(v, groups)
+    b = jp.l1_filter_norms(v, groups[::-1])
+    assert scoring._norms._cache_size() == compiled  # the same kernels in either order: make_plan's program
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_kernels_on_different_devices(tmp_path):
+    """Kernels committed to different devices are scored in one dispatch per device (one jit cannot mix them)."""
+    code = """
+import jax, numpy as np
+import jaxprune as jp
+from jaxprune.groups import AxisRef, ChannelGroup
+d0, d1 = jax.devices()[:2]
+refs = [AxisRef(("params", n, "kernel"), 3) for n in ("a", "b", "c")]
+groups = [ChannelGroup(r.path[1], w, producers=(r,), consumers=(), scored=r) for r, w in zip(refs, (8, 16, 8))]
+k = {n: np.full((3, 3, 2, w), -1.0, np.float32) for n, w in (("a", 8), ("b", 16), ("c", 8))}
+v = {"params": {"a": {"kernel": jax.device_put(k["a"], d0)}, "b": {"kernel": jax.device_put(k["b"], d1)},
+               "c": {"kernel": k["c"]}}}
+s = jp.l1_filter_norms(v, groups)
+print({n: (a.shape[0], float(a[0])) for n, a in s.items()})
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "{'a': (8, 18.0), 'b': (16, 18.0), 'c': (8, 18.0)}"
 
 
 def test_other_criteria(zoo):
