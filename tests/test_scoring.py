@@ -176,3 +176,36 @@ def test_one_call_mixes_dtypes_and_axes():
     assert s["a"].dtype == np.float32 and s["b"].dtype == np.float32
     np.testing.assert_array_equal(s["a"], [18.0, 36.0, 54.0, 72.0])
     np.testing.assert_array_equal(s["b"], [5.0, 7.0, 9.0])
+
+
+def test_large_cpu_scoring_split_across_threads_is_exact(zoo, monkeypatch):
+    """VGG-16's 59 MB of conv kernels: the first call runs its byte-balanced parts in turn (tracing each shape once),
+    later calls run them from several threads; every call equals the numpy reference."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    m, v = zoo("vgg16")
+    groups = [g for g in m.channel_groups() if g.kind == "conv"]
+    kernels = [v["params"][g.name]["kernel"] for g in groups]
+    parts = scoring._parts(kernels, list(range(len(kernels))))
+    assert len(parts) == 2 and sorted(i for p in parts for i in p) == list(range(13))
+    loads = [sum(kernels[i].nbytes for i in p) for p in parts]
+    assert max(loads) - min(loads) <= max(k.nbytes for k in kernels)  # balanced to within one kernel
+    first = jp.l1_filter_norms(v, groups)
+    before = scoring.trace_count()
+    threaded = jp.l1_filter_norms(v, groups[::-1])
+    assert scoring.trace_count() == before
+    for g in groups:
+        ref = np.abs(np.asarray(v["params"][g.name]["kernel"], np.float64)).sum(axis=(0, 1, 2))
+        np.testing.assert_array_equal(threaded[g.name], first[g.name])
+        np.testing.assert_allclose(threaded[g.name], ref, rtol=1e-5)
+
+
+def test_small_or_single_core_scoring_stays_on_one_thread(zoo, monkeypatch):
+    m, v = zoo("resnet56")  # 1.7 MB of scored kernels: below the per-thread threshold
+    kernels = [v["params"][g.scored.path[1]]["kernel"] for g in m.channel_groups() if g.scored is not None]
+    idx = list(range(len(kernels)))
+    assert scoring._parts(kernels, idx) == [idx]
+    big = [np.zeros((3, 3, 512, 512), np.float32)] * 4  # 38 MB of numpy kernels (default device: CPU here)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert scoring._parts(big, [0, 1, 2, 3]) == [[0, 1, 2, 3]]
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert sorted(map(sorted, scoring._parts(big, [0, 1, 2, 3]))) == [[0], [1], [2], [3]]  # at most 4 threads
