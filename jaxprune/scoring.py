@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +34,7 @@ __all__ = [
 CRITERIA = ("l1", "l2", "random", "largest_l1")
 
 _TRACES = {"norm": 0}
+_TRACE_LOCK = threading.Lock()
 
 
 def trace_count() -> int:
@@ -50,7 +53,8 @@ def _norm_body(kernel, axis: int, p: int):
 
 @functools.partial(jax.jit, static_argnames=("axis", "p"))
 def _norm(kernel, axis: int, p: int):
-    _TRACES["norm"] += 1  # runs at trace time only
+    with _TRACE_LOCK:  # runs at trace time only, possibly on a scoring thread
+        _TRACES["norm"] += 1
     return _norm_body(kernel, axis, p)
 
 
@@ -71,32 +75,48 @@ _RUN_ONCE: set = set()  # (placement, p, kernel signatures) already run: their p
 
 
 def _pool():
-    if not _POOL:
-        from concurrent.futures import ThreadPoolExecutor
+    with _TRACE_LOCK:
+        if not _POOL:
+            from concurrent.futures import ThreadPoolExecutor
 
-        _POOL.append(ThreadPoolExecutor(max_workers=_MAX_THREADS - 1, thread_name_prefix="jaxprune-score"))
+            _POOL.append(ThreadPoolExecutor(max_workers=_MAX_THREADS - 1, thread_name_prefix="jaxprune-score"))
     return _POOL[0]
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the CPUs this process may run on (containers, taskset)
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _on_cpu(kernel) -> bool:
     sharding = getattr(kernel, "sharding", None)
-    if sharding is None:  # a numpy kernel goes to the default device
-        return jax.default_backend() == "cpu"
+    if sharding is None:  # a numpy kernel goes to the default device (this thread's, if one is set)
+        device = jax.config.jax_default_device
+        return (
+            device.platform if device is not None and hasattr(device, "platform") else jax.default_backend()
+        ) == "cpu"
     return all(d.platform == "cpu" for d in sharding.device_set)
 
 
-def _parts(kernels: list, idx: list[int]) -> list[list[int]]:
-    """Splits one placement's kernels into byte-balanced parts, one per thread (largest first into the lightest)."""
-    nbytes = [int(kernels[i].nbytes) for i in idx]
-    n = min(_MAX_THREADS, os.cpu_count() or 1, len(idx), sum(nbytes) // _BYTES_PER_THREAD)
+def _parts(kernels: list, idx: list[int], sigs: list | None = None) -> list[list[int]]:
+    """Splits one placement's kernels into byte-balanced parts, one per thread (largest first into the lightest).
+
+    The split depends only on the kernels' signatures, never on their order, so a mix always reuses its programs.
+    """
+    nbytes = {i: int(kernels[i].nbytes) for i in idx}
+    n = min(_MAX_THREADS, _usable_cpus(), len(idx), sum(nbytes.values()) // _BYTES_PER_THREAD)
     if n < 2 or not _on_cpu(kernels[idx[0]]):
         return [idx]
+    if sigs is None:
+        sigs = [(k.dtype.char, k.dtype.itemsize, tuple(k.shape), 0) for k in kernels]
     bins: list[list[int]] = [[] for _ in range(n)]
     load = [0] * n
-    for b, i in sorted(zip(nbytes, idx, strict=True), key=lambda t: -t[0]):
+    for i in sorted(idx, key=lambda i: (-nbytes[i], sigs[i])):
         j = load.index(min(load))
         bins[j].append(i)
-        load[j] += b
+        load[j] += nbytes[i]
     return bins
 
 
@@ -123,16 +143,34 @@ def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
                 r.copy_to_host_async()
         return [np.asarray(r) for r in outs]
 
+    # jax's config contexts (`enable_x64`, `default_device`) are per thread: a scoring thread runs under the caller's.
+    x64, device = jax.config.jax_enable_x64, jax.config.jax_default_device
+
+    def run_as_caller(part):
+        with jax.enable_x64(x64), jax.default_device(device):
+            return run(part)
+
     by_place: dict = {}
     for i, k in enumerate(kernels):
         by_place.setdefault(getattr(k, "sharding", None), []).append(i)
     out: list = [None] * len(kernels)
     for place, idx in by_place.items():
-        parts = [sorted(part, key=sig) for part in _parts(kernels, idx)]
+        parts = [sorted(part, key=sig) for part in _parts(kernels, idx, sigs)]
         if len(parts) > 1:
-            key = (place, p, tuple((kernels[i].dtype, *sigs[i][2:]) for i in sorted(idx, key=sig)))
-        if len(parts) > 1 and key in _RUN_ONCE:
-            futures = [_pool().submit(run, part) for part in parts[1:]]
+            key = (
+                place,
+                p,
+                x64,
+                device,
+                tuple(tuple((kernels[i].dtype, *sigs[i][2:]) for i in part) for part in parts),
+            )
+        futures = None
+        if len(parts) > 1 and key in _RUN_ONCE and not sys.is_finalizing():
+            try:
+                futures = [_pool().submit(run_as_caller, part) for part in parts[1:]]
+            except RuntimeError:  # the interpreter is shutting down: no new threads
+                futures = None
+        if futures is not None:
             results = [run(parts[0])] + [f.result() for f in futures]
         else:
             results = [run(part) for part in parts]
