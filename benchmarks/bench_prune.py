@@ -87,10 +87,10 @@ def main() -> None:
         lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {met} |")
     lines += [
         "",
-        "Scoring reads every kernel byte once. XLA:CPU runs a small program on the calling thread, so on CPU the",
-        "kernels are split into byte-balanced parts dispatched from up to four threads (two here). The p10-p90",
-        "spread shows how evenly the cores were used; with one dispatch on one thread, this 2-core VM gave medians",
-        "of 1.8-3.0 ms (ratio 0.64-1.07 over 16 runs, 2026-11-25): one core's fused abs-sum runs at numpy's speed.",
+        "Scoring reads every kernel byte once. One XLA:CPU dispatch of these reductions often ran on one core",
+        "(process CPU/wall ~1.2), so on CPU the kernels are split into byte-balanced parts dispatched from up to",
+        "four threads (two here). With one dispatch, this 2-core VM gave medians of 1.8-3.0 ms (ratio 0.64-1.07",
+        "over 16 runs, 2026-11-25): one core's fused abs-sum runs at numpy's speed. p10-p90 shows the spread.",
     ]
     text = "\n".join(lines)
     print(text)

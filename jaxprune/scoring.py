@@ -126,9 +126,9 @@ def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
     Kernels are sorted by (dtype, shape, axis) before the dispatch, so the same kernels in another order reuse the
     compiled program; kernels on different devices or shardings go out in separate dispatches (one jitted call
     cannot mix committed placements). On CPU, several megabytes of kernels are split into byte-balanced parts run
-    from up to four threads: XLA:CPU runs a small program on the calling thread, so one dispatch reads memory with
-    one core (measured on a 2-core machine: VGG-16 scoring 2.0-2.2 ms in every run with two threads, 1.8-3.0 ms
-    with one). A mix's first call runs its parts in turn, so each shape is traced once, on one thread.
+    from up to four threads: one XLA:CPU dispatch of these reductions often ran on one core (measured on a 2-core
+    machine: process CPU/wall ~1.2; VGG-16 scoring 2.0-2.7 ms in every run with two threads, 1.8-3.0 ms with
+    one). A mix's first call runs its parts in turn, so each shape is traced once, on one thread.
     """
     if len(kernels) == 1:
         return [np.asarray(_norm(kernels[0], axes[0], p))]
