@@ -71,11 +71,12 @@ def _norms(kernels: tuple, axes: tuple[int, ...], p: int):
 _BYTES_PER_THREAD = 4 << 20
 _MAX_THREADS = 4
 _POOL: list = []  # the lazily created worker pool (at most one)
+_POOL_LOCK = threading.Lock()
 _RUN_ONCE: set = set()  # (placement, p, kernel signatures) already run: their programs are compiled
 
 
 def _pool():
-    with _TRACE_LOCK:
+    with _POOL_LOCK:
         if not _POOL:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -100,7 +101,12 @@ def _on_cpu(kernel) -> bool:
     return all(d.platform == "cpu" for d in sharding.device_set)
 
 
-def _parts(kernels: list, idx: list[int], sigs: list | None = None) -> list[list[int]]:
+def _signatures(kernels: list, axes: list[int]) -> list[tuple]:
+    """A sortable (dtype char, itemsize, shape, axis) per kernel: what its compiled norm depends on."""
+    return [(k.dtype.char, k.dtype.itemsize, tuple(k.shape), a) for k, a in zip(kernels, axes, strict=True)]
+
+
+def _parts(kernels: list, idx: list[int], sigs: list[tuple]) -> list[list[int]]:
     """Splits one placement's kernels into byte-balanced parts, one per thread (largest first into the lightest).
 
     The split depends only on the kernels' signatures, never on their order, so a mix always reuses its programs.
@@ -109,8 +115,6 @@ def _parts(kernels: list, idx: list[int], sigs: list | None = None) -> list[list
     n = min(_MAX_THREADS, _usable_cpus(), len(idx), sum(nbytes.values()) // _BYTES_PER_THREAD)
     if n < 2 or not _on_cpu(kernels[idx[0]]):
         return [idx]
-    if sigs is None:
-        sigs = [(k.dtype.char, k.dtype.itemsize, tuple(k.shape), 0) for k in kernels]
     bins: list[list[int]] = [[] for _ in range(n)]
     load = [0] * n
     for i in sorted(idx, key=lambda i: (-nbytes[i], sigs[i])):
@@ -133,12 +137,12 @@ def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
     if len(kernels) == 1:
         return [np.asarray(_norm(kernels[0], axes[0], p))]
 
-    sigs = [(k.dtype.char, k.dtype.itemsize, tuple(k.shape), a) for k, a in zip(kernels, axes, strict=True)]
+    sigs = _signatures(kernels, axes)
     sig = sigs.__getitem__
 
     def run(part):
         outs = _norms(tuple(kernels[i] for i in part), tuple(axes[i] for i in part), p)
-        if any(d.platform != "cpu" for d in outs[0].sharding.device_set):
+        if not _on_cpu(outs[0]):
             for r in outs:  # start every copy before the first wait: one round trip, not one per kernel
                 r.copy_to_host_async()
         return [np.asarray(r) for r in outs]
@@ -168,8 +172,8 @@ def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
         if len(parts) > 1 and key in _RUN_ONCE and not sys.is_finalizing():
             try:
                 futures = [_pool().submit(run_as_caller, part) for part in parts[1:]]
-            except RuntimeError:  # the interpreter is shutting down: no new threads
-                futures = None
+            except RuntimeError:  # the interpreter is shutting down: no new threads; run the parts in turn
+                pass
         if futures is not None:
             results = [run(parts[0])] + [f.result() for f in futures]
         else:

@@ -178,6 +178,10 @@ def test_one_call_mixes_dtypes_and_axes():
     np.testing.assert_array_equal(s["b"], [5.0, 7.0, 9.0])
 
 
+def _parts(kernels, idx, axis=3):
+    return scoring._parts(kernels, idx, scoring._signatures(kernels, [axis] * len(kernels)))
+
+
 cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the thread split is for the CPU backend")
 
 
@@ -189,7 +193,7 @@ def test_large_cpu_scoring_split_across_threads_is_exact(zoo, monkeypatch):
     m, v = zoo("vgg16")
     groups = [g for g in m.channel_groups() if g.kind == "conv"]
     kernels = [v["params"][g.name]["kernel"] for g in groups]
-    parts = scoring._parts(kernels, list(range(len(kernels))))
+    parts = _parts(kernels, list(range(len(kernels))))
     assert len(parts) == 2 and sorted(i for p in parts for i in p) == list(range(13))
     loads = [sum(kernels[i].nbytes for i in p) for p in parts]
     assert max(loads) - min(loads) <= max(k.nbytes for k in kernels)  # balanced to within one kernel
@@ -208,12 +212,12 @@ def test_small_or_single_core_scoring_stays_on_one_thread(zoo, monkeypatch):
     m, v = zoo("resnet56")  # 1.7 MB of scored kernels: below the per-thread threshold
     kernels = [v["params"][g.scored.path[1]]["kernel"] for g in m.channel_groups() if g.scored is not None]
     idx = list(range(len(kernels)))
-    assert scoring._parts(kernels, idx) == [idx]
+    assert _parts(kernels, idx) == [idx]
     big = [np.zeros((3, 3, 512, 512), np.float32)] * 4  # 38 MB of numpy kernels (default device: CPU here)
     monkeypatch.setattr(scoring, "_usable_cpus", lambda: 1)
-    assert scoring._parts(big, [0, 1, 2, 3]) == [[0, 1, 2, 3]]
+    assert _parts(big, [0, 1, 2, 3]) == [[0, 1, 2, 3]]
     monkeypatch.setattr(scoring, "_usable_cpus", lambda: 64)
-    assert sorted(map(sorted, scoring._parts(big, [0, 1, 2, 3]))) == [[0], [1], [2], [3]]  # at most 4 threads
+    assert sorted(map(sorted, _parts(big, [0, 1, 2, 3]))) == [[0], [1], [2], [3]]  # at most 4 threads
 
 
 @cpu_only
@@ -222,7 +226,7 @@ def test_threaded_scoring_runs_under_the_callers_x64(monkeypatch):
     first (in turn) and later (threaded) calls alike."""
     monkeypatch.setattr(scoring, "_usable_cpus", lambda: 2)
     kernels = [np.full((3, 3, 512, 256), -1.0 / 3.0), np.full((3, 3, 256, 512), 1.0 / 3.0)]  # 2 x 9.4 MB float64
-    assert len(scoring._parts(kernels, [0, 1])) == 2
+    assert len(_parts(kernels, [0, 1])) == 2
     with jax.enable_x64(True):
         calls = [scoring._batched_norms(kernels, [3, 3], 1) for _ in range(3)]
     for norms in calls:
@@ -240,7 +244,7 @@ def test_the_split_does_not_depend_on_kernel_order(monkeypatch):
 
     def split(order):
         ks = [kernels[i] for i in order]
-        return sorted(sorted(ks[i].shape for i in part) for part in scoring._parts(ks, list(range(4))))
+        return sorted(sorted(ks[i].shape for i in part) for part in _parts(ks, list(range(4))))
 
     reference = split([0, 1, 2, 3])
     for order in ([3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1]):
