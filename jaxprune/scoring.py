@@ -8,9 +8,6 @@ criteria need data and live in `jaxprune.sensitivity`.
 from __future__ import annotations
 
 import functools
-import os
-import sys
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -34,7 +31,6 @@ __all__ = [
 CRITERIA = ("l1", "l2", "random", "largest_l1")
 
 _TRACES = {"norm": 0}
-_TRACE_LOCK = threading.Lock()
 
 
 def trace_count() -> int:
@@ -53,8 +49,7 @@ def _norm_body(kernel, axis: int, p: int):
 
 @functools.partial(jax.jit, static_argnames=("axis", "p"))
 def _norm(kernel, axis: int, p: int):
-    with _TRACE_LOCK:  # runs at trace time only, possibly on a scoring thread
-        _TRACES["norm"] += 1
+    _TRACES["norm"] += 1  # runs at trace time only
     return _norm_body(kernel, axis, p)
 
 
@@ -67,124 +62,27 @@ def _norms(kernels: tuple, axes: tuple[int, ...], p: int):
     return tuple(_norm(k, a, p) for k, a in zip(kernels, axes, strict=True))
 
 
-#: Kernel bytes per thread below which splitting a CPU dispatch across threads is not worth a thread hand-off.
-_BYTES_PER_THREAD = 4 << 20
-_MAX_THREADS = 4
-_POOL: list = []  # the lazily created worker pool (at most one)
-_POOL_LOCK = threading.Lock()
-_RUN_ONCE: set = set()  # (placement, p, kernel signatures) already run: their programs are compiled
-
-
-def _pool():
-    with _POOL_LOCK:
-        if not _POOL:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _POOL.append(ThreadPoolExecutor(max_workers=_MAX_THREADS - 1, thread_name_prefix="jaxprune-score"))
-    return _POOL[0]
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the CPUs this process may run on (containers, taskset)
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _on_cpu(kernel) -> bool:
-    sharding = getattr(kernel, "sharding", None)
-    if sharding is None:  # a numpy kernel goes to the default device (this thread's, if one is set)
-        device = jax.config.jax_default_device
-        return (
-            device.platform if device is not None and hasattr(device, "platform") else jax.default_backend()
-        ) == "cpu"
-    return all(d.platform == "cpu" for d in sharding.device_set)
-
-
-def _signatures(kernels: list, axes: list[int]) -> list[tuple]:
-    """A sortable (dtype char, itemsize, shape, axis) per kernel: what its compiled norm depends on."""
-    return [(k.dtype.char, k.dtype.itemsize, tuple(k.shape), a) for k, a in zip(kernels, axes, strict=True)]
-
-
-def _parts(kernels: list, idx: list[int], sigs: list[tuple]) -> list[list[int]]:
-    """Splits one placement's kernels into byte-balanced parts, one per thread (largest first into the lightest).
-
-    The split depends only on the kernels' signatures, never on their order, so a mix always reuses its programs.
-    """
-    nbytes = {i: int(kernels[i].nbytes) for i in idx}
-    n = min(_MAX_THREADS, _usable_cpus(), len(idx), sum(nbytes.values()) // _BYTES_PER_THREAD)
-    if n < 2 or not _on_cpu(kernels[idx[0]]):
-        return [idx]
-    bins: list[list[int]] = [[] for _ in range(n)]
-    load = [0] * n
-    for i in sorted(idx, key=lambda i: (-nbytes[i], sigs[i])):
-        j = load.index(min(load))
-        bins[j].append(i)
-        load[j] += nbytes[i]
-    return bins
-
-
 def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
-    """Norms of many kernels: one jitted dispatch per placement (traced once per kernel shape).
+    """Norms of many kernels: one jitted dispatch per placement, one batched copy back (traced once per shape).
 
     Kernels are sorted by (dtype, shape, axis) before the dispatch, so the same kernels in another order reuse the
     compiled program; kernels on different devices or shardings go out in separate dispatches (one jitted call
-    cannot mix committed placements). On CPU, several megabytes of kernels are split into byte-balanced parts run
-    from up to four threads: one XLA:CPU dispatch of these reductions often ran on one core (measured on a 2-core
-    machine: process CPU/wall ~1.2; VGG-16 scoring 2.0-2.7 ms in every run with two threads, 1.8-3.0 ms with
-    one). A mix's first call runs its parts in turn, so each shape is traced once, on one thread.
+    cannot mix committed placements). `jax.device_get` starts every copy to the host before the first wait.
     """
     if len(kernels) == 1:
         return [np.asarray(_norm(kernels[0], axes[0], p))]
-
-    sigs = _signatures(kernels, axes)
-    sig = sigs.__getitem__
-
-    def run(part):
-        outs = _norms(tuple(kernels[i] for i in part), tuple(axes[i] for i in part), p)
-        if not _on_cpu(outs[0]):
-            for r in outs:  # start every copy before the first wait: one round trip, not one per kernel
-                r.copy_to_host_async()
-        return [np.asarray(r) for r in outs]
-
-    # jax's config contexts (`enable_x64`, `default_device`) are per thread: a scoring thread runs under the caller's.
-    x64, device = jax.config.jax_enable_x64, jax.config.jax_default_device
-
-    def run_as_caller(part):
-        with jax.enable_x64(x64), jax.default_device(device):
-            return run(part)
-
+    sigs = [(k.dtype.char, k.dtype.itemsize, tuple(k.shape), a) for k, a in zip(kernels, axes, strict=True)]
     by_place: dict = {}
     for i, k in enumerate(kernels):
         by_place.setdefault(getattr(k, "sharding", None), []).append(i)
+    order, outs = [], []
+    for idx in by_place.values():
+        idx = sorted(idx, key=sigs.__getitem__)
+        order += idx
+        outs += _norms(tuple(kernels[i] for i in idx), tuple(axes[i] for i in idx), p)
     out: list = [None] * len(kernels)
-    for place, idx in by_place.items():
-        parts = [sorted(part, key=sig) for part in _parts(kernels, idx, sigs)]
-        if len(parts) > 1:
-            key = (
-                place,
-                p,
-                x64,
-                device,
-                tuple(tuple((kernels[i].dtype, *sigs[i][2:]) for i in part) for part in parts),
-            )
-        futures = None
-        if len(parts) > 1 and key in _RUN_ONCE and not sys.is_finalizing():
-            try:
-                futures = [_pool().submit(run_as_caller, part) for part in parts[1:]]
-            except RuntimeError:  # the interpreter is shutting down: no new threads; run the parts in turn
-                pass
-        if futures is not None:
-            results = [run(parts[0])] + [f.result() for f in futures]
-        else:
-            results = [run(part) for part in parts]
-            if len(parts) > 1:
-                if len(_RUN_ONCE) > 1024:
-                    _RUN_ONCE.clear()
-                _RUN_ONCE.add(key)
-        for part, res in zip(parts, results, strict=True):
-            for i, r in zip(part, res, strict=True):
-                out[i] = r
+    for i, r in zip(order, jax.device_get(outs), strict=True):
+        out[i] = np.asarray(r)
     return out
 
 

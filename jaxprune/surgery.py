@@ -6,7 +6,6 @@ back to jax arrays on the original sharding. It never scores or picks filters (`
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -107,72 +106,28 @@ def _take_all(leaf, takes: list[tuple[int, np.ndarray]]):
     return _to_device(arr, leaf.sharding) if isinstance(leaf, jax.Array) else arr
 
 
-def _private_batched_put():
-    """jax's C++ batched put (where `jax.device_put` ends) and the abstract-value type it takes; private APIs."""
-    from jax._src import core as _core
-    from jax._src.interpreters import pxla as _pxla
-
-    return _pxla.xc.batched_device_put, _core.ShapedArray
-
-
-@functools.lru_cache(maxsize=64)
-def _fast_single_device_put(sharding):
-    """A ~8x cheaper host-to-device copy for single-device arrays, or None to use `jax.device_put`.
-
-    `jax.device_put` costs ~20 us of Python per array; surgery returns ~160 arrays for a ResNet-56, which made the
-    transfer most of the prune time. The C++ batched put that jax's own `device_put` ends in is called directly, with
-    the abstract value cached per (shape, dtype) (a private API: any failure to find or call it falls back to the
-    public path). Cached per sharding, so the probe transfer runs once, not once per prune.
-    """
-    if not isinstance(sharding, jax.sharding.SingleDeviceSharding):
-        return None
-    try:
-        device = next(iter(sharding.device_set))
-        if sharding.memory_kind not in (None, device.default_memory().kind):
-            return None  # e.g. pinned_host: the cached abstract value would label host memory as device memory
-        put, shaped_array = _private_batched_put()
-        devices = [device]
-        avals: dict = {}
-
-        def fast(arr):
-            key = (arr.shape, arr.dtype)
-            aval = avals.get(key)
-            if aval is None:
-                if len(avals) > 4096:
-                    avals.clear()
-                aval = avals[key] = shaped_array(arr.shape, arr.dtype)
-            return put(aval, sharding, [arr], devices, True)
-
-        probe = fast(np.arange(3, dtype=np.float32))
-        if not isinstance(probe, jax.Array) or probe.sharding != sharding or np.asarray(probe).tolist() != [0, 1, 2]:
-            return None
-        return fast
-    except Exception:
-        return None
-
-
 def _take_many(flat: dict, ops: dict) -> None:
-    """`_take_all` over many leaves; jax leaves are grouped by sharding and moved back per group (the fast
-    single-device put where it applies, else one batched `jax.device_put`)."""
+    """`_take_all` over many leaves: every take on the host, then one batched `jax.device_put` for all jax leaves.
+
+    One call moves every leaf back to its own sharding (a list of arrays with a list of shardings); if one sharding
+    no longer divides its new shape, the leaves go one by one so that only that leaf is replicated (`_to_device`).
+    """
     host = {path: _host_take(flat[path], takes) for path, takes in ops.items()}
-    by_sharding: dict = {}
+    paths = []
     for path, arr in host.items():
-        leaf = flat[path]
-        if isinstance(leaf, jax.Array):
-            by_sharding.setdefault(leaf.sharding, []).append(path)
+        if isinstance(flat[path], jax.Array):
+            paths.append(path)
         else:
             flat[path] = arr
-    for sharding, paths in by_sharding.items():
-        fast = _fast_single_device_put(sharding)
-        if fast is not None:
-            moved = [fast(host[p]) for p in paths]
-        else:
-            try:
-                moved = jax.device_put([host[p] for p in paths], sharding)
-            except ValueError:
-                moved = [_to_device(host[p], sharding) for p in paths]
-        for p, a in zip(paths, moved, strict=True):
-            flat[p] = a
+    if not paths:
+        return
+    arrays, shardings = [host[p] for p in paths], [flat[p].sharding for p in paths]
+    try:
+        moved = jax.device_put(arrays, shardings)
+    except ValueError:
+        moved = [_to_device(a, s) for a, s in zip(arrays, shardings, strict=True)]
+    for p, a in zip(paths, moved, strict=True):
+        flat[p] = a
 
 
 class _Shapes(Mapping):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jaxprune as jp
 
@@ -23,3 +25,48 @@ def test_public_names_exist():
         assert hasattr(jp, name), name
     for name in ("make_plan", "prune", "prune_like_params", "l1_filter_norms", "PruningPlan", "check_groups"):
         assert name in jp.__all__
+
+
+def _private_jax_imports(source: str) -> list[str]:
+    """Every import of (or attribute access to) jax's private modules in one file's source."""
+    found = []
+    private = ("jax._src", "jax.interpreters")
+    for node in ast.walk(ast.parse(source)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "jax":
+            names = [f"jax.{node.attr}"]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            arg = node.args[0].value  # importlib.import_module("jax._src...") / __import__(...)
+            names = [arg] if isinstance(arg, str) else []
+        hits = [n for n in names if any(n == p or n.startswith(p + ".") for p in private)]
+        if hits:
+            found.append(f"line {node.lineno}: {hits[-1]}")
+    return found
+
+
+def test_the_package_uses_no_private_jax_api():
+    """No module under jaxprune/ (subpackages included) imports `jax._src` or `jax.interpreters`: public APIs only."""
+    root = Path(jp.__file__).resolve().parent
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 10 and root / "surgery.py" in files  # the walk sees the package, subpackages included
+    bad = {str(f.relative_to(root)): hits for f in files if (hits := _private_jax_imports(f.read_text()))}
+    assert bad == {}
+
+
+def test_the_private_api_check_catches_every_spelling():
+    src = (
+        "import jax._src.core\nfrom jax._src import core\nfrom jax import _src\nfrom jax.interpreters import pxla\n"
+        "import importlib\nm = importlib.import_module('jax._src.util')\nx = jax._src\nimport jax.numpy\n"
+    )
+    assert [h.split(":")[0] for h in _private_jax_imports(src)] == [
+        "line 1",
+        "line 2",
+        "line 3",
+        "line 4",
+        "line 6",
+        "line 7",
+    ]

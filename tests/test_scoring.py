@@ -178,92 +178,28 @@ def test_one_call_mixes_dtypes_and_axes():
     np.testing.assert_array_equal(s["b"], [5.0, 7.0, 9.0])
 
 
-def _parts(kernels, idx, axis=3):
-    return scoring._parts(kernels, idx, scoring._signatures(kernels, [axis] * len(kernels)))
-
-
-cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the thread split is for the CPU backend")
-
-
-@cpu_only
-def test_large_cpu_scoring_split_across_threads_is_exact(zoo, monkeypatch):
-    """VGG-16's 59 MB of conv kernels: the first call runs its byte-balanced parts in turn (tracing each shape once),
-    later calls run them from several threads; every call equals the numpy reference."""
-    monkeypatch.setattr(scoring, "_usable_cpus", lambda: 2)
-    m, v = zoo("vgg16")
-    groups = [g for g in m.channel_groups() if g.kind == "conv"]
-    kernels = [v["params"][g.name]["kernel"] for g in groups]
-    parts = _parts(kernels, list(range(len(kernels))))
-    assert len(parts) == 2 and sorted(i for p in parts for i in p) == list(range(13))
-    loads = [sum(kernels[i].nbytes for i in p) for p in parts]
-    assert max(loads) - min(loads) <= max(k.nbytes for k in kernels)  # balanced to within one kernel
-    first = jp.l1_filter_norms(v, groups)
-    before = scoring.trace_count()
-    threaded = jp.l1_filter_norms(v, groups[::-1])
-    assert scoring.trace_count() == before
-    for g in groups:
-        ref = np.abs(np.asarray(v["params"][g.name]["kernel"], np.float64)).sum(axis=(0, 1, 2))
-        np.testing.assert_array_equal(threaded[g.name], first[g.name])
-        np.testing.assert_allclose(threaded[g.name], ref, rtol=1e-5)
-
-
-@cpu_only
-def test_small_or_single_core_scoring_stays_on_one_thread(zoo, monkeypatch):
-    m, v = zoo("resnet56")  # 1.7 MB of scored kernels: below the per-thread threshold
-    kernels = [v["params"][g.scored.path[1]]["kernel"] for g in m.channel_groups() if g.scored is not None]
-    idx = list(range(len(kernels)))
-    assert _parts(kernels, idx) == [idx]
-    big = [np.zeros((3, 3, 512, 512), np.float32)] * 4  # 38 MB of numpy kernels (default device: CPU here)
-    monkeypatch.setattr(scoring, "_usable_cpus", lambda: 1)
-    assert _parts(big, [0, 1, 2, 3]) == [[0, 1, 2, 3]]
-    monkeypatch.setattr(scoring, "_usable_cpus", lambda: 64)
-    assert sorted(map(sorted, _parts(big, [0, 1, 2, 3]))) == [[0], [1], [2], [3]]  # at most 4 threads
-
-
-@cpu_only
-def test_threaded_scoring_runs_under_the_callers_x64(monkeypatch):
-    """jax's x64 switch is per thread: the scoring threads run under the caller's, so float64 stays float64 on the
-    first (in turn) and later (threaded) calls alike."""
-    monkeypatch.setattr(scoring, "_usable_cpus", lambda: 2)
-    kernels = [np.full((3, 3, 512, 256), -1.0 / 3.0), np.full((3, 3, 256, 512), 1.0 / 3.0)]  # 2 x 9.4 MB float64
-    assert len(_parts(kernels, [0, 1])) == 2
+def test_float64_kernels_stay_float64_in_a_batched_call():
+    """Under x64 a float64 kernel is reduced in float64 in the one-dispatch path, not cast down."""
+    kernels = [np.full((3, 3, 8, 4), -1.0 / 3.0), np.full((3, 3, 4, 8), 1.0 / 3.0), np.ones((2, 5), np.float32)]
     with jax.enable_x64(True):
-        calls = [scoring._batched_norms(kernels, [3, 3], 1) for _ in range(3)]
-    for norms in calls:
-        assert [n.dtype for n in norms] == [np.float64, np.float64]
-        np.testing.assert_allclose(norms[0], np.full(256, 4608 / 3), rtol=1e-12)
-        np.testing.assert_allclose(norms[1], np.full(512, 2304 / 3), rtol=1e-12)
+        norms = scoring._batched_norms(kernels, [3, 3, 1], 1)
+    assert [n.dtype for n in norms] == [np.float64, np.float64, np.float32]
+    # Sums of 72 and 36 terms of 1/3: float64 rounding error is ~1e-16 per term, far below 1e-12 relative.
+    np.testing.assert_allclose(norms[0], np.full(4, 72 / 3), rtol=1e-12)
+    np.testing.assert_allclose(norms[1], np.full(8, 36 / 3), rtol=1e-12)
+    np.testing.assert_array_equal(norms[2], np.full(5, 2.0, np.float32))
 
 
-@cpu_only
-def test_the_split_does_not_depend_on_kernel_order(monkeypatch):
-    """Equal-sized kernels of different shapes land in the same parts whatever their order (no recompiles)."""
-    monkeypatch.setattr(scoring, "_usable_cpus", lambda: 2)
-    shapes = [(1, 1, 1024, 2048), (1, 1, 2048, 1024), (2, 1, 1024, 1024), (1, 2, 1024, 1024)]  # 8 MB each
-    kernels = [np.zeros(s, np.float32) for s in shapes]
-
-    def split(order):
-        ks = [kernels[i] for i in order]
-        return sorted(sorted(ks[i].shape for i in part) for part in _parts(ks, list(range(4))))
-
-    reference = split([0, 1, 2, 3])
-    for order in ([3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1]):
-        assert split(order) == reference
-
-
-@cpu_only
-def test_no_new_threads_at_shutdown_falls_back_to_one_thread(zoo, monkeypatch):
-    """If the pool refuses work (interpreter shutdown), the parts run in turn on the caller; same scores."""
-    monkeypatch.setattr(scoring, "_usable_cpus", lambda: 2)
+def test_every_kernel_of_one_placement_goes_out_in_one_dispatch(zoo, monkeypatch):
     m, v = zoo("vgg16")
-    groups = [g for g in m.channel_groups() if g.kind == "conv"]
-    first = jp.l1_filter_norms(v, groups)
+    calls = []
+    real = scoring._norms
 
-    class Closed:
-        def submit(self, *args, **kwargs):
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+    def counting(kernels, axes, p):
+        calls.append(len(kernels))
+        return real(kernels, axes, p)
 
-    monkeypatch.setattr(scoring, "_pool", lambda: Closed())
-    again = jp.l1_filter_norms(v, groups)
-    for g in groups:
-        np.testing.assert_array_equal(again[g.name], first[g.name])
+    monkeypatch.setattr(scoring, "_norms", counting)
+    scores = jp.l1_filter_norms(v, m.channel_groups())
+    assert calls == [14]  # 13 conv kernels + fc1, one jitted call
+    assert len(scores) == 14

@@ -118,7 +118,8 @@ def test_prune_like_params_accepts_full_variables(zoo):
 
 
 def test_unshardable_leaf_is_replicated_with_a_warning(tmp_path):
-    """A channel axis sharded over 2 host devices, pruned to an odd width: ReshardWarning, then replicated."""
+    """A channel axis sharded over 2 host devices, pruned to an odd width: ReshardWarning, then replicated; a leaf
+    committed to the second device stays there (one batched put serves leaves of different shardings)."""
     code = """
 import os, warnings, jax, numpy as np
 import jaxprune as jp
@@ -128,16 +129,22 @@ v = jp.random_variables(m)
 mesh = Mesh(np.array(jax.devices()), ("d",))
 k = v["params"]["stage1_block1_conv1"]["kernel"]
 v["params"]["stage1_block1_conv1"]["kernel"] = jax.device_put(k, NamedSharding(mesh, P(None, None, None, "d")))
+v["params"]["stage1_block1_conv2"]["kernel"] = jax.device_put(v["params"]["stage1_block1_conv2"]["kernel"], jax.devices()[1])
 plan = jp.PruningPlan(keep={"stage1_block1_conv1": (0, 1, 2)}, widths={"stage1_block1_conv1": 16})
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     _, v2 = jp.prune(m, v, plan)
 new = v2["params"]["stage1_block1_conv1"]["kernel"]
 print([type(x.message).__name__ for x in w], new.shape, len(new.sharding.device_set), new.sharding.is_fully_replicated)
+c2 = v2["params"]["stage1_block1_conv2"]["kernel"]
+print(c2.shape, c2.devices() == {jax.devices()[1]}, v2["params"]["stage1_block1_bn1"]["scale"].devices() == {jax.devices()[0]})
 """
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "['ReshardWarning'] (3, 3, 16, 3) 2 True"
+    assert out.stdout.strip().splitlines()[-2:] == [
+        "['ReshardWarning'] (3, 3, 16, 3) 2 True",
+        "(3, 3, 3, 16) True True",
+    ]
 
 
 def test_float64_train_mode_is_exact():
@@ -318,54 +325,33 @@ def test_variables_of_other_widths(zoo):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16, np.int32, np.uint8])
-def test_fast_single_device_put_equals_device_put(dtype):
-    """Surgery's cheap host-to-device copy gives what `jax.device_put` gives: value, dtype, shape, sharding."""
-    from jaxprune.surgery import _fast_single_device_put
-
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    fast = _fast_single_device_put(sharding)
-    assert fast is not None  # the private path is found on the jax this project pins
-    host = (np.arange(24).reshape(2, 3, 4) % 7).astype(dtype)
-    got, ref = fast(host), jax.device_put(host, sharding)
-    assert isinstance(got, jax.Array) and got.sharding == ref.sharding
-    assert (got.shape, got.dtype, got.weak_type) == (ref.shape, ref.dtype, ref.weak_type)
-    np.testing.assert_array_equal(np.asarray(got), host)
-    np.testing.assert_array_equal(np.asarray(jax.jit(lambda a: a * 2)(got)), np.asarray(ref) * 2)
-
-
-def test_prune_falls_back_to_device_put_without_the_private_api(zoo, monkeypatch):
-    """If jax's private batched put is missing or fails, surgery uses the public `jax.device_put`, same result."""
-    from jaxprune import surgery
-
+def test_sliced_leaves_of_every_dtype_come_back_as_device_put_gives_them(zoo, dtype):
+    """The batched `jax.device_put` back to the device gives what one put per leaf gives: value, dtype, shape,
+    sharding, weak type."""
     m, v = zoo("resnet20")
-    plan = jp.make_plan(m, v, prune_ratio=0.5)
-    _, fast_v = jp.prune(m, v, plan)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no batched put here")
-
-    surgery._fast_single_device_put.cache_clear()
-    monkeypatch.setattr(surgery, "_private_batched_put", lambda: (broken, jax.ShapeDtypeStruct))
-    try:
-        assert surgery._fast_single_device_put(next(iter(jax.tree_util.tree_leaves(v))).sharding) is None
-        _, slow_v = jp.prune(m, v, plan)
-    finally:
-        monkeypatch.undo()
-        surgery._fast_single_device_put.cache_clear()
-    for a, b in zip(jax.tree_util.tree_leaves(fast_v), jax.tree_util.tree_leaves(slow_v), strict=True):
-        assert a.sharding == b.sharding and a.dtype == b.dtype
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    v = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a) * 5, dtype), v)
+    name = "stage2_block2_conv1"
+    keep = (0, 3, 5, 30)
+    _, v2 = jp.prune(m, v, PruningPlan(keep={name: keep}, widths={name: 32}))
+    for coll, layer, leaf, axis in (
+        ("params", name, "kernel", 3),
+        ("params", "stage2_block2_bn1", "scale", 0),
+        ("batch_stats", "stage2_block2_bn1", "var", 0),
+        ("params", "stage2_block2_conv2", "kernel", 2),
+    ):
+        old, got = v[coll][layer][leaf], v2[coll][layer][leaf]
+        want = jax.device_put(np.take(np.asarray(old), keep, axis=axis), old.sharding)
+        assert isinstance(got, jax.Array) and got.sharding == want.sharding
+        assert (got.shape, got.dtype, got.weak_type) == (want.shape, want.dtype, want.weak_type)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_host_memory_leaves_stay_in_host_memory(zoo):
-    """Leaves placed in pinned host memory come back there, labelled as host memory (not through the fast put)."""
-    from jaxprune.surgery import _fast_single_device_put
-
+    """Leaves placed in pinned host memory come back there, labelled as host memory."""
     dev = jax.devices()[0]
     if "pinned_host" not in [mem.kind for mem in dev.addressable_memories()]:
         pytest.skip("this backend has no pinned_host memory")
     host = jax.sharding.SingleDeviceSharding(dev, memory_kind="pinned_host")
-    assert _fast_single_device_put(host) is None
     m, v = zoo("resnet20")
     v = jax.tree_util.tree_map(lambda a: a, v)
     name = "stage1_block1_conv1"
