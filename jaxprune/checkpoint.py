@@ -41,6 +41,9 @@ from flax import serialization, traverse_util
 
 from jaxprune import models as _models
 from jaxprune._atomic import atomic_write
+from jaxprune._trees import check_variables as _check_variables
+from jaxprune._trees import host_array, host_tree
+from jaxprune._trees import plain_dict as _plain_dict
 from jaxprune.plan import PruningPlan
 
 __all__ = [
@@ -61,37 +64,6 @@ _FORMAT = "jaxprune.checkpoint"
 # The header is one JSON line; bounding how far we look for its end keeps a garbage file from being read whole.
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
 _CHUNK = 1 << 20
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Host transfer (also used by jaxprune.train for pruning sharded state)
-# ----------------------------------------------------------------------------------------------------------------------
-def host_array(x) -> Any:
-    """One leaf as a host numpy array, whatever its sharding; non-array leaves are returned unchanged.
-
-    Fully addressable arrays are copied with `np.asarray`; a replicated array that spans several processes is read
-    from a local shard; any other multi-process array is gathered with
-    `jax.experimental.multihost_utils.process_allgather` (a collective: every process must call). Typed PRNG keys come
-    back as their raw key data (`jax.random.key_data`).
-    """
-    if isinstance(x, jax.Array):
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
-        if x.is_fully_addressable:
-            return np.asarray(x)
-        if x.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    if isinstance(x, np.generic):
-        return np.asarray(x)
-    return x
-
-
-def host_tree(tree) -> Any:
-    """`host_array` over every leaf of a pytree (same structure)."""
-    return jax.tree_util.tree_map(host_array, tree)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -168,12 +140,6 @@ class Checkpoint:
 # ----------------------------------------------------------------------------------------------------------------------
 def _is_train_state(obj) -> bool:
     return all(hasattr(obj, a) for a in ("model", "params", "batch_stats", "opt_state", "step", "rng"))
-
-
-def _plain_dict(tree):
-    if isinstance(tree, Mapping):
-        return {str(k): _plain_dict(v) for k, v in tree.items()}
-    return tree
 
 
 def _leaf_table(variables: Mapping[str, Any]) -> dict[str, list]:
@@ -369,33 +335,6 @@ def _config_diff(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> list
         else:
             out.append(f"{key}: checkpoint {a!r}, expected {b!r}")
     return out
-
-
-def _check_variables(model, variables: Mapping[str, Any], *, what: str) -> None:
-    from jaxprune.utils import abstract_variables
-
-    expected = traverse_util.flatten_dict(abstract_variables(model))
-    found = traverse_util.flatten_dict(_plain_dict(variables)) if variables else {}
-    missing = sorted("/".join(p) for p in set(expected) - set(found))
-    extra = sorted("/".join(p) for p in set(found) - set(expected))
-    if missing or extra:
-        raise ValueError(
-            f"{what} do not match the model {_model_name(model)}: missing leaves {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}, unexpected leaves {extra[:5]}{' ...' if len(extra) > 5 else ''}"
-        )
-    for p in sorted(expected):
-        want, got = tuple(expected[p].shape), tuple(np.shape(found[p]))
-        if want != got:
-            raise ValueError(
-                f"{what} do not match the model {_model_name(model)}: leaf {'/'.join(p)} has shape {got}, the "
-                f"model's widths need {want}"
-            )
-
-
-def _model_name(model) -> str:
-    cfg = model.config()
-    depth = cfg.get("depth")
-    return f"{cfg.get('family')}{'-' + str(depth) if depth else ''}"
 
 
 def _check_plan_history(model, plans: Sequence[PruningPlan]) -> None:

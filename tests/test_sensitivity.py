@@ -17,13 +17,13 @@ from jaxprune.sensitivity import (
     ACTIVATION_CRITERIA,
     ALL_CRITERIA,
     SensitivityResult,
-    _loss,
     activation_scores,
     compare_criteria,
     scan_trace_count,
     sensitivity,
     suggest_ratios,
 )
+from jaxprune.sensitivity.scan import _loss
 from jaxprune.strategies import kept_count
 
 RATIOS = (0.3, 0.6, 0.9)
@@ -502,7 +502,7 @@ def test_bad_suggest_ratios_input(zoo, scan):
 
 @pytest.mark.parametrize("name", ["vgg16", "resnet20"])
 def test_interpolated_counts_equal_count_macs(zoo, name):
-    from jaxprune.sensitivity import _Counter
+    from jaxprune.sensitivity.suggest import _Counter
 
     m, _ = zoo(name)
     groups = [g for g in m.channel_groups() if g.prunable]  # VGG: conv1-13 and fc1 (fc1 read through a flatten)

@@ -1,0 +1,79 @@
+"""Variables pytrees on the host: reading arrays back whatever their sharding, and checking them against a model.
+
+Shared by `jaxprune.checkpoint` (saving and loading) and `jaxprune.train` (pruning a sharded train state), which
+must not import each other: this module imports neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+
+def host_array(x) -> Any:
+    """One leaf as a host numpy array, whatever its sharding; non-array leaves are returned unchanged.
+
+    Fully addressable arrays are copied with `np.asarray`; a replicated array that spans several processes is read
+    from a local shard; any other multi-process array is gathered with
+    `jax.experimental.multihost_utils.process_allgather` (a collective: every process must call). Typed PRNG keys come
+    back as their raw key data (`jax.random.key_data`).
+    """
+    if isinstance(x, jax.Array):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    return x
+
+
+def host_tree(tree) -> Any:
+    """`host_array` over every leaf of a pytree (same structure)."""
+    return jax.tree_util.tree_map(host_array, tree)
+
+
+def plain_dict(tree):
+    """Nested mappings (FrozenDicts included) as nested plain dicts with str keys; other leaves unchanged."""
+    if isinstance(tree, Mapping):
+        return {str(k): plain_dict(v) for k, v in tree.items()}
+    return tree
+
+
+def model_name(model) -> str:
+    """A zoo model's short name from its config, e.g. ``resnet_cifar-20``."""
+    cfg = model.config()
+    depth = cfg.get("depth")
+    return f"{cfg.get('family')}{'-' + str(depth) if depth else ''}"
+
+
+def check_variables(model, variables: Mapping[str, Any], *, what: str) -> None:
+    """Raises ValueError naming the first missing, unexpected or wrongly shaped leaf of `variables` for `model`."""
+    from jaxprune.utils import abstract_variables
+
+    expected = traverse_util.flatten_dict(abstract_variables(model))
+    found = traverse_util.flatten_dict(plain_dict(variables)) if variables else {}
+    missing = sorted("/".join(p) for p in set(expected) - set(found))
+    extra = sorted("/".join(p) for p in set(found) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{what} do not match the model {model_name(model)}: missing leaves {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected leaves {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+        )
+    for p in sorted(expected):
+        want, got = tuple(expected[p].shape), tuple(np.shape(found[p]))
+        if want != got:
+            raise ValueError(
+                f"{what} do not match the model {model_name(model)}: leaf {'/'.join(p)} has shape {got}, the "
+                f"model's widths need {want}"
+            )
