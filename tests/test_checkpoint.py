@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from conftest import HANG_TIMEOUT_S
 
 import jaxprune as jp
 from jaxprune import checkpoint
@@ -152,7 +153,7 @@ def test_pruned_checkpoint_loads_in_a_fresh_process_with_no_user_code(saved, pru
                                        "plans": [p.new_widths for p in ck.plans]}}))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
     assert out["config"] == m.config()
@@ -235,7 +236,7 @@ def test_a_process_killed_mid_save_leaves_the_last_good_checkpoint(saved):
         checkpoint.save_checkpoint({str(saved)!r}, m, jp.random_variables(m, seed=5))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 9, proc.stderr[-3000:]
     assert saved.read_bytes() == before
     leftovers = [n for n in os.listdir(saved.parent) if n != "pruned.ckpt"]

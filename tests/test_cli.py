@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import HANG_TIMEOUT_S
 
 import jaxprune as jp
 from jaxprune import cli, models
@@ -337,7 +338,7 @@ def test_python_dash_m_usage_error_exit_status():
         capture_output=True,
         text=True,
         env=_env(),
-        timeout=120,
+        timeout=HANG_TIMEOUT_S,
     )
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("jaxprune report: error: argument --model")
@@ -347,7 +348,9 @@ def test_console_script_report():
     exe = shutil.which("jaxprune")
     if exe is None:
         pytest.skip("the jaxprune console script is not installed (pip install -e .)")
-    r = subprocess.run([exe, "report", "--model", "resnet20"], capture_output=True, text=True, env=_env(), timeout=120)
+    r = subprocess.run(
+        [exe, "report", "--model", "resnet20"], capture_output=True, text=True, env=_env(), timeout=HANG_TIMEOUT_S
+    )
     assert r.returncode == 0, r.stderr
     assert "total: 40,551,040 MACs" in r.stdout
 

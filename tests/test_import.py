@@ -1,4 +1,4 @@
-"""`import jaxprune` stays light: no optax, matplotlib, sklearn or torch (checked in a fresh interpreter)."""
+"""`import jaxprune` loads the core only (checked in a fresh interpreter); the package uses public jax APIs only."""
 
 from __future__ import annotations
 
@@ -8,23 +8,70 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import jaxprune as jp
 
+#: What `import jaxprune` must not load: the non-core jaxprune modules and the heavy or optional dependencies.
+NOT_AT_IMPORT = (
+    "jaxprune.checkpoint",
+    "jaxprune.cli",
+    "jaxprune.data",
+    "jaxprune.demo",
+    "jaxprune.latency",
+    "jaxprune.sensitivity",
+    "jaxprune.trace",
+    "jaxprune.train",
+    "jaxprune.viz",
+    "optax",
+    "matplotlib",
+    "sklearn",
+    "torch",
+    "flax.nnx",
+    "PIL",
+)
 
-def test_import_does_not_load_heavy_or_optional_modules():
-    code = (
-        "import sys, json, jaxprune; "
-        "print(json.dumps(sorted(m for m in ('optax', 'matplotlib', 'sklearn', 'torch', 'PIL') if m in sys.modules)))"
-    )
+_PROBE = """
+import json, sys, types
+import jaxprune as jp
+loaded = sorted(m for m in NOT_AT_IMPORT if m in sys.modules)
+import jaxprune.sensitivity  # the submodule binds itself to the package; the public name stays the function
+unresolved = [n for n in jp.__all__ if getattr(jp, n, None) is None]
+print(json.dumps({
+    "loaded": loaded,
+    "unresolved": unresolved,
+    "sensitivity": type(jp.sensitivity).__name__,
+    "train": isinstance(jp.train, types.ModuleType),
+    "missing_from_dir": sorted(set(jp.__all__) - set(dir(jp))),
+}))
+"""
+
+
+def test_import_loads_only_the_core_and_every_public_name_resolves():
+    code = f"NOT_AT_IMPORT = {NOT_AT_IMPORT!r}\n{_PROBE}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "loaded": [],
+        "unresolved": [],
+        "sensitivity": "function",
+        "train": True,
+        "missing_from_dir": [],
+    }
 
 
 def test_public_names_exist():
+    assert len(jp.__all__) == len(set(jp.__all__))
     for name in jp.__all__:
         assert hasattr(jp, name), name
+        assert name in dir(jp), name
     for name in ("make_plan", "prune", "prune_like_params", "l1_filter_norms", "PruningPlan", "check_groups"):
         assert name in jp.__all__
+    assert callable(jp.sensitivity) and jp.sensitivity.__module__ == "jaxprune.sensitivity"
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="module 'jaxprune' has no attribute 'no_such_name'"):
+        jp.no_such_name  # noqa: B018
 
 
 def _private_jax_imports(source: str) -> list[str]:

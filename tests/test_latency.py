@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from conftest import HANG_TIMEOUT_S
 
 import jaxprune as jp
 from jaxprune import latency, models
@@ -265,7 +266,7 @@ def _bench_module():
 def test_torch_comparison_skips_with_one_line_without_torch():
     env = {**os.environ, "JAXPRUNE_BENCH_NO_TORCH": "1"}
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--no-write"], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, str(BENCH), "--no-write"], capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT_S
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
@@ -290,6 +291,6 @@ def test_torch_import_guard(monkeypatch):
 def test_torch_comparison_rejects_bad_repeats():
     env = {**os.environ, "JAXPRUNE_BENCH_NO_TORCH": "1"}
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--repeats", "0"], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, str(BENCH), "--repeats", "0"], capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT_S
     )
     assert out.returncode == 2 and "--repeats and --latency-repeats must be >= 1, got 0" in out.stderr

@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import input_batch
+from conftest import assert_close, input_batch
 
 import jaxprune as jp
+from jaxprune.groups import flatten_variables
 from jaxprune.plan import PruningPlan
 
 
@@ -43,7 +44,15 @@ def test_one_compile_serves_every_mask(zoo):
 def test_all_ones_masks_equal_the_plain_model(zoo):
     m, v = zoo("vgg11")
     x = input_batch(m, 2)
-    np.testing.assert_allclose(jp.masked_forward(m)(v, x, jp.full_masks(m)), m.apply(v, x), rtol=1e-6, atol=1e-6)
+    # The two sides are the same float32 math compiled as two programs: the mask multiply changes XLA's fusions and
+    # so the order of each layer's accumulations. Each of the `depth` layers (8 convs + 2 dense for VGG-11) may then
+    # round differently by about 2 ulp of the output scale on each side, and these add up along the depth, so the
+    # bound is 2 sides x 2 ulp x depth x max(1, max|y|) (4.8e-6 relative here). Measured over 3 seeds x 3 inputs:
+    # at most 9 ulp (1.1e-6 relative); each side is within 8 ulp of a float64 forward.
+    depth = sum(1 for path in flatten_variables(v) if path[0] == "params" and path[-1] == "kernel")
+    assert depth == 10
+    rel = 2 * 2 * depth * float(np.finfo(np.float32).eps)
+    assert_close(jp.masked_forward(m)(v, x, jp.full_masks(m)), m.apply(v, x), rel=rel)
 
 
 def test_zeroing_filters_alone_is_not_pruning(zoo):
@@ -58,5 +67,5 @@ def test_zeroing_filters_alone_is_not_pruning(zoo):
     zeroed["params"]["stage2_block2_conv1"]["kernel"] = k
     m2, v2 = jp.prune(m, v, plan)
     pruned = m2.apply(v2, x)
-    np.testing.assert_allclose(jp.mask_dropped(m, v, plan, x), pruned, rtol=1e-5, atol=1e-5)
+    assert_close(pruned, jp.mask_dropped(m, v, plan, x))  # the float32 bound of design.md §4
     assert float(jnp.max(jnp.abs(m.apply(zeroed, x) - pruned))) > 1e-3

@@ -8,11 +8,11 @@ the test with the cell's traceback.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
+from conftest import HANG_TIMEOUT_S
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ("01_quickstart.ipynb", "02_paper_table1.ipynb", "03_sensitivity_finetune.ipynb")
@@ -52,17 +52,14 @@ def test_public_api_only(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_executes(name, tmp_path, tmp_path_factory, monkeypatch):
-    # The kernel inherits the environment: a persistent XLA compilation cache shared by the notebooks' kernels (and
-    # the demo's subprocesses) saves recompiling the same models. This process's jax read its config at import.
-    cache = tmp_path_factory.getbasetemp() / "jax-compilation-cache"
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", os.environ.get("JAX_COMPILATION_CACHE_DIR", str(cache)))
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+def test_notebook_executes(name, tmp_path):
+    # The kernel inherits the environment, with the session's persistent compilation cache (conftest.py exports it):
+    # the notebooks' kernels and the demo's subprocesses reuse what earlier processes compiled.
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        nb, timeout=HANG_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute()
     code_cells = [c for c in nb.cells if c.cell_type == "code"]

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import HANG_TIMEOUT_S
 
 import jaxprune as jp
 from jaxprune import train
@@ -95,7 +96,11 @@ def trained(model, variables, tx, small):
 def test_import_jaxprune_does_not_import_optax_or_train():
     code = "import sys, jaxprune; print(json.dumps(['optax' in sys.modules, 'jaxprune.train' in sys.modules]))"
     out = subprocess.run(
-        [sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", "import json; " + code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=HANG_TIMEOUT_S,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False]
 
@@ -424,7 +429,7 @@ def _run_parallel(devices: int) -> dict:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
-        [sys.executable, "-c", _PARALLEL_SCRIPT], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", _PARALLEL_SCRIPT], capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT_S
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
