@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
+
+from jaxprune._table import markdown_table
 
 
 def _fmt_int(v: int) -> str:
@@ -16,23 +18,6 @@ def _fmt_m(v: float) -> str:
 
 def _change(before: float, after: float) -> str:
     return f"{100.0 * (after - before) / before:+.1f} %" if before else ""
-
-
-def _md_table(rows: Sequence[Sequence[str]]) -> str:
-    head, *body = rows
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|",
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
-    return "\n".join(lines)
-
-
-def _text_table(rows: Sequence[Sequence[str]]) -> str:
-    size = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = ["  ".join(c.ljust(size[i]) if i == 0 else c.rjust(size[i]) for i, c in enumerate(r)).rstrip() for r in rows]
-    out.insert(1, "  ".join("-" * s for s in size))
-    return "\n".join(out)
 
 
 def _result_rows(n: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -78,7 +63,7 @@ def _report_markdown(
         "",
         "## Result",
         "",
-        _md_table(table),
+        markdown_table(table),
         "",
         f"Latency / MAC ratio: MACs x{numbers['mac_ratio']:.3f}, latency "
         + ", ".join(f"x{v:.3f} at batch {b}" for b, v in numbers["latency_ratio"].items())
@@ -116,7 +101,7 @@ def _report_markdown(
         "",
         "## Time per phase",
         "",
-        _md_table([("phase", "seconds")] + [(k, f"{v:.1f}") for k, v in sec.items()]),
+        markdown_table([("phase", "seconds")] + [(k, f"{v:.1f}") for k, v in sec.items()]),
         "",
         "## Conventions",
         "",

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxprune._table import text_table
 from jaxprune.demo._common import (
     CHECKPOINT_FILE,
     _check_int,
@@ -26,7 +27,7 @@ from jaxprune.demo.digits import (
     _load_data,
     _train_with_checkpoints,
 )
-from jaxprune.demo.report import _report_markdown, _result_rows, _text_table
+from jaxprune.demo.report import _report_markdown, _result_rows
 from jaxprune.demo.scan import _scan, _scan_data
 
 
@@ -317,7 +318,7 @@ def run_demo(
         f"{name} on digits ({len(data.x_train)} train / {len(data.x_test)} test images), "
         f"pruned {', '.join(f'{k} {v:g}' for k, v in suggestion.prune_ratio.items()) or 'nothing'}"
         + (f" (skip {', '.join(suggestion.skip)})" if suggestion.skip else "")
-        + f", round_to {round_to}, fine-tuned {recipe.finetune_epochs} epochs\n\n{_text_table(table)}"
+        + f", round_to {round_to}, fine-tuned {recipe.finetune_epochs} epochs\n\n{text_table(table)}"
     )
     files["report_json"] = folder / "report.json"
     files["report"] = folder / "report.md"

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxprune._table import markdown_table
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Result tables
@@ -92,19 +94,13 @@ class SensitivityResult:
 
     def to_markdown(self, *, digits: int = 4) -> str:
         """A markdown table: one row per group, one column per ratio, the metric in the cells."""
-        head = "| group | width | " + " | ".join(f"{p:g}" for p in self.ratios) + " |"
-        sep = "|---|---:|" + "---:|" * len(self.ratios)
-        lines = [
-            f"{self.metric} with one group pruned (criterion {self.criterion}, {self.method} path); "
-            f"unpruned: {self.baseline:.{digits}f}",
-            "",
-            head,
-            sep,
-        ]
+        rows = [("group", "width", *(f"{p:g}" for p in self.ratios))]
         for i, g in enumerate(self.groups):
-            cells = " | ".join(f"{v:.{digits}f}" for v in self.values[i])
-            lines.append(f"| {g} | {self.widths[g]} | {cells} |")
-        return "\n".join(lines)
+            rows.append((g, str(self.widths[g]), *(f"{v:.{digits}f}" for v in self.values[i])))
+        return (
+            f"{self.metric} with one group pruned (criterion {self.criterion}, {self.method} path); "
+            f"unpruned: {self.baseline:.{digits}f}\n\n{markdown_table(rows)}"
+        )
 
 
 def _ratio_index(ratios: Sequence[float], ratio: float) -> int:
