@@ -93,13 +93,25 @@ class SensitivityResult:
         ]
 
     def to_markdown(self, *, digits: int = 4) -> str:
-        """A markdown table: one row per group, one column per ratio, the metric in the cells."""
+        """A markdown table: one row per group, one column per ratio, the metric in the cells.
+
+        With ``round_to`` > 1 each cell also gives the filters kept (``0.9500 (8)``): rounding can land several ratios
+        on one width, and those cells then measured the same network.
+        """
         rows = [("group", "width", *(f"{p:g}" for p in self.ratios))]
         for i, g in enumerate(self.groups):
-            rows.append((g, str(self.widths[g]), *(f"{v:.{digits}f}" for v in self.values[i])))
+            cells = [f"{v:.{digits}f}" for v in self.values[i]]
+            if self.round_to > 1:
+                cells = [f"{c} ({int(k)})" for c, k in zip(cells, self.kept[i], strict=True)]
+            rows.append((g, str(self.widths[g]), *cells))
+        note = (
+            f"; cells give the filters kept, rounded to multiples of {self.round_to} (equal counts: the same network)"
+            if self.round_to > 1
+            else ""
+        )
         return (
             f"{self.metric} with one group pruned (criterion {self.criterion}, {self.method} path); "
-            f"unpruned: {self.baseline:.{digits}f}\n\n{markdown_table(rows)}"
+            f"unpruned: {self.baseline:.{digits}f}{note}\n\n{markdown_table(rows)}"
         )
 
 
