@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxprune._table import text_table
 from jaxprune.models import VGG, CifarResNet, ImageNetResNet, default_input_shape
 from jaxprune.models.base import check_prunable_model
 from jaxprune.models.layers import Conv
@@ -169,7 +170,7 @@ class MacReport:
             lines.append(
                 (r.name, r.kind, str(r.in_width), str(r.out_width), _hw(r.out_hw), f"{r.macs:,}", f"{r.params:,}")
             )
-        out = _table(lines, right=range(2, 7))
+        out = text_table(lines, left=2)
         out += (
             f"\ntotal: {self.macs:,} MACs; params {self.params:,} (all leaves), {self.params_no_bn:,} (no BN)"
             f"\nconvention: {self.convention}"
@@ -182,16 +183,6 @@ class MacReport:
 
 def _hw(hw) -> str:
     return "1" if hw is None else f"{hw[0]}x{hw[1]}"
-
-
-def _table(rows: Sequence[Sequence[str]], right=()) -> str:
-    right = set(right)
-    size = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    fmt = [
-        "  ".join(c.rjust(size[i]) if i in right else c.ljust(size[i]) for i, c in enumerate(r)).rstrip() for r in rows
-    ]
-    fmt.insert(1, "  ".join("-" * s for s in size))
-    return "\n".join(fmt)
 
 
 # -- validation -------------------------------------------------------------------------------------------------------
@@ -429,7 +420,7 @@ def compare(before: MacReport, after: MacReport) -> str:
                 f"{a.params:,}" if a else "-",
             )
         )
-    out = _table(lines, right=range(4, 9))
+    out = text_table(lines, left=4)
     totals = [
         ("total", "before", "after", "saved"),
         ("MACs (conv + dense)", f"{before.macs:,}", f"{after.macs:,}", _pct(before.macs, after.macs)),
@@ -441,7 +432,7 @@ def compare(before: MacReport, after: MacReport) -> str:
             _pct(before.params_no_bn, after.params_no_bn),
         ),
     ]
-    return f"{out}\n\n{_table(totals, right=range(1, 4))}\nconvention: {before.convention}"
+    return f"{out}\n\n{text_table(totals)}\nconvention: {before.convention}"
 
 
 # -- XLA cost analysis --------------------------------------------------------------------------------------------------
@@ -569,7 +560,7 @@ class CostReport:
             ),
         ]
         impl = f" (conv_impl={self.conv_impl!r})" if self.conv_impl else ""
-        out = f"{_table(rows, right=range(1, 4))}\nanalytic: {b.convention}\nXLA{impl}: {XLA_CONVENTION}"
+        out = f"{text_table(rows)}\nanalytic: {b.convention}\nXLA{impl}: {XLA_CONVENTION}"
         if self.unaligned:
             out += f"\nwarning: {_unaligned_message(self.unaligned)}"
         return out

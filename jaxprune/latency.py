@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._table import text_table
 from jaxprune.models.base import is_prunable_model
 
 __all__ = ["LatencyComparison", "LatencyResult", "benchmark_latency", "benchmark_many", "compare_latency"]
@@ -94,7 +95,7 @@ class LatencyResult:
         n = len(next(iter(self.samples_ms.values()))) if self.samples_ms else 0
         return (
             f"{self.name}, image {self.image_shape}, {self.backend}, {n} timed calls per batch size\n"
-            f"{_table(lines)}\nconvention: {LATENCY_CONVENTION}"
+            f"{text_table(lines, left=0)}\nconvention: {LATENCY_CONVENTION}"
         )
 
     def __str__(self) -> str:
@@ -147,7 +148,7 @@ class LatencyComparison:
             )
         return (
             f"{self.before.name} -> {self.after.name}, image {self.before.image_shape}, {self.before.backend}; "
-            f"MACs {self.macs_before:,} -> {self.macs_after:,} per image\n{_table(lines)}\n"
+            f"MACs {self.macs_before:,} -> {self.macs_after:,} per image\n{text_table(lines, left=0)}\n"
             f"convention: {LATENCY_CONVENTION}; medians, (min..max) beside; MACs = conv + dense "
             "multiply-accumulates (the paper's FLOP)"
         )
@@ -158,13 +159,6 @@ class LatencyComparison:
 
 def _spread(r: LatencyResult, b: int) -> str:
     return f"{r.median_ms(b):.3f} ({r.min_ms(b):.3f}..{r.max_ms(b):.3f})"
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    size = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = ["  ".join(c.rjust(size[i]) for i, c in enumerate(r)) for r in rows]
-    out.insert(1, "  ".join("-" * s for s in size))
-    return "\n".join(out)
 
 
 # -- validation -------------------------------------------------------------------------------------------------------

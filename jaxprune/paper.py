@@ -14,6 +14,7 @@ import dataclasses
 import functools
 
 from jaxprune import models
+from jaxprune._table import text_table
 from jaxprune.flops import count_macs
 from jaxprune.presets import PRESETS, preset
 from jaxprune.utils import random_variables
@@ -199,15 +200,6 @@ def _diff(v: float | None) -> str:
     return "" if v is None else f"{v:+.2f}"
 
 
-def _fmt_table(rows: list[tuple[str, ...]], left: int = 1) -> str:
-    size = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = [
-        "  ".join(c.ljust(size[i]) if i < left else c.rjust(size[i]) for i, c in enumerate(r)).rstrip() for r in rows
-    ]
-    out.insert(1, "  ".join("-" * s for s in size))
-    return "\n".join(out)
-
-
 def format_table1() -> str:
     """Table 1 as text: ours beside the paper, with differences in percentage points and the convention.
 
@@ -246,7 +238,7 @@ def format_table1() -> str:
         )
     return (
         "Li et al. 2017, Table 1: ours vs printed ('=' same at printed precision, '!' differs)\n"
-        f"{_fmt_table(lines)}\nconvention: {CONVENTION}"
+        f"{text_table(lines)}\nconvention: {CONVENTION}"
     )
 
 
@@ -369,6 +361,6 @@ def format_table2() -> str:
     )
     return (
         "Li et al. 2017, Table 2 (VGG-16 on CIFAR-10, pruned-A)\n"
-        f"{_fmt_table(lines)}\nconvention: FLOP = MACs of the layer at batch 1; #params = weights only (no biases, "
+        f"{text_table(lines)}\nconvention: FLOP = MACs of the layer at batch 1; #params = weights only (no biases, "
         "no BN), as Table 2 counts them"
     )

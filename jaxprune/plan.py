@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from jaxprune._atomic import atomic_write
+from jaxprune._table import text_table
 from jaxprune.groups import ChannelGroup
 
 __all__ = ["PLAN_FORMAT_VERSION", "PruningPlan", "atomic_write_text"]
@@ -153,9 +154,7 @@ class PruningPlan:
         for name, idx in self.keep.items():
             w = self.widths[name]
             rows.append((name, str(w), str(len(idx)), f"{100 * (w - len(idx)) / w:.1f}"))
-        size = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(size[i]) if i == 0 else c.rjust(size[i]) for i, c in enumerate(r)) for r in rows]
-        lines.insert(1, "  ".join("-" * s for s in size))
+        lines = [text_table(rows)]
         total_w = sum(self.widths.values())
         total_k = sum(len(k) for k in self.keep.values())
         lines.append(f"{len(self.keep)} groups: {total_w} -> {total_k} filters")

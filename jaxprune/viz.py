@@ -210,11 +210,38 @@ def _check_sens(sens):
 
 
 def _curve(sens, i: int, drop: bool):
-    xs = [0.0, *sens.ratios] if sens.ratios[0] > 0 else list(sens.ratios)
+    """One group's points at the keep counts the scan applied: x = % of its filters actually removed.
+
+    The unpruned network is the point at 0 %. Ratios that kept the same number of filters (``round_to`` rounds
+    several ratios to one width; a small width floors two close ratios alike) evaluated the same network, so they are
+    one point. Returns ``(xs, ys, asked)``: `asked` holds, per point, the ratios that landed on it.
+    """
+    width = int(sens.widths[sens.groups[i]])
     ys = sens.drop[i] if drop else sens.values[i]
-    base = 0.0 if drop else sens.baseline
-    ys = [base, *ys] if sens.ratios[0] > 0 else list(ys)
-    return 100 * np.asarray(xs), np.asarray(ys, np.float64)
+    points: dict[int, tuple[float, list[float]]] = {width: (0.0 if drop else float(sens.baseline), [])}
+    for j, p in enumerate(sens.ratios):
+        k = int(sens.kept[i, j])
+        if k in points:
+            points[k][1].append(p)
+        else:
+            points[k] = (float(ys[j]), [p])
+    kept = sorted(points, reverse=True)  # fewer kept = more removed: x increases
+    xs = np.asarray([100.0 * (width - k) / width for k in kept])
+    return xs, np.asarray([points[k][0] for k in kept], np.float64), [points[k][1] for k in kept]
+
+
+def _label_merged(ax, xs, ys, asked, color) -> None:
+    """Marks the points that stand for several asked ratios (or for a ratio that removed nothing) with those ratios."""
+    for x, y, ps in zip(xs, ys, asked, strict=True):
+        if len(ps) > 1 or (ps and x == 0.0):
+            text = "asked " + ", ".join(f"{100 * p:g}" for p in ps) + " %"
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(3, 3), fontsize="xx-small", color=color)
+
+
+def _pruned_label(sens, what: str = "filters pruned away") -> str:
+    if sens.round_to > 1:
+        return f"{what} (%, as applied: kept counts rounded to multiples of {sens.round_to})"
+    return f"{what} (%)"
 
 
 def plot_sensitivity(
@@ -228,7 +255,10 @@ def plot_sensitivity(
 ):
     """Paper Fig. 2(b) (and Fig. 6/7 for ResNets): the metric vs the share of one layer's filters pruned, per layer.
 
-    Each curve starts at 0 % with the unpruned metric. A dashed horizontal line marks the unpruned value.
+    Each curve starts at 0 % with the unpruned metric. The x axis is the share of the layer's filters the scan
+    actually removed (its kept counts, `SensitivityResult.kept`), so ratios that kept the same number of filters
+    (``round_to`` rounds 40, 60 and 80 % of 16 filters all to 8) are one point, labelled with the ratios asked.
+    A dashed horizontal line marks the unpruned value.
 
     Args:
       sens: A `jaxprune.sensitivity` result.
@@ -267,10 +297,12 @@ def plot_sensitivity(
     cmap = _mpl()[0].colormaps["viridis"]
     for (title, members), a in items:
         for k, n in enumerate(members):
-            xs, ys = _curve(sens, sens.groups.index(n), drop)
-            a.plot(xs, ys, marker="o", markersize=3, label=n, color=cmap(k / max(1, len(members) - 1)))
+            xs, ys, asked = _curve(sens, sens.groups.index(n), drop)
+            color = cmap(k / max(1, len(members) - 1))
+            a.plot(xs, ys, marker="o", markersize=3, label=n, color=color)
+            _label_merged(a, xs, ys, asked, color)
         a.axhline(0.0 if drop else sens.baseline, color="gray", linestyle="--", linewidth=1, label="unpruned")
-        a.set_xlabel("filters pruned away (%)")
+        a.set_xlabel(_pruned_label(sens))
         a.set_ylabel(ylabel)
         if title:
             a.set_title(title)
@@ -319,10 +351,11 @@ def plot_criteria(
     fig, axes = _grid(len(names), ncols)
     for n, a in zip(names, axes, strict=True):
         for c, r in comparison.results.items():
-            xs, ys = _curve(r, r.groups.index(n), False)
-            a.plot(xs, ys, marker="o", markersize=2, label=c)
+            xs, ys, asked = _curve(r, r.groups.index(n), False)
+            (line,) = a.plot(xs, ys, marker="o", markersize=2, label=c)
+            _label_merged(a, xs, ys, asked, line.get_color())
         a.set_title(n, fontsize="small")
-        a.set_xlabel("pruned (%)", fontsize="small")
+        a.set_xlabel(_pruned_label(first, "pruned"), fontsize="small")
         a.set_ylabel(first.metric, fontsize="small")
     axes[0].legend(fontsize="x-small")
     fig.suptitle("Criteria compared, one layer pruned at a time (paper Fig. 8/9)")

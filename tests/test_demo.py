@@ -21,7 +21,8 @@ import pytest
 import jaxprune as jp
 from jaxprune import cli, demo, models
 from jaxprune.checkpoint import load_checkpoint, save_checkpoint
-from jaxprune.demo import CHECKPOINT_FILE
+from jaxprune.demo import CHECKPOINT_FILE, digits
+from jaxprune.demo import scan as demo_scan
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -127,7 +128,7 @@ def test_sensitivity_outcome_matches_a_single_scan(random_checkpoint):
     )
     sens = outcome.result
     ckpt = load_checkpoint(random_checkpoint / CHECKPOINT_FILE)
-    x, y = demo._scan_data(demo._load_data(), 32, 0)
+    x, y = demo_scan._scan_data(digits._load_data(), 32, 0)
     direct = jp.sensitivity(ckpt.model, ckpt.variables, data=(x, y), ratios=(0.5,))
     assert sens.groups == direct.groups and sens.kept.tolist() == direct.kept.tolist()
     np.testing.assert_allclose(sens.values, direct.values, atol=1e-12)
@@ -175,7 +176,7 @@ def test_demo_quick_interrupted_resumed_and_reported(tmp_path, env):
 
     ckpt = load_checkpoint(ckpt_path)  # intact: loads and passes its checksum
     info = ckpt.metadata["training"]
-    spe = len(demo._load_data().x_train) // demo.QUICK_RECIPE.batch_size
+    spe = len(digits._load_data().x_train) // demo.QUICK_RECIPE.batch_size
     assert 1 <= info["epochs_done"] < demo.QUICK_RECIPE.epochs and not info["complete"]
     assert ckpt.step == info["epochs_done"] * spe
     assert [h["epoch"] for h in info["history"]] == list(range(1, info["epochs_done"] + 1))
@@ -237,7 +238,7 @@ def test_train_prune_finetune_commands_chain(tmp_path, capsys):
     trained = load_checkpoint(a / CHECKPOINT_FILE)
     info = trained.metadata["training"]
     assert info["complete"] and info["epochs_done"] == 1 and info["recipe"]["batch_size"] == 128
-    assert trained.step == len(demo._load_data().x_train) // 128
+    assert trained.step == len(digits._load_data().x_train) // 128
 
     # The same command again finds the finished run and does not train.
     assert cli.main(["train", "--epochs", "1", "--batch-size", "128", "--out", str(a), "--no-progress"]) == 0

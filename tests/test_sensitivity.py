@@ -161,6 +161,20 @@ def test_round_to_reaches_the_plan(r20):
     assert_close(s.values[0, 0], expected)
 
 
+def test_markdown_shows_the_kept_counts_of_a_rounded_scan(r20):
+    m, v, x, y = r20
+    s = sensitivity(
+        m, v, data=(x, y), metric="loss", ratios=(0.2, 0.4, 0.6), groups=["stage1_block1_conv1"], round_to=8
+    )
+    assert s.kept.tolist() == [[16, 8, 8]]  # 12 -> 16 (ties up), 9 -> 8, 6 -> 8
+    md = s.to_markdown()
+    assert "cells give the filters kept, rounded to multiples of 8" in md
+    row = next(line for line in md.splitlines() if line.startswith("| stage1_block1_conv1"))
+    assert [c.strip().split(" ")[1] for c in row.strip("|").split("|")[2:]] == ["(16)", "(8)", "(8)"]
+    plain = sensitivity(m, v, data=(x, y), metric="loss", ratios=(0.2,), groups=["stage1_block1_conv1"])
+    assert "(" not in plain.to_markdown().splitlines()[-1]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Activation criteria (paper §4.5)
 # ----------------------------------------------------------------------------------------------------------------------

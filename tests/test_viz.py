@@ -19,15 +19,16 @@ from jaxprune.strategies import kept_count
 RATIOS = (0.2, 0.5, 0.8)
 
 
-def fake_scan(model, criterion="l1", shift=0.0) -> SensitivityResult:
+def fake_scan(model, criterion="l1", shift=0.0, ratios=RATIOS, round_to=1) -> SensitivityResult:
     groups = [g for g in model.channel_groups() if g.prunable and g.kind == "conv"]
-    values = np.array([[0.9 - shift - p * (i + 1) / 50 for p in RATIOS] for i in range(len(groups))])
+    values = np.array([[0.9 - shift - p * (i + 1) / 50 for p in ratios] for i in range(len(groups))])
     return SensitivityResult(
         groups=tuple(g.name for g in groups),
-        ratios=RATIOS,
+        ratios=ratios,
         values=values,
         baseline=0.9,
-        kept=np.array([[kept_count(g.width, p) for p in RATIOS] for g in groups]),
+        kept=np.array([[kept_count(g.width, p, round_to=round_to) for p in ratios] for g in groups]),
+        round_to=round_to,
         widths={g.name: g.width for g in groups},
         stages={g.name: g.stage for g in groups},
         stage_groups=model.stages(),
@@ -87,7 +88,8 @@ def test_sensitivity_curves_fig2b(r20):
     assert [ln.get_label() for ln in lines[:9]] == list(sens.groups)
     assert lines[-1].get_label() == "unpruned" and lines[-1].get_linestyle() == "--"
     x, y = lines[0].get_data()
-    np.testing.assert_allclose(x, [0, 20, 50, 80])
+    # x is the share actually removed: 16 filters at 20/50/80 % keep 12/8/3 (floor), so 25/50/81.25 %.
+    np.testing.assert_allclose(x, [0, 25, 50, 81.25])
     np.testing.assert_allclose(y, [0.9, *sens.values[0]])
     assert ax.get_xlabel() == "filters pruned away (%)"
     assert ax.get_ylabel() == "accuracy (no retraining)"
@@ -98,6 +100,39 @@ def test_sensitivity_curves_fig2b(r20):
     _, y = axes[0].get_lines()[0].get_data()
     np.testing.assert_allclose(y, [0.0, *sens.drop[0]])
     assert axes[0].get_ylabel() == "drop in accuracy (no retraining)"
+
+
+def _kept_of_points(line, width: int) -> list[int]:
+    x, _ = line.get_data()
+    kept = np.asarray(width * (1 - np.asarray(x) / 100))
+    np.testing.assert_allclose(kept, np.round(kept), atol=1e-9)  # every x is a whole number of kept filters
+    return [int(k) for k in np.round(kept)]
+
+
+def test_sensitivity_points_are_the_keep_counts_applied(r20):
+    # round_to=8 on ResNet-20: 16 filters at 20/40/60/80 % keep 16/8/8/8 and 32 filters keep 24/16/16/8, so the
+    # scan evaluated the same network several times; the figure shows each kept count once, at the share removed.
+    m, _ = r20
+    sens = fake_scan(m, ratios=(0.2, 0.4, 0.6, 0.8), round_to=8)
+    for fig in (viz.plot_sensitivity(sens), viz.plot_sensitivity(sens, by_stage=True, drop=True)):
+        lines = [ln for a in visible_axes(fig) for ln in a.get_lines() if ln.get_label() in sens.groups]
+        assert sorted(ln.get_label() for ln in lines) == sorted(sens.groups)
+        for ln in lines:
+            i = sens.groups.index(ln.get_label())
+            width = sens.widths[ln.get_label()]
+            kept = _kept_of_points(ln, width)
+            assert len(kept) == len(set(kept)), (ln.get_label(), kept)
+            assert kept == sorted({width, *map(int, sens.kept[i])}, reverse=True)
+    (ax,) = viz.plot_sensitivity(sens, groups=["stage1_block1_conv1", "stage2_block1_conv1"]).axes
+    assert _kept_of_points(ax.get_lines()[0], 16) == [16, 8]
+    assert _kept_of_points(ax.get_lines()[1], 32) == [32, 24, 16, 8]
+    # The merged points name the ratios asked: 20 % of 16 removed nothing, 40-80 % all kept 8; 40 and 60 % of 32 kept 16.
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == ["asked 20 %", "asked 40, 60 %", "asked 40, 60, 80 %"]
+    assert ax.get_xlabel() == "filters pruned away (%, as applied: kept counts rounded to multiples of 8)"
+    cmp = CriteriaComparison({"l1": sens, "l2": fake_scan(m, "l2", 0.1, ratios=(0.2, 0.4, 0.6, 0.8), round_to=8)})
+    (panel,) = visible_axes(viz.plot_criteria(cmp, groups=["stage1_block1_conv1"]))
+    assert [_kept_of_points(ln, 16) for ln in panel.get_lines()] == [[16, 8], [16, 8]]
 
 
 def test_criteria_panels(r20):

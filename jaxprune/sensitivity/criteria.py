@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxprune._table import markdown_table
 from jaxprune.models.base import check_prunable_model
 from jaxprune.sensitivity._common import (
     ACTIVATION_CRITERIA,
@@ -66,16 +67,13 @@ class CriteriaComparison:
         first = self._first()
         j = _ratio_index(first.ratios, ratio)
         crit = list(self.results)
-        lines = [
-            "| group | kept | " + " | ".join(crit) + " |",
-            "|---|---:|" + "---:|" * len(crit),
-        ]
+        rows = [("group", "kept", *crit)]
         for i, g in enumerate(first.groups):
             vals = [float(self.results[c].values[i, j]) for c in crit]
             best = max(vals) if first.higher_is_better else min(vals)
             cells = [f"**{v:.{digits}f}**" if v == best and len(crit) > 1 else f"{v:.{digits}f}" for v in vals]
-            lines.append(f"| {g} | {int(first.kept[i, j])}/{first.widths[g]} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+            rows.append((g, f"{int(first.kept[i, j])}/{first.widths[g]}", *cells))
+        return markdown_table(rows)
 
 
 def compare_criteria(

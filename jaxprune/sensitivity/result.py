@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxprune._table import markdown_table
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Result tables
@@ -91,20 +93,26 @@ class SensitivityResult:
         ]
 
     def to_markdown(self, *, digits: int = 4) -> str:
-        """A markdown table: one row per group, one column per ratio, the metric in the cells."""
-        head = "| group | width | " + " | ".join(f"{p:g}" for p in self.ratios) + " |"
-        sep = "|---|---:|" + "---:|" * len(self.ratios)
-        lines = [
-            f"{self.metric} with one group pruned (criterion {self.criterion}, {self.method} path); "
-            f"unpruned: {self.baseline:.{digits}f}",
-            "",
-            head,
-            sep,
-        ]
+        """A markdown table: one row per group, one column per ratio, the metric in the cells.
+
+        With ``round_to`` > 1 each cell also gives the filters kept (``0.9500 (8)``): rounding can land several ratios
+        on one width, and those cells then measured the same network.
+        """
+        rows = [("group", "width", *(f"{p:g}" for p in self.ratios))]
         for i, g in enumerate(self.groups):
-            cells = " | ".join(f"{v:.{digits}f}" for v in self.values[i])
-            lines.append(f"| {g} | {self.widths[g]} | {cells} |")
-        return "\n".join(lines)
+            cells = [f"{v:.{digits}f}" for v in self.values[i]]
+            if self.round_to > 1:
+                cells = [f"{c} ({int(k)})" for c, k in zip(cells, self.kept[i], strict=True)]
+            rows.append((g, str(self.widths[g]), *cells))
+        note = (
+            f"; cells give the filters kept, rounded to multiples of {self.round_to} (equal counts: the same network)"
+            if self.round_to > 1
+            else ""
+        )
+        return (
+            f"{self.metric} with one group pruned (criterion {self.criterion}, {self.method} path); "
+            f"unpruned: {self.baseline:.{digits}f}{note}\n\n{markdown_table(rows)}"
+        )
 
 
 def _ratio_index(ratios: Sequence[float], ratio: float) -> int:
