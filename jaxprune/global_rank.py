@@ -520,6 +520,9 @@ def global_plan(
         else:
             index = {g.name: i for i, g in enumerate(groups)}
             scores = score_groups(flat, reached_groups, criterion=criterion, key=key, index=index, batch_with=groups)
+    missing = [g.name for g in reached_groups if g.name not in scores]
+    if missing:
+        raise ValueError(f"scores has no entry for reached groups {missing}")
     for g in reached_groups:
         s = np.asarray(scores[g.name])
         if s.shape != (g.width,):

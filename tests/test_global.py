@@ -261,3 +261,14 @@ def test_option_combinations(r20):
         jp.make_plan(m, v, prune_ratio={"stage1": 0.5}, scope="global", normalize="fan_in")
     with pytest.raises(ValueError, match="prune ratios above max_ratio=0.4"):
         jp.make_plan(m, v, prune_ratio={"stage1": 0.5}, max_ratio=0.4)
+
+
+def test_global_precomputed_scores_must_cover_the_reached_groups(r20):
+    m, v = r20
+    scores = jp.l1_filter_norms(v, m.channel_groups())
+    del scores["stage2_block1_conv1"]
+    with pytest.raises(ValueError, match=r"scores has no entry for reached groups \['stage2_block1_conv1'\]"):
+        jp.make_plan(m, v, prune_ratio=0.5, scope="global", normalize="mean", scores=scores)
+    scores["stage2_block1_conv1"] = np.ones(3)
+    with pytest.raises(ValueError, match=r"scores for group 'stage2_block1_conv1' must have shape \(32,\)"):
+        jp.make_plan(m, v, prune_ratio=0.5, scope="global", normalize="mean", scores=scores)
