@@ -2,9 +2,9 @@
 
 This module owns what `make_plan(scope="global")` and the budget options (`target_macs`, `target_params`) mean:
 how scores are made comparable across groups (`NORMALIZATIONS`), the per-group cap (`max_ratio`) and floor
-(`min_keep`, `round_to`), and the exact cost model that finds the threshold by bisection. It reads scores that
-`jaxprune.scoring` / `jaxprune.criteria` computed, and MAC rows that `jaxprune.count_macs` counted once; it never
-scores, slices or counts by itself.
+(`min_keep`, `round_to`), and the exact cost model that finds the threshold by bisection. Scores come from `jaxprune.scoring` /
+`jaxprune.criteria` (or the caller), MAC rows from one `jaxprune.count_macs` call on the original model; it never
+slices variables and never counts a pruned model.
 
 Cost model (exact for conv and dense layers). A conv row of the original model costs
 ``macs = out_elements * kh * kw * c_in_per_group`` and its kernel has shape ``(kh, kw, c_in_per_group, c_out)``; a
@@ -44,7 +44,7 @@ SCOPES = ("layer", "global")
 #: `make_plan(normalize=...)` for `scope="global"` (required there, no default):
 #: `fan_in` divides an L1 score by the number of weights it sums (mean |w| per weight) and an L2 score by its square
 #: root (RMS weight), for the weight-norm criteria `l1`, `l2`, `largest_l1`; `mean` divides each group's scores by
-#: their mean absolute value (scale-free, any criterion; Torch-Pruning's default); `l2` divides them by their
+#: their mean absolute value (scale-free, any criterion; Torch-Pruning's `normalizer='mean'`); `l2` divides them by their
 #: Euclidean norm (Molchanov et al. 2017's layer-wise normalisation for Taylor scores); `none` compares raw scores
 #: (network slimming's global threshold on |gamma|, Liu et al. 2017).
 NORMALIZATIONS = ("fan_in", "mean", "l2", "none")
@@ -322,14 +322,17 @@ def make_budgets(
     prune_ratio,
 ) -> list[Budget]:
     """The budgets a `make_plan` call asks for: filters (a global `prune_ratio`), MACs and/or params kept."""
-    from jaxprune.strategies import kept_count
+    from jaxprune.strategies import _check_ratio, kept_count
 
+    if not reached:
+        what = "scope='global'" if prune_ratio is not None else "a target"
+        raise ValueError(f"{what} reaches no group: the model has no prunable conv-filter group outside skip=")
     out = []
     if prune_ratio is not None:  # scope="global": the fraction of all reached filters removed
+        p = _check_ratio(prune_ratio, "scope='global' (the fraction of all reached filters removed)")
         by_name = {g.name: g for g in groups}
         terms = [(1, [(by_name[n].width, [(n, by_name[n].width, 1)])]) for n in reached]
         total = sum(by_name[n].width for n in reached)
-        p = float(prune_ratio)
         out.append(
             Budget("prune_ratio", CostModel(terms, total), p, kept_count(total, p) if p > 0 else total, removed=True)
         )
@@ -512,8 +515,6 @@ def global_plan(
 
     by_name = {g.name: g for g in groups}
     reached_groups = [by_name[n] for n in reached]
-    if not reached_groups:
-        raise ValueError("scope='global' reaches no group: every conv-filter group is in skip=")
     if scores is None:
         if criterion in criteria.DATA_FREE_CRITERIA:
             scores = {g.name: criteria.score_group(flat, g, criterion=criterion) for g in reached_groups}

@@ -272,3 +272,16 @@ def test_global_precomputed_scores_must_cover_the_reached_groups(r20):
     scores["stage2_block1_conv1"] = np.ones(3)
     with pytest.raises(ValueError, match=r"scores for group 'stage2_block1_conv1' must have shape \(32,\)"):
         jp.make_plan(m, v, prune_ratio=0.5, scope="global", normalize="mean", scores=scores)
+
+
+def test_global_prune_ratio_checked(r20):
+    m, v = r20
+    with pytest.raises(ValueError, match=r"prune ratio for scope='global' .* must be in \[0, 1\), got 1.0"):
+        jp.make_plan(m, v, prune_ratio=1.0, scope="global", normalize="mean")
+    with pytest.raises(TypeError, match=r"prune ratio for scope='global' .* must be a real number"):
+        jp.make_plan(m, v, prune_ratio="half", scope="global", normalize="mean")
+    every = [g.name for g in m.channel_groups() if g.prunable and g.kind == "conv"]
+    with pytest.raises(ValueError, match="scope='global' reaches no group"):
+        jp.make_plan(m, v, prune_ratio=0.5, scope="global", normalize="mean", skip=every)
+    with pytest.raises(ValueError, match="a target reaches no group"):
+        jp.make_plan(m, v, target_macs=0.5, skip=every)
