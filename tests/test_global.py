@@ -60,6 +60,24 @@ def test_hand_built_layer_and_global_choose_differently(tiny):
     assert dict(raw.keep) == {"conv1": (1, 3), "conv2": (0, 1, 2), "conv3": (2,)}
 
 
+def test_hand_built_mac_target(tiny):
+    m, v = tiny
+    # MACs at 6x6 (conv2 has stride 2): conv1 36*9*3*k1 = 972 k1, conv2 9*9*k1*k2 = 81 k1 k2, conv3 81 k2 k3,
+    # fc 3 k3; 6492 in all, so target_macs=0.5 allows 3246. Removing by the ranking (see the test above):
+    # 3 of conv3 -> 5511; conv1 (0) -> (3, 4, 1): 4215; conv1 (2) -> (2, 4, 1): 1944 + 648 + 324 + 3 = 2919.
+    assert jp.count_macs(m, TINY_SHAPE).macs == 6492
+    plan = jp.make_plan(m, v, target_macs=0.5, scope="global", normalize="fan_in", input_shape=TINY_SHAPE)
+    assert dict(plan.keep) == {"conv1": (1, 3), "conv2": (0, 1, 2, 3), "conv3": (2,)}
+    assert (plan.meta["kept_macs"], plan.meta["total_macs"]) == (2919, 6492)
+    assert jp.count_macs(m.with_widths(plan.new_widths), TINY_SHAPE).macs == 2919
+    # Putting conv1's filter 2 back (the next one by the ranking) gives 4215 > 3246.
+    assert jp.count_macs(m.with_widths({"conv1": 3, "conv3": 1}), TINY_SHAPE).macs == 4215
+    # Layer scope: ratios 0.25 keep 3 of 4 everywhere: 2916 + 729 + 729 + 9 = 4383 > 3246; 0.5 keeps 2: 2598.
+    layer = jp.make_plan(m, v, target_macs=0.5, input_shape=TINY_SHAPE)
+    assert layer.meta["prune_ratio"] == 0.5 and layer.meta["kept_macs"] == 2598
+    assert dict(layer.keep) == {"conv1": (1, 3), "conv2": (1, 2), "conv3": (0, 2)}
+
+
 def test_min_keep_and_round_to_in_global(tiny):
     m, v = tiny
     # min_keep=2: conv3 keeps 2 (0.3 and 0.05), so conv2's .4 and .5 both go.
@@ -114,6 +132,17 @@ def test_mac_target_lands_within_one_filter(r20, target):
     floors = {n: floor_count(w, 0.9, round_to=1, min_keep=1) for n, w in plan.widths.items()}
     kept_min = min(scores[n][list(k)].min() for n, k in plan.keep.items() if len(k) > floors[n])
     assert kept_min >= best
+
+
+@pytest.mark.parametrize(("name", "shape"), [("vgg11", None), ("resnet18", (1, 64, 64, 3))])
+def test_mac_and_param_targets_exact_on_other_layouts(zoo, name, shape):
+    # VGG: the last conv feeds fc1 through a flatten; ResNet-18: projection shortcuts and prunable streams (not
+    # reached by the global scope, so they stay at full width).
+    m, v = zoo(name)
+    plan = jp.make_plan(m, v, target_macs=0.4, target_params=0.5, scope="global", normalize="fan_in", input_shape=shape)
+    report = jp.count_macs(m.with_widths(plan.new_widths), shape)
+    assert (plan.meta["kept_macs"], plan.meta["kept_params"]) == (report.macs, report.params)
+    assert report.macs <= 0.4 * plan.meta["total_macs"] and report.params <= 0.5 * plan.meta["total_params"]
 
 
 def test_cap_and_min_keep_respected_at_a_budget(r20):
