@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.groups import ChannelGroup, flatten_variables
+from jaxprune.masking import masked_forward
 from jaxprune.models.base import check_prunable_model
 
 __all__ = [
@@ -216,13 +217,12 @@ def _mask_grad(model, train: bool, loss_fn):
     if hit is not None and hit[0] is model:
         return hit[1]
 
+    forward = masked_forward(model, train=train)  # the masking reference: masks are traced inputs
+
     def loss(masks, variables, x, labels):
-        if train:
-            logits, _ = model.apply(variables, x, train=True, masks=masks, mutable=["batch_stats"])
-        else:
-            logits = model.apply(variables, x, train=False, masks=masks)
-        per_example = loss_fn(logits, labels)
-        return jnp.mean(per_example)
+        out = forward(variables, x, masks)
+        logits = out[0] if train else out  # train=True also returns the new batch statistics
+        return jnp.mean(loss_fn(logits, labels))
 
     fn = jax.jit(jax.grad(loss))
     if len(_GRADS) > 32:
@@ -310,7 +310,7 @@ def taylor_scores(
                 f"default cross-entropy, got shape {labels_arr.shape} dtype {labels_arr.dtype}"
             )
     groups = list(model.channel_groups())
-    dtype = jnp.result_type(x)
+    dtype = jnp.promote_types(jnp.result_type(x), jnp.float32)  # a float mask even for uint8 images
     masks = {g.name: jnp.ones((g.width,), dtype) for g in groups}
     grads = _mask_grad(model, train, loss_fn or cross_entropy)(masks, variables, x, labels)
     hw = _positions(model, groups, tuple(x.shape))

@@ -257,6 +257,9 @@ def make_plan(
       >>> plan = jp.make_plan(m, v, prune_ratio={"stage1": 0.5})
       >>> plan.new_widths["stage1_block1_conv1"]
       8
+      >>> plan = jp.make_plan(m, v, target_macs=0.5, scope="global", normalize="fan_in", max_ratio=0.9)
+      >>> plan.meta["kept_macs"] == jp.count_macs(m.with_widths(plan.new_widths)).macs <= 0.5 * jp.count_macs(m).macs
+      True
     """
     check_prunable_model(model)
     if strategy not in STRATEGIES:
