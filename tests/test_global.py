@@ -78,6 +78,14 @@ def test_hand_built_mac_target(tiny):
     assert dict(layer.keep) == {"conv1": (1, 3), "conv2": (1, 2), "conv3": (0, 2)}
 
 
+def test_hand_built_largest_l1_goes_from_the_top(tiny):
+    m, v = tiny
+    # The paper's control with one ranking: removal from the largest mean |w|: conv1 .9, .8; conv2 .7, .6, .5; conv2's
+    # .4 stays (min_keep); conv3's .3 goes sixth.
+    plan = jp.make_plan(m, v, prune_ratio=0.5, scope="global", normalize="fan_in", criterion="largest_l1")
+    assert dict(plan.keep) == {"conv1": (0, 2), "conv2": (3,), "conv3": (0, 1, 3)}
+
+
 def test_min_keep_and_round_to_in_global(tiny):
     m, v = tiny
     # min_keep=2: conv3 keeps 2 (0.3 and 0.05), so conv2's .4 and .5 both go.
