@@ -374,7 +374,8 @@ def global_keep(
     ``kept = clip(round_up(width - removed, round_to), floor, width)``, with `floor_count` (the `max_ratio` cap,
     `min_keep`) as the floor: a filter of a group at its floor stays. Every budget's cost only falls as ``i`` grows,
     so bisection finds the smallest ``i`` whose kept costs are all within their targets; then un-removing the
-    ``i``-th filter (the next one by the ranking) would exceed a target.
+    ``i``-th filter (the next one by the ranking; with `round_to` > 1, the `round_to` filters its group then gets
+    back) would exceed a target.
 
     Args:
       scores: Comparable scores ``{group: array[width]}``, groups in forward order.

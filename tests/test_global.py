@@ -11,7 +11,7 @@ from _tinynet import TinyNet
 from conftest import assert_close, input_batch
 
 import jaxprune as jp
-from jaxprune.global_rank import floor_count, normalize_scores
+from jaxprune.global_rank import Budget, CostModel, floor_count, global_keep, normalize_scores
 
 TINY_SHAPE = (1, 6, 6, 3)
 
@@ -322,3 +322,13 @@ def test_global_prune_ratio_checked(r20):
         jp.make_plan(m, v, prune_ratio=0.5, scope="global", normalize="mean", skip=every)
     with pytest.raises(ValueError, match="a target reaches no group"):
         jp.make_plan(m, v, target_macs=0.5, skip=every)
+
+
+def test_global_ties_keep_the_earlier_group_and_lower_index():
+    # Filter-count cost: one term per group whose kept length is the group's kept count.
+    terms = [(1, [(2, [(n, 2, 1)])]) for n in ("a", "b")]
+    budget = Budget("prune_ratio", CostModel(terms, 4), 0.5, 2, removed=True)
+    scores = {"a": np.ones(2), "b": np.ones(2)}
+    # All equal: removal runs b1, b0 (held by min_keep), a1.
+    keep, kept = global_keep(scores, {"a": 2, "b": 2}, max_ratio=1.0, round_to=1, min_keep=1, budgets=[budget])
+    assert keep == {"a": (0,), "b": (0,)} and kept == {"a": 1, "b": 1}
