@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from jaxprune import criteria as _criteria
+from jaxprune import global_rank as _global
 from jaxprune.groups import ChannelGroup, LeafView, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
@@ -184,7 +186,7 @@ def make_plan(
     model,
     variables: Mapping[str, Any],
     *,
-    prune_ratio,
+    prune_ratio=None,
     strategy: str = "independent",
     criterion: str = "l1",
     key=None,
@@ -193,6 +195,12 @@ def make_plan(
     round_to: int = 1,
     min_keep: int = 1,
     meta: Mapping[str, Any] | None = None,
+    scope: str = "layer",
+    normalize: str | None = None,
+    max_ratio: float = 1.0,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> PruningPlan:
     """Decides which filters every reached group keeps (paper §3.1-3.2, design.md §1, §3).
 
@@ -200,22 +208,45 @@ def make_plan(
       model: A zoo model (or any object with `channel_groups()` and `with_widths()`).
       variables: Its variables (`params` at least; only the scored kernels are read).
       prune_ratio: Fraction of filters removed: a float for every conv-filter group, or a mapping from group or stage
-        names (`stage1`...) to ratios; a group name overrides its stage. Streams and `fc1` only when named.
+        names (`stage1`...) to ratios; a group name overrides its stage. Streams and `fc1` only when named. With
+        `scope="global"` one float: the fraction of all reached filters removed (at most
+        `kept_count(total, prune_ratio)` kept in all). Give it or a target, not both.
       strategy: `independent` (every group scored on the unpruned weights) or `greedy` (a group's score leaves out
         the kernel slices that read channels already removed upstream; paper §3.2, Fig. 3).
-      criterion: One of `jaxprune.scoring.CRITERIA` (`l1` is the paper's).
+      criterion: One of `jaxprune.scoring.CRITERIA` (`l1` is the paper's) or `jaxprune.criteria.DATA_FREE_CRITERIA`
+        (`fpgm`, `bn_scale`). `taylor` needs data: pass ``scores=jaxprune.taylor_scores(model, variables, x, y)``.
       key: PRNG key for `criterion="random"`.
       scores: Precomputed scores `{group: array[width]}` (e.g. `jaxprune.activation_scores`) instead of a criterion.
       skip: Group names left unpruned (the paper's sensitive layers).
       round_to: Round kept counts to the nearest multiple (e.g. 8, for XLA:CPU speed).
       min_keep: Never keep fewer filters.
       meta: Extra JSON-ready entries recorded in `plan.meta` (e.g. a preset name).
+      scope: `layer` (the default, the paper's): each group keeps its own top `kept_count`. `global`: one ranking
+        over every reached conv-filter group (those a float ratio reaches, less `skip`), one threshold, each group
+        capped at `max_ratio` removed and at least `min_keep` (rounded up to `round_to`) kept; ties keep the earlier
+        group and the lower index (`jaxprune.global_rank.global_keep`).
+      normalize: Required for `scope="global"` (no default: the choice decides which layers lose filters, and
+        papers differ): `fan_in` (L1 / weights per filter, L2 / its square root; for `l1`, `l2`, `largest_l1`),
+        `mean` (each group divided by its mean |score|), `l2` (by its Euclidean norm, Molchanov et al. 2017) or
+        `none` (raw). Not allowed with `scope="layer"`, where it would change nothing.
+      max_ratio: In (0, 1]: the most of a group's filters removed. Global scope: at most ``width * max_ratio``.
+        Layer scope: every ratio must be <= `max_ratio` (a target searches ratios up to it).
+      target_macs: Fraction of the original model's MACs kept, in (0, 1] (`count_macs` convention, counted once at
+        `input_shape`, then scaled exactly per layer). Global scope: the fewest filters removed by the ranking that
+        keep at most this fraction, so that putting back the next filter by the ranking would exceed it. Layer
+        scope: the smallest uniform ratio over the conv-filter groups that meets it (`plan.meta["prune_ratio"]`).
+      target_params: The same for the fraction of parameters kept (every `params` leaf); with `target_macs`, both
+        must hold.
+      input_shape: NHWC shape at which MACs are counted for `target_macs` (default: the model's own).
 
     Returns:
-      A `PruningPlan` naming every reached group with a ratio > 0.
+      A `PruningPlan` naming every reached group with a ratio > 0 (global scope: every reached group). With a
+      target, `plan.meta` records the kept MACs/params reached (`kept_macs`, `total_macs`, ...).
 
     Raises:
-      ValueError: bad ratio, unknown group/stage/strategy/criterion, `round_to` or `min_keep` < 1, NaN/inf weights.
+      ValueError: bad ratio, unknown group/stage/strategy/criterion/scope/normalize, `round_to` or `min_keep` < 1,
+        NaN/inf weights, `max_ratio` or a target outside (0, 1], a target that cannot be met under the caps (names
+        the closest reachable one), `criterion="taylor"` without `scores=`, a group without BN for `bn_scale`.
       TypeError: a model without the protocol, or mistyped options.
 
     Example:
@@ -226,6 +257,9 @@ def make_plan(
       >>> plan = jp.make_plan(m, v, prune_ratio={"stage1": 0.5})
       >>> plan.new_widths["stage1_block1_conv1"]
       8
+      >>> plan = jp.make_plan(m, v, target_macs=0.5, scope="global", normalize="fan_in", max_ratio=0.9)
+      >>> plan.meta["kept_macs"] == jp.count_macs(m.with_widths(plan.new_widths)).macs <= 0.5 * jp.count_macs(m).macs
+      True
     """
     check_prunable_model(model)
     if strategy not in STRATEGIES:
@@ -233,8 +267,30 @@ def make_plan(
     round_to = _check_positive_int(round_to, "round_to")
     min_keep = _check_positive_int(min_keep, "min_keep")
     skip = (skip,) if isinstance(skip, str) else tuple(skip)
+    max_ratio, target_macs, target_params = _global.check_scope_options(
+        scope=scope,
+        normalize=normalize,
+        max_ratio=max_ratio,
+        target_macs=target_macs,
+        target_params=target_params,
+        input_shape=input_shape,
+        prune_ratio=prune_ratio,
+        strategy=strategy,
+    )
+    extra = scores is None and criterion in _criteria.DATA_FREE_CRITERIA  # fpgm, bn_scale
+    if scores is None and criterion in _criteria.DATA_CRITERIA:
+        raise ValueError(
+            f"criterion {criterion!r} needs data: compute scores = jaxprune.taylor_scores(model, variables, x, labels)"
+            " and pass make_plan(..., scores=scores)"
+        )
+    if scores is None and not extra and criterion not in CRITERIA:
+        valid = (*CRITERIA, *_criteria.DATA_FREE_CRITERIA)
+        raise ValueError(
+            f"unknown criterion {criterion!r}; valid criteria: {', '.join(valid)} (data-driven: pass scores=)"
+        )
     if scores is None:
-        _check_criterion(criterion, key)
+        if not extra:
+            _check_criterion(criterion, key)
     elif not isinstance(scores, Mapping):
         raise TypeError(f"scores must be a mapping from group names to arrays, got {type(scores).__name__}")
     elif criterion != "l1" or key is not None:
@@ -242,17 +298,43 @@ def make_plan(
             f"scores= replaces the criterion: pass either scores= or criterion={criterion!r}/key=, not both"
         )
     groups = list(model.channel_groups())
-    ratios = resolve_ratios(model, prune_ratio, skip=skip)
+    budget_meta: dict[str, Any] = {}
+    if scope == "global" or prune_ratio is None:
+        reached = list(resolve_ratios(model, 0.5, skip=skip))  # what a float ratio reaches: the conv-filter groups
+        budgets = _global.make_budgets(
+            model,
+            variables,
+            groups,
+            reached,
+            target_macs=target_macs,
+            target_params=target_params,
+            input_shape=input_shape,
+            prune_ratio=prune_ratio,
+        )
+        if scope == "layer":  # the smallest uniform ratio meeting the targets, then the usual layer-wise plan
+            prune_ratio, budget_meta = _global.layer_ratio_plan_meta(
+                {g.name: g.width for g in groups if g.name in reached},
+                budgets,
+                max_ratio=max_ratio,
+                round_to=round_to,
+                min_keep=min_keep,
+            )
+    ratios = resolve_ratios(model, prune_ratio, skip=skip) if scope == "layer" else {}
+    over = {n: p for n, p in ratios.items() if p > max_ratio}
+    if over:
+        raise ValueError(f"prune ratios above max_ratio={max_ratio!r}: {over}")
     ratios = {n: p for n, p in ratios.items() if p > 0}  # a ratio of 0 keeps every filter: nothing to record
     meta = {
         "strategy": strategy,
         "criterion": "precomputed" if scores is not None else criterion,
         "prune_ratio": {str(k): float(r) for k, r in prune_ratio.items()}
         if isinstance(prune_ratio, Mapping)
-        else float(prune_ratio),
+        else (None if prune_ratio is None else float(prune_ratio)),
         "skip": list(skip),
         "round_to": round_to,
         "min_keep": min_keep,
+        **({"scope": scope, "max_ratio": max_ratio} if scope != "layer" or max_ratio != 1.0 else {}),
+        **budget_meta,
         **dict(meta or {}),
     }
     if scores is not None:
@@ -263,7 +345,24 @@ def make_plan(
         if missing:
             raise ValueError(f"scores has no entry for reached groups {missing}")
     flat = LeafView(variables)
+    if scope == "global":
+        return _global.global_plan(
+            groups,
+            reached,
+            flat,
+            scores,
+            budgets,
+            criterion=None if scores is not None else criterion,
+            key=key,
+            normalize=normalize,
+            max_ratio=max_ratio,
+            round_to=round_to,
+            min_keep=min_keep,
+            meta=meta,
+        )
     if strategy == "independent":
+        if extra:
+            scores = {g.name: _criteria.score_group(flat, g, criterion=criterion) for g in groups if g.name in ratios}
         if scores is None:
             index = {g.name: i for i, g in enumerate(groups)}
             reached = [g for g in groups if g.name in ratios]
@@ -291,7 +390,9 @@ def make_plan(
                 input_keep.append((axis, expand_repeat(np.asarray(cl[0][2]), cl[0][1], cl[0][0].repeat)))
             else:  # several groups side by side on one input axis: one index set on the original layout
                 input_keep.append((axis, kept_indices(np.shape(flat[g.scored.path])[axis], cl)))
-        if scores is not None:
+        if extra:
+            s = _criteria.score_group(flat, g, criterion=criterion, input_keep=input_keep)
+        elif scores is not None:
             s = np.asarray(scores[g.name])
             if input_keep:
                 raise ValueError(

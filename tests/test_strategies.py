@@ -161,8 +161,8 @@ def test_bad_names_and_options(zoo):
         jp.make_plan(m, v, prune_ratio=0.5, min_keep=0)
     with pytest.raises(ValueError, match=r"unknown strategy 'global'; valid strategies: independent, greedy"):
         jp.make_plan(m, v, prune_ratio=0.5, strategy="global")
-    with pytest.raises(ValueError, match=r"unknown criterion 'taylor'; valid criteria: l1, l2, random, largest_l1"):
-        jp.make_plan(m, v, prune_ratio=0.5, criterion="taylor")
+    with pytest.raises(ValueError, match=r"unknown criterion 'hessian'; valid criteria: l1, l2, random, largest_l1"):
+        jp.make_plan(m, v, prune_ratio=0.5, criterion="hessian")
     with pytest.raises(TypeError, match="prune_ratio must be a float or a mapping"):
         jp.make_plan(m, v, prune_ratio="0.5")
     with pytest.raises(TypeError, match="must be a real number"):
