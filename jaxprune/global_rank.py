@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -33,8 +33,11 @@ __all__ = [
     "SCOPES",
     "Budget",
     "CostModel",
-    "global_keep",
+    "budget_meta",
+    "global_counts",
+    "global_scores",
     "layer_ratio_for_budget",
+    "make_budgets",
     "normalize_scores",
 ]
 
@@ -319,23 +322,32 @@ def make_budgets(
     target_macs: float | None,
     target_params: float | None,
     input_shape,
-    prune_ratio,
+    prune_ratio: float | None = None,
+    filter_limit: int | None = None,
 ) -> list[Budget]:
-    """The budgets a `make_plan` call asks for: filters (a global `prune_ratio`), MACs and/or params kept."""
-    from jaxprune.strategies import _check_ratio, kept_count
+    """The budgets a `make_plan` call asks for: filters (a global `prune_ratio`), MACs and/or params kept.
 
+    Args:
+      model, variables, groups: The original model, its variables and its groups.
+      reached: Names of the groups the plan may prune.
+      target_macs, target_params: Fractions kept, or None.
+      input_shape: Where MACs are counted (None: the model's own).
+      prune_ratio: A global ratio (the fraction of reached filters removed), for messages and `plan.meta`.
+      filter_limit: With `prune_ratio`: the most filters kept over the reached groups (`kept_count` of their total;
+        `jaxprune.strategies` owns that rule).
+
+    Raises:
+      ValueError: no group is reached.
+    """
     if not reached:
         what = "scope='global'" if prune_ratio is not None else "a target"
         raise ValueError(f"{what} reaches no group: the model has no prunable conv-filter group outside skip=")
     out = []
     if prune_ratio is not None:  # scope="global": the fraction of all reached filters removed
-        p = _check_ratio(prune_ratio, "scope='global' (the fraction of all reached filters removed)")
         by_name = {g.name: g for g in groups}
         terms = [(1, [(by_name[n].width, [(n, by_name[n].width, 1)])]) for n in reached]
         total = sum(by_name[n].width for n in reached)
-        out.append(
-            Budget("prune_ratio", CostModel(terms, total), p, kept_count(total, p) if p > 0 else total, removed=True)
-        )
+        out.append(Budget("prune_ratio", CostModel(terms, total), float(prune_ratio), filter_limit, removed=True))
     if target_macs is not None:
         out.append(
             Budget.kept_fraction(
@@ -347,7 +359,8 @@ def make_budgets(
     return out
 
 
-def _budget_meta(budgets: Sequence[Budget], kept: Mapping[str, int]) -> dict[str, Any]:
+def budget_meta(budgets: Sequence[Budget], kept: Mapping[str, int]) -> dict[str, Any]:
+    """The `plan.meta` entries of the budgets at these kept counts: targets, kept and total figures."""
     meta: dict[str, Any] = {}
     for b in budgets:
         what = {"prune_ratio": "filters", "target_macs": "macs", "target_params": "params"}[b.option]
@@ -358,7 +371,7 @@ def _budget_meta(budgets: Sequence[Budget], kept: Mapping[str, int]) -> dict[str
     return meta
 
 
-def global_keep(
+def global_counts(
     scores: Mapping[str, np.ndarray],
     widths: Mapping[str, int],
     *,
@@ -366,7 +379,7 @@ def global_keep(
     round_to: int,
     min_keep: int,
     budgets: Sequence[Budget],
-) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+) -> dict[str, int]:
     """One threshold over every group: the fewest filters removed, by the global ranking, that meet every budget.
 
     Filters are ranked by their (normalised) score over all groups at once; ties keep the earlier group and the
@@ -386,7 +399,8 @@ def global_keep(
       budgets: The `Budget`s to meet.
 
     Returns:
-      ``(keep, kept)``: kept indices per group (ascending) and the kept count per group.
+      The kept count per group. Each group keeps its top filters by the same scores (`strategies.select_top`, lower
+      index on a tie), which are the ones the ranking did not remove.
 
     Raises:
       ValueError: no threshold meets the budgets under the caps (the message names the closest reachable target).
@@ -430,39 +444,34 @@ def global_keep(
             hi = mid
         else:
             lo = mid
-    kept = kept_at(hi)
-    from jaxprune.strategies import select_top  # strategies imports this module
-
-    keep = {n: select_top(scores[n], kept[n]) for n in names}
-    return keep, kept
+    return kept_at(hi)
 
 
 def layer_ratio_for_budget(
     widths: Mapping[str, int],
     *,
     max_ratio: float,
-    round_to: int,
-    min_keep: int,
+    count: Callable[[int, float], int],
     budgets: Sequence[Budget],
+    how: str = "",
 ) -> tuple[float, dict[str, int]]:
-    """The smallest uniform prune ratio (`kept_count` rule in every group) whose kept costs meet every budget.
+    """The smallest uniform prune ratio whose kept costs meet every budget, with kept counts from `count`.
 
-    Kept counts change only at ratios ``1 - k / width``; the candidates are those up to `max_ratio`, bisected (costs
+    `count(width, ratio)` is the layer-wise rule (`strategies.kept_count` with the plan's `round_to` and `min_keep`),
+    so kept counts change only at ratios ``1 - k / width``; the candidates are those up to `max_ratio`, bisected (costs
     only fall as the ratio grows). At the next smaller candidate some budget would be exceeded.
 
     Returns:
       ``(prune_ratio, kept)``: the ratio and the kept count per group.
 
     Raises:
-      ValueError: no ratio up to `max_ratio` meets the budgets (names the closest reachable target).
+      ValueError: no ratio up to `max_ratio` meets the budgets (names the closest reachable target; `how` is added).
     """
-    from jaxprune.strategies import kept_count
-
     cands = sorted({0.0} | {1.0 - k / w for w in widths.values() for k in range(1, w + 1)})
     cands = [p for p in cands if p <= max_ratio + 1e-12 and p < 1.0]
 
     def kept_at(p: float) -> dict[str, int]:
-        return {n: kept_count(w, p, round_to=round_to, min_keep=min_keep) for n, w in widths.items()}
+        return {n: count(w, p) for n, w in widths.items()}
 
     def met(p: float) -> bool:
         kept = kept_at(p)
@@ -472,8 +481,7 @@ def layer_ratio_for_budget(
         raise _unreachable(
             budgets,
             kept_at(cands[-1]),
-            f"with one prune ratio <= max_ratio={max_ratio!r} in every group (min_keep={min_keep}, "
-            f"round_to={round_to}; scope='global' can go further)",
+            f"with one prune ratio <= max_ratio={max_ratio!r} in every group{how} (scope='global' can go further)",
         )
     lo, hi = -1, len(cands) - 1
     while hi - lo > 1:
@@ -486,32 +494,22 @@ def layer_ratio_for_budget(
     return p, kept_at(p)
 
 
-def layer_ratio_plan_meta(
-    widths: Mapping[str, int], budgets: Sequence[Budget], *, max_ratio: float, round_to: int, min_keep: int
-) -> tuple[float, dict[str, Any]]:
-    """`layer_ratio_for_budget` plus the `plan.meta` entries describing what it reached."""
-    p, kept = layer_ratio_for_budget(widths, max_ratio=max_ratio, round_to=round_to, min_keep=min_keep, budgets=budgets)
-    return p, _budget_meta(budgets, kept)
-
-
-def global_plan(
+def global_scores(
     groups: Sequence[ChannelGroup],
     reached: Sequence[str],
     flat: Mapping[tuple[str, ...], Any],
     scores: Mapping[str, np.ndarray] | None,
-    budgets: Sequence[Budget],
     *,
     criterion: str | None,
     key,
     normalize: str,
-    max_ratio: float,
-    round_to: int,
-    min_keep: int,
-    meta: Mapping[str, Any],
-):
-    """`make_plan(scope="global")` after validation: score, normalise, rank globally, record what was reached."""
+) -> dict[str, np.ndarray]:
+    """Comparable scores of the reached groups for `scope="global"`: computed (or checked, when given), normalised.
+
+    Raises:
+      ValueError: given scores missing a reached group, of the wrong shape or non-finite; see `normalize_scores`.
+    """
     from jaxprune import criteria
-    from jaxprune.plan import PruningPlan
     from jaxprune.scoring import score_groups
 
     by_name = {g.name: g for g in groups}
@@ -531,8 +529,4 @@ def global_plan(
             raise ValueError(f"scores for group {g.name!r} must have shape ({g.width},), got {s.shape}")
         if not np.isfinite(s).all():
             raise ValueError(f"scores for group {g.name!r} hold NaN or inf")
-    normed = normalize_scores(scores, reached_groups, normalize=normalize, criterion=criterion, flat=flat)
-    widths = {g.name: g.width for g in reached_groups}
-    keep, kept = global_keep(normed, widths, max_ratio=max_ratio, round_to=round_to, min_keep=min_keep, budgets=budgets)
-    meta = {**dict(meta), "normalize": normalize, **_budget_meta(budgets, kept)}
-    return PruningPlan(keep=keep, widths=widths, meta=meta)
+    return normalize_scores(scores, reached_groups, normalize=normalize, criterion=criterion, flat=flat)

@@ -224,7 +224,7 @@ def make_plan(
       scope: `layer` (the default, the paper's): each group keeps its own top `kept_count`. `global`: one ranking
         over every reached conv-filter group (those a float ratio reaches, less `skip`), one threshold, each group
         capped at `max_ratio` removed and at least `min_keep` (rounded up to `round_to`) kept; ties keep the earlier
-        group and the lower index (`jaxprune.global_rank.global_keep`).
+        group and the lower index (`jaxprune.global_rank.global_counts`).
       normalize: Required for `scope="global"` (no default: the choice decides which layers lose filters, and
         papers differ): `fan_in` (L1 / weights per filter, L2 / its square root; for `l1`, `l2`, `largest_l1`),
         `mean` (each group divided by its mean |score|), `l2` (by its Euclidean norm, Molchanov et al. 2017) or
@@ -300,25 +300,31 @@ def make_plan(
     groups = list(model.channel_groups())
     budget_meta: dict[str, Any] = {}
     if scope == "global" or prune_ratio is None:
-        reached = list(resolve_ratios(model, 0.5, skip=skip))  # what a float ratio reaches: the conv-filter groups
+        reached = {g.name: g.width for g in groups if g.name in resolve_ratios(model, 0.5, skip=skip)}  # conv groups
+        limit = None
+        if prune_ratio is not None:  # global: at most kept_count(all reached filters, p) kept
+            prune_ratio = _check_ratio(prune_ratio, "scope='global' (the fraction of all reached filters removed)")
+            limit = kept_count(sum(reached.values()), prune_ratio) if reached else None
         budgets = _global.make_budgets(
             model,
             variables,
             groups,
-            reached,
+            list(reached),
             target_macs=target_macs,
             target_params=target_params,
             input_shape=input_shape,
             prune_ratio=prune_ratio,
+            filter_limit=limit,
         )
         if scope == "layer":  # the smallest uniform ratio meeting the targets, then the usual layer-wise plan
-            prune_ratio, budget_meta = _global.layer_ratio_plan_meta(
-                {g.name: g.width for g in groups if g.name in reached},
-                budgets,
+            prune_ratio, kept = _global.layer_ratio_for_budget(
+                reached,
                 max_ratio=max_ratio,
-                round_to=round_to,
-                min_keep=min_keep,
+                count=lambda w, p: kept_count(w, p, round_to=round_to, min_keep=min_keep),
+                budgets=budgets,
+                how=f" (min_keep={min_keep}, round_to={round_to})",
             )
+            budget_meta = _global.budget_meta(budgets, kept)
     ratios = resolve_ratios(model, prune_ratio, skip=skip) if scope == "layer" else {}
     over = {n: p for n, p in ratios.items() if p > max_ratio}
     if over:
@@ -345,21 +351,21 @@ def make_plan(
         if missing:
             raise ValueError(f"scores has no entry for reached groups {missing}")
     flat = LeafView(variables)
-    if scope == "global":
-        return _global.global_plan(
+    if scope == "global":  # one ranking over the reached groups; each keeps its top `kept` by the same scores
+        normed = _global.global_scores(
             groups,
-            reached,
+            list(reached),
             flat,
             scores,
-            budgets,
             criterion=None if scores is not None else criterion,
             key=key,
             normalize=normalize,
-            max_ratio=max_ratio,
-            round_to=round_to,
-            min_keep=min_keep,
-            meta=meta,
         )
+        kept = _global.global_counts(
+            normed, reached, max_ratio=max_ratio, round_to=round_to, min_keep=min_keep, budgets=budgets
+        )
+        meta = {**meta, "normalize": normalize, **_global.budget_meta(budgets, kept)}
+        return PruningPlan(keep={n: select_top(normed[n], k) for n, k in kept.items()}, widths=reached, meta=meta)
     if strategy == "independent":
         if extra:
             scores = {g.name: _criteria.score_group(flat, g, criterion=criterion) for g in groups if g.name in ratios}

@@ -11,7 +11,7 @@ from _tinynet import TinyNet
 from conftest import assert_close, input_batch
 
 import jaxprune as jp
-from jaxprune.global_rank import Budget, CostModel, floor_count, global_keep, normalize_scores
+from jaxprune.global_rank import Budget, CostModel, floor_count, global_counts, normalize_scores
 
 TINY_SHAPE = (1, 6, 6, 3)
 
@@ -330,5 +330,6 @@ def test_global_ties_keep_the_earlier_group_and_lower_index():
     budget = Budget("prune_ratio", CostModel(terms, 4), 0.5, 2, removed=True)
     scores = {"a": np.ones(2), "b": np.ones(2)}
     # All equal: removal runs b1, b0 (held by min_keep), a1.
-    keep, kept = global_keep(scores, {"a": 2, "b": 2}, max_ratio=1.0, round_to=1, min_keep=1, budgets=[budget])
-    assert keep == {"a": (0,), "b": (0,)} and kept == {"a": 1, "b": 1}
+    kept = global_counts(scores, {"a": 2, "b": 2}, max_ratio=1.0, round_to=1, min_keep=1, budgets=[budget])
+    assert kept == {"a": 1, "b": 1}
+    assert [jp.select_top(scores[n], kept[n]) for n in "ab"] == [(0,), (0,)]  # and the lower index stays
