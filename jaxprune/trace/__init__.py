@@ -21,6 +21,7 @@ without a rule on its channels says otherwise.
 
 from jaxprune.trace.api import trace_groups, trace_model
 from jaxprune.trace.describe import describe_groups, format_groups
+from jaxprune.trace.extract import UntracedChannelsWarning
 from jaxprune.trace.model import TracedModel
 from jaxprune.trace.nnx_adapter import nnx_variables
 from jaxprune.trace.rules import SUPPORTED_PRIMITIVES
@@ -28,6 +29,7 @@ from jaxprune.trace.rules import SUPPORTED_PRIMITIVES
 __all__ = [
     "SUPPORTED_PRIMITIVES",
     "TracedModel",
+    "UntracedChannelsWarning",
     "describe_groups",
     "format_groups",
     "nnx_variables",

@@ -12,7 +12,7 @@ from jax.extend import source_info_util
 class _Frame:
     """One evaluation of one jaxpr (the top level, or a sub-jaxpr at one call site): nodes per variable."""
 
-    __slots__ = ("consts", "ctx", "env", "jaxpr", "meta", "pd", "src", "subs")
+    __slots__ = ("consts", "counts", "ctx", "divisors", "env", "jaxpr", "meta", "pd", "src", "subs")
 
     def __init__(self, jaxpr, consts, ctx: tuple):
         self.jaxpr = jaxpr
@@ -23,6 +23,10 @@ class _Frame:
         self.pd: set = set()  # param-derived vars (computed from parameters and constants only)
         self.subs: dict[int, list[_Frame]] = {}
         self.meta: dict[int, Any] = {}
+        # Channel statistics: var -> (count, reduced nodes) for a sum over axes (reduce_sum and what carries it
+        # unchanged), and eqn index -> (operand index, count, nodes, op) for the division by that count (a mean).
+        self.counts: dict[Any, tuple[int, tuple[int, ...]]] = {}
+        self.divisors: dict[int, tuple[int, int, tuple[int, ...], str]] = {}
 
 
 def _is_literal(v) -> bool:

@@ -116,7 +116,7 @@ def trace_model(
 def trace_groups(
     apply_fn, variables: Mapping[str, Any] | None, example_input, *, policy=None
 ) -> tuple[ChannelGroup, ...]:
-    """Discovers a model's channel groups from its jaxpr (design.md §6; paper §3.2-3.3 coupling, found by tracing).
+    """Discovers a model's channel groups from its jaxpr (docs/design.md §6; paper §3.2-3.3 coupling, found by tracing).
 
     The forward pass is traced with `jax.make_jaxpr` (abstract shapes: nothing is compiled) and every parameter axis
     is followed through the program: conv_general_dilated (grouped and depthwise: a depthwise conv ties its input

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from jaxprune.groups import AxisRef, ChannelGroup
+from jaxprune.trace.extract import blocked_reason
 
 
 def _fmt_ref(ref: AxisRef) -> str:
@@ -20,13 +21,18 @@ def _fmt_ref(ref: AxisRef) -> str:
 def format_groups(groups: Sequence[ChannelGroup], *, verbose: bool = False) -> str:
     """Channel groups as a text table: name, kind, width, prunable, scored kernel, producer and consumer counts.
 
+    A traced group the trace could not follow (its channels pass through a primitive without a rule) is listed as not
+    prunable with the reason under it: the primitive and its source line.
+
     Args:
-      groups: Groups, e.g. from `trace_groups` or ``model.channel_groups()``.
+      groups: Groups, e.g. from `trace_groups` or ``model.channel_groups()``, or a model (a `TracedModel`).
       verbose: Also list every axis under its group (``path[axis]``, ``@offset``, ``xrepeat``).
 
     Raises:
       TypeError: an element that is not a ChannelGroup.
     """
+    if callable(getattr(groups, "channel_groups", None)):
+        groups = groups.channel_groups()
     groups = list(groups)
     for g in groups:
         if not isinstance(g, ChannelGroup):
@@ -53,6 +59,9 @@ def format_groups(groups: Sequence[ChannelGroup], *, verbose: bool = False) -> s
     lines = [line(head), "  ".join("-" * s for s in size)]
     for g, r in zip(groups, rows, strict=True):
         lines.append(line(r))
+        why = blocked_reason(g)
+        if why is not None:
+            lines.append(f"    not prunable: {why}")
         if verbose:
             lines.extend(f"    producer {_fmt_ref(ref)}" for ref in g.producers)
             lines.extend(f"    consumer {_fmt_ref(ref)}" for ref in g.consumers)

@@ -4,6 +4,7 @@ and materialising specs as `ChannelGroup`s at given widths."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,6 +40,8 @@ class _Spec:
     prunable: bool
     stage: str | None
     order: int
+    blocked: str | None = None  # why the trace cannot follow this group's channels (then never prunable)
+    blocked_by: tuple | None = None  # the taint record of the first blocking primitive
 
 
 @dataclasses.dataclass
@@ -150,6 +153,7 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
     members: dict[int, list[_Member]] = {}
     leaf_roots: dict[tuple[str, ...], list[list[int]]] = {}
     leaf_order = {path: t.first_use.get(path, 1 << 30) for path, _ in leaves}
+    scattered: dict[int, str] = {}  # root -> why no AxisRef can express its layout
     for path, nodes in leaves:
         per_axis = []
         for axis, node in enumerate(nodes):
@@ -168,11 +172,11 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
             seen = set()
             for r in roots:
                 if r in seen:
-                    if d.fixed[r] is None and _has_kernel(t, d, r, leaves):
-                        raise ValueError(
-                            f"trace_groups: parameter {'/'.join(path)} axis {axis} holds the channels of one group in "
-                            "several separate blocks (e.g. a flatten after a concatenation); a group can own one "
-                            "contiguous span of an axis (AxisRef offset and repeat)"
+                    if d.fixed[r] is None and r not in scattered and _has_kernel(t, d, r, leaves):
+                        scattered[r] = (
+                            f"parameter {'/'.join(path)} axis {axis} holds its channels in several separate blocks "
+                            "(e.g. a flatten after a concatenation); a group owns one contiguous span of an axis "
+                            "(AxisRef offset and repeat)"
                         )
                     continue
                 seen.add(r)
@@ -188,14 +192,11 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
         kern = [(t.kernels[(m.path, m.axis)], m) for m in mem if (m.path, m.axis) in t.kernels]
         if not kern:
             continue
+        blocked, first = None, None
         if d.taint[r] is not None:
-            axes = ", ".join(f"{'/'.join(m.path)} axis {m.axis}" for m in mem[:6]) + (", ..." if len(mem) > 6 else "")
-            raise ValueError(
-                f"trace_groups: a channel group ({axes}) passes through {_describe_taint(d.taint[r])}; jaxprune cannot "
-                "follow channels through it, so it cannot prune them safely. Supported primitives: "
-                "jaxprune.trace.SUPPORTED_PRIMITIVES (on a channel axis: elementwise ops, conv_general_dilated, "
-                "dot_general, concatenate, contiguous slice/split, pad, channel-last reshape, transpose, reductions)"
-            )
+            blocked, first = f"its channels pass through {_describe_taint(d.taint[r])}", d.taint[r]
+        elif r in scattered:
+            blocked = scattered[r]
         (_, _, op), scored = min(kern, key=lambda km: (km[0][1], km[0][0]))
         kind = "stream" if d.joined[r] else ("conv" if op == "conv" else "fc")
         mem.sort(key=lambda m: (m.role != "producer", m.order, m.path, m.axis))
@@ -206,9 +207,11 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
                 members=mem,
                 scored=(scored.path, scored.axis),
                 kind=kind,
-                prunable=True,
+                prunable=blocked is None,
                 stage=None,
                 order=min(k[0][0] for k in kern),
+                blocked=blocked,
+                blocked_by=first,
             )
         )
         group_roots.add(r)
@@ -227,12 +230,8 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
             )
         if any(r in group_roots or d.fixed[r] is not None for a in big for r in per_axis[a]):
             continue
-        taints = [d.taint[r] for a in big for r in per_axis[a] if d.taint[r] is not None]
-        if taints:
-            raise ValueError(
-                f"trace_groups: parameter {'/'.join(path)} reaches {_describe_taint(taints[0])}; jaxprune cannot "
-                "attribute its channels to any group"
-            )
+        if any(d.taint[r] is not None for a in big for r in per_axis[a]):
+            continue  # behind a primitive without a rule: left as it is (the groups involved are not prunable)
         raise ValueError(
             f"trace_groups: parameter {'/'.join(path)} (shape {tuple(d.size[n] for n in nodes)}) reaches the output "
             "through no channel-preserving path: none of its axes is written by a conv or dense kernel, tied to the "
@@ -240,7 +239,38 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
         )
     specs.sort(key=lambda s: s.order)
     _unique_names(specs)
+    _check_followable(specs)
     return specs
+
+
+class UntracedChannelsWarning(UserWarning):
+    """Some channel groups pass through an operation without a rule (`jaxprune.trace.SUPPORTED_PRIMITIVES`): they
+    are traced as not prunable, with the primitive and its source line as the reason (`describe_groups`)."""
+
+
+def _check_followable(specs: list[_Spec]) -> None:
+    """The policy for groups the trace could not follow: they stay unprunable (with a warning), unless no group at all
+    can be followed, which is an error naming the first blocking primitive."""
+    blocked = [s for s in specs if s.blocked is not None]
+    if not blocked:
+        return
+    if all(s.blocked is not None for s in specs):
+        firsts = [s for s in blocked if s.blocked_by is not None]
+        s = min(firsts, key=lambda s: s.blocked_by[4]) if firsts else blocked[0]
+        axes = ", ".join(f"{'/'.join(m.path)} axis {m.axis}" for m in s.members[:4])
+        raise ValueError(
+            f"trace_groups: no channel group of this model can be followed; the first ({s.name}: {axes}) is blocked: "
+            f"{s.blocked}. Primitives with a rule: jaxprune.trace.SUPPORTED_PRIMITIVES (on a channel axis: "
+            "elementwise ops, conv_general_dilated, dot_general, concatenate, contiguous slice/split, pad, tile, "
+            "gather/scatter on other axes, channel-last reshape, transpose, reductions)"
+        )
+    lines = "; ".join(f"{s.name}: {s.blocked}" for s in blocked[:8]) + ("; ..." if len(blocked) > 8 else "")
+    warnings.warn(
+        f"trace_groups: {len(blocked)} of {len(specs)} channel groups are not prunable because jaxprune cannot follow "
+        f"their channels: {lines}",
+        UntracedChannelsWarning,
+        stacklevel=4,
+    )
 
 
 def _has_kernel(t: _Tracer, d: _Dims, r: int, leaves) -> bool:
@@ -296,7 +326,7 @@ def _materialize(spec: _Spec, d: _Dims, sizes: Mapping[int, int]) -> ChannelGrou
         (producers if m.role == "producer" else consumers).append(ref)
         if spec.scored == (m.path, m.axis):
             scored_ref = ref
-    return ChannelGroup(
+    g = ChannelGroup(
         name=spec.name,
         width=width,
         producers=tuple(producers),
@@ -306,3 +336,18 @@ def _materialize(spec: _Spec, d: _Dims, sizes: Mapping[int, int]) -> ChannelGrou
         kind=spec.kind,
         stage=spec.stage,
     )
+    if spec.blocked is not None:
+        if len(_BLOCKED) > 4096:
+            _BLOCKED.clear()
+        _BLOCKED[g] = spec.blocked
+    return g
+
+
+# Why a traced group is not prunable when the trace could not follow it; keyed by the (frozen, hashable) group, so
+# `describe_groups` shows the reason for groups from `trace_groups` as well as from a `TracedModel`.
+_BLOCKED: dict[ChannelGroup, str] = {}
+
+
+def blocked_reason(group: ChannelGroup) -> str | None:
+    """Why the trace could not follow a traced group's channels (the primitive and its source line), or None."""
+    return _BLOCKED.get(group)

@@ -25,7 +25,7 @@ class TracedModel:
     x, *, masks=None)`, which re-runs the traced program at the model's current widths (the jaxpr's shape parameters
     rewritten from the traced channel spaces; one jitted program per width configuration) and, with `masks`, zeroes
     the masked channels wherever channels are mixed (contractions, reductions): the masking reference for a traced
-    model (design.md §4). `prune(traced, variables, plan)` returns a new `TracedModel` and the sliced variables;
+    model (docs/design.md §4). `prune(traced, variables, plan)` returns a new `TracedModel` and the sliced variables;
     `module` (Linen) or `nnx_module(variables)` (NNX) give a real model at the new widths. Build one with
     `trace_model`.
 
@@ -64,6 +64,11 @@ class TracedModel:
     def group_widths(self) -> dict[str, int]:
         """Current width of every group, by name."""
         return {g.name: g.width for g in self.channel_groups()}
+
+    @property
+    def blocked(self) -> dict[str, str]:
+        """Group name -> why it is not prunable, for the groups whose channels the trace could not follow."""
+        return {s.name: s.blocked for s in self._specs if s.blocked is not None}
 
     def stages(self) -> dict[str, tuple[str, ...]]:
         """Stage name -> the prunable conv-filter groups a stage ratio reaches (from the policy; empty if none)."""
@@ -143,7 +148,7 @@ class TracedModel:
           x: Input; another shape than the traced example re-traces the original model at that shape (cached).
           train: Must be False: the traced program is the inference forward pass.
           masks: Optional group name -> 0/1 vector: the 0-channels are zeroed wherever channels are mixed
-            (contractions, reductions), so they contribute nothing, as if removed (the masking reference, design.md
+            (contractions, reductions), so they contribute nothing, as if removed (the masking reference, docs/design.md
             §4); groups not named are not masked.
 
         Raises:

@@ -16,6 +16,20 @@ def _axes_key(g: ChannelGroup):
 
 
 def _apply_policy(specs: list[_Spec], d: _Dims, policy) -> None:
+    """Applies `policy` (see `trace_model`); groups the trace could not follow stay unprunable.
+
+    Raises:
+      ValueError: a policy that makes such a group prunable (names the group and why it is blocked), an unknown
+        group, a returned group with other axes.
+      TypeError: a policy of another kind.
+    """
+    _policy(specs, d, policy)
+    for s in specs:
+        if s.blocked is not None and s.prunable:
+            raise ValueError(f"policy makes group {s.name!r} prunable, but the trace cannot follow it: {s.blocked}")
+
+
+def _policy(specs: list[_Spec], d: _Dims, policy) -> None:
     if policy is None:
         return
     if callable(getattr(policy, "channel_groups", None)):
@@ -69,7 +83,8 @@ def _apply_declared(specs: list[_Spec], d: _Dims, declared: tuple[ChannelGroup, 
         g = _materialize(s, d, {})
         twin = by_key.get(_axes_key(g))
         if twin is not None and twin.width == g.width:
-            s.name, s.kind, s.stage, s.prunable = twin.name, twin.kind, twin.stage, twin.prunable
+            s.name, s.kind, s.stage = twin.name, twin.kind, twin.stage
+            s.prunable = twin.prunable and s.blocked is None
             s.scored = (twin.scored.path, twin.scored.axis) if twin.scored is not None else s.scored
             continue
         parts, kinds = [], set()

@@ -298,7 +298,13 @@ def _reshape(t, f: _Frame, i: int, eqn) -> None:
             t.taint_unless_fixed(n[k], info)
         minor_out = d.new(oshape[bo[-1]])
         for k in bo[:-1]:
-            nodes[k] = d.new(oshape[k], taint=info)
+            # One axis split in two or more: the minor-most part is the channel space (repeated), the major parts
+            # index blocks of it (e.g. the key/value heads of grouped-query attention): they stay whole.
+            nodes[k] = (
+                d.new(oshape[k], fixed="the major part of a split axis")
+                if len(bi) == 1
+                else d.new(oshape[k], taint=info)
+            )
         nodes[bo[-1]] = minor_out
         amap[bo[-1]] = bi[-1]
         left = d.compose([(n[bi[-1]], math.prod(ishape[k] for k in bi[:-1]))])
@@ -488,6 +494,99 @@ def _top_k(t, f: _Frame, i: int, eqn) -> None:
         t.set_out(f, o, tuple(n))
 
 
+# -- tile, gather, scatter -------------------------------------------------------------------------------------------
+def _tile(t, f: _Frame, i: int, eqn) -> None:
+    """``jnp.tile``: a tiled axis holds `reps` blocks of its input (a channel axis tiled is `repeat` blocks of it)."""
+    v, out = eqn.invars[0], eqn.outvars[0]
+    d = t.d
+    n = list(t.nodes(f, v))
+    oshape = tuple(out.aval.shape)
+    amap: list[int | None] = list(range(len(n)))
+    for ax, r in enumerate(eqn.params["reps"]):
+        if r == 1:
+            continue
+        amap[ax] = None
+        if d.size[n[ax]] <= 1:
+            n[ax] = d.new(oshape[ax])
+        elif d.all_fixed(n[ax]):
+            n[ax] = d.new(oshape[ax], fixed="a tiled axis")
+        else:
+            n[ax] = d.compose([(n[ax], int(r))])
+    t.set_out(f, out, tuple(n))
+    t.copy_src(f, v, out, amap)
+
+
+def _gather(t, f: _Frame, i: int, eqn) -> None:
+    """`gather` (``jnp.take``, fancy indexing, nearest-neighbour ``jax.image.resize``): whole operand axes that are
+    not indexed pass through; an indexed channel axis makes its group unprunable; the output's index positions are
+    the indices' axes."""
+    operand, indices = eqn.invars[:2]
+    out = eqn.outvars[0]
+    p = eqn.params
+    dn = p["dimension_numbers"]
+    d = t.d
+    on, inn = t.nodes(f, operand), t.nodes(f, indices)
+    ishape, oshape = _shape(operand), tuple(out.aval.shape)
+    sizes = tuple(p["slice_sizes"])
+    info = t.taint_info("a gather that selects along a channel axis", eqn, f)
+    batching = tuple(dn.operand_batching_dims)
+    window = [k for k in range(len(ishape)) if k not in dn.collapsed_slice_dims and k not in batching]
+    nodes: list[int | None] = [None] * len(oshape)
+    through = []
+
+    def touched(k):
+        if ishape[k] > 1 and not d.all_fixed(on[k]):
+            d.mark_taint(on[k], info)
+
+    for pos, k in zip(dn.offset_dims, window, strict=True):
+        if k not in dn.start_index_map and sizes[k] == ishape[k]:
+            nodes[pos] = on[k]
+            through.append(k)
+        else:
+            touched(k)
+            nodes[pos] = d.new(oshape[pos], fixed="an axis indexed by a gather")
+    for k in (*dn.start_index_map, *dn.collapsed_slice_dims):
+        touched(k)
+    # Output axes that are not window axes follow the indices' axes (the index vector is the last axis).
+    batch_pos = [j for j in range(len(oshape)) if j not in dn.offset_dims]
+    for pos, j in zip(batch_pos, range(len(inn) - 1), strict=True):
+        nodes[pos] = inn[j]
+        if j in dn.start_indices_batching_dims:
+            d.unify(on[batching[tuple(dn.start_indices_batching_dims).index(j)]], inn[j])
+    f.meta[i] = tuple(through)
+    t.set_out(f, out, tuple(nodes))
+
+
+def _scatter(t, f: _Frame, i: int, eqn) -> None:
+    """`scatter` and `scatter-add` etc. (``x.at[idx].set/add``): the output is the operand's index space; whole
+    update window axes share the operand's; writing into part of a channel axis makes its group unprunable."""
+    operand, indices, updates = eqn.invars[:3]
+    dn = eqn.params["dimension_numbers"]
+    d = t.d
+    on, inn, un = t.nodes(f, operand), t.nodes(f, indices), t.nodes(f, updates)
+    oshape, ushape = _shape(operand), _shape(updates)
+    info = t.taint_info("a scatter into part of a channel axis", eqn, f)
+    batching = tuple(dn.operand_batching_dims)
+    window = [k for k in range(len(oshape)) if k not in dn.inserted_window_dims and k not in batching]
+    for pos, k in zip(dn.update_window_dims, window, strict=True):
+        if k not in dn.scatter_dims_to_operand_dims and ushape[pos] == oshape[k]:
+            d.unify(on[k], un[pos])
+        elif oshape[k] > 1 and not d.all_fixed(on[k]):
+            d.mark_taint(on[k], info)
+            d.mark_taint(un[pos], info)
+    for k in (*dn.scatter_dims_to_operand_dims, *dn.inserted_window_dims):
+        if oshape[k] > 1 and not d.all_fixed(on[k]):
+            d.mark_taint(on[k], info)
+    scatter_pos = [j for j in range(len(ushape)) if j not in dn.update_window_dims]
+    sib = tuple(dn.scatter_indices_batching_dims)
+    for pos, j in zip(scatter_pos, range(len(inn) - 1), strict=True):
+        d.unify(un[pos], inn[j])
+        if j in sib:
+            d.unify(on[batching[sib.index(j)]], un[pos])
+    for v in eqn.outvars:
+        t.set_out(f, v, on)
+
+
 # -- the layers: convolutions and contractions ------------------------------------------------------------
 def _conv_general_dilated(t, f: _Frame, i: int, eqn) -> None:
     p = eqn.params
@@ -630,6 +729,9 @@ RULES: dict = {
     "top_k": _top_k,
     "conv_general_dilated": _conv_general_dilated,
     "dot_general": _dot_general,
+    "tile": _tile,
+    "gather": _gather,
+    **dict.fromkeys(("scatter", "scatter-add", "scatter-sub", "scatter-mul", "scatter-min", "scatter-max"), _scatter),
 }
 
 #: Primitives `trace_groups` follows channel by channel. Elsewhere (a primitive without a rule, or one that depends

@@ -137,8 +137,31 @@ class _Runner:
             finally:
                 self._vec = saved
         params = self.rewrite(f, i, eqn) if self.changed(f, eqn) else eqn.params
+        if i in f.divisors:
+            invals = self.divisor(f.divisors[i], invals)
         out = eqn.primitive.bind(*invals, **params)
         return list(out) if eqn.primitive.multiple_results else [out]
+
+    def divisor(self, rec, invals: list) -> list:
+        """A mean's divisor over the channels kept: the pruned count, or the sum of the masks (docs/design.md §6)."""
+        k, _, nodes, op = rec
+        n: Any = 1
+        changed = False
+        for node in nodes:
+            vec = self.vector(node) if self.masks else None
+            if vec is not None:
+                n = n * jnp.sum(vec)
+                changed = True
+            else:
+                size = self.ns(node)
+                changed = changed or size != self.d.size[node]
+                n = n * size
+        if not changed:
+            return invals
+        dtype = jnp.result_type(invals[k])
+        out = list(invals)
+        out[k] = jnp.asarray(n if op == "div" else 1.0 / n, dtype)
+        return out
 
     def scan(self, eqn, body: _Frame, invals: list) -> list:
         p = eqn.params
@@ -199,6 +222,12 @@ class _Runner:
                 p["feature_group_count"] = self.shape(f.env[lhs])[p["dimension_numbers"].lhs_spec[1]]
         elif name == "dynamic_slice":
             p["slice_sizes"] = out_shape
+        elif name == "gather":
+            shape = self.shape(f.env[eqn.invars[0]])
+            sizes = list(p["slice_sizes"])
+            for k in f.meta[i]:
+                sizes[k] = shape[k]
+            p["slice_sizes"] = tuple(sizes)
         elif "shape" in p:
             p["shape"] = out_shape
         return p

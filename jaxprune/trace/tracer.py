@@ -10,6 +10,11 @@ from jaxprune.trace._jaxpr import _Frame, _is_literal, _shape
 from jaxprune.trace.dims import _Dims
 from jaxprune.trace.rules import RULES
 
+# Unary primitives that carry a sum's element count unchanged to the division that makes it a mean.
+_CARRY_COUNT = frozenset(
+    "convert_element_type broadcast_in_dim reshape squeeze expand_dims copy reduce_precision".split()
+)
+
 
 class _Tracer:
     """Walks a closed jaxpr once, building the dimension union-find and per-frame records for the re-run."""
@@ -78,6 +83,34 @@ class _Tracer:
             self.generic(f, i, eqn, "a primitive without a rule")
         else:
             rule(self, f, i, eqn)
+        self.count_divisor(f, i, eqn)
+
+    def count_divisor(self, f: _Frame, i: int, eqn) -> None:
+        """Follows the element count of a sum to the division that makes it a mean (``jnp.mean``, the statistics of
+        LayerNorm, GroupNorm, RMSNorm), so the re-run divides by the channels kept (docs/design.md §6)."""
+        name = eqn.primitive.name
+        ins = eqn.invars
+        if name == "reduce_sum" and not _is_literal(ins[0]):
+            axes = tuple(eqn.params["axes"])
+            nodes = tuple(f.env[ins[0]][a] for a in axes)
+            f.counts[eqn.outvars[0]] = (int(np.prod([_shape(ins[0])[a] for a in axes])), nodes)
+        elif name in _CARRY_COUNT and len(ins) == 1 and not _is_literal(ins[0]) and ins[0] in f.counts:
+            f.counts[eqn.outvars[0]] = f.counts[ins[0]]
+        elif name in ("div", "mul") and len(ins) == 2:
+            a, b = ins
+            if _is_literal(b) and not _is_literal(a) and a in f.counts:
+                k, tagged = 1, a
+            elif name == "mul" and _is_literal(a) and not _is_literal(b) and b in f.counts:
+                k, tagged = 0, b
+            else:
+                return
+            lit = ins[k].val
+            if np.ndim(lit) != 0:
+                return
+            count, nodes = f.counts[tagged]
+            value = float(lit)
+            if (name == "div" and value == count) or (name == "mul" and abs(value * count - 1.0) <= 1e-6):
+                f.divisors[i] = (k, count, nodes, name)
 
     def copy_src(self, f: _Frame, a, b, axis_map) -> None:
         """Param-origin bookkeeping: `b` is computed from `a` alone (axis_map: b axis -> a axis, None = identity)."""
