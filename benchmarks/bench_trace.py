@@ -17,12 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, median_ms, timeit, write_section
 
 import jaxprune as jp
-from jaxprune import trace as tr
+from jaxprune.trace import extract as tr_extract
+from jaxprune.trace import policy as tr_policy
 
 
 def measure(name: str, size: int) -> dict:
     model = jp.models.get(name)
-    abs_vars = jax.tree_util.tree_map(tr._abstract, jp.abstract_variables(model))
+    abs_vars = jax.tree_util.tree_map(tr_extract._abstract, jp.abstract_variables(model))
     abs_x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
 
     def build():
@@ -31,9 +32,9 @@ def measure(name: str, size: int) -> dict:
     closed, out_shape = build()
 
     def analyse():
-        trace = tr._analyze_jaxpr(closed, out_shape, abs_vars, abs_x)
-        tr._apply_policy(trace.specs, trace.dims, model)  # the model's declaration names the groups
-        return [tr._materialize(s, trace.dims, {}) for s in trace.specs]
+        trace = tr_extract._analyze_jaxpr(closed, out_shape, abs_vars, abs_x)
+        tr_policy._apply_policy(trace.specs, trace.dims, model)  # the model's declaration names the groups
+        return [tr_extract._materialize(s, trace.dims, {}) for s in trace.specs]
 
     groups = analyse()
     declared = {g.name: g for g in model.channel_groups()}

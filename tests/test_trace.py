@@ -467,23 +467,28 @@ def test_unmapped_field_means_no_module_but_apply_works(user):
     assert only_b1.module.a == 3
 
 
-def test_layernorm_over_pruned_channels_keeps_traced_constants():
+def test_layernorm_normalises_over_the_kept_channels():
     class Normed(nn.Module):
+        width: int = 12
+
         @nn.compact
         def __call__(self, x):
-            h = nn.gelu(nn.LayerNorm(name="ln")(nn.Dense(12, name="d")(x)))
+            h = nn.gelu(nn.LayerNorm(name="ln")(nn.Dense(self.width, name="d")(x)))
             return nn.Dense(3, name="out")(h)
 
     m = Normed()
     x = jax.random.normal(jax.random.key(0), (3, 5))
     v = random_variables(m, x)
-    tm = jp.trace_model(m, v, x)
+    tm = jp.trace_model(m, v, x, fields={"d": "width"})
     plan = jp.make_plan(tm, v, prune_ratio={"d": 0.5})
     tm2, v2 = jp.prune(tm, v, plan)
-    # The re-run keeps the traced mean's divisor (12), so it equals the masked original; a LayerNorm rebuilt over
-    # 6 channels would normalise differently (pruning is not masking for statistics over the channel axis).
+    # The mean and variance divide by the channels kept (6), in the re-run and in the masked reference alike, so both
+    # equal a LayerNorm module rebuilt over 6 channels (docs/design.md §6).
     assert AxisRef(("params", "ln", "scale"), 0) in by_name(tm.channel_groups())["d"].producers
-    assert_close(tm2.apply(v2, x), jp.mask_dropped(tm, v, plan, x))
+    masked = jp.mask_dropped(tm, v, plan, x)
+    assert_close(tm2.apply(v2, x), masked)
+    assert tm2.module.width == 6
+    assert_close(jax.jit(tm2.module.apply)(v2, x), masked)
 
 
 class GroupNormed(nn.Module):
@@ -882,14 +887,14 @@ def test_unused_parameter():
 
 def test_channel_first_flatten_is_refused():
     m, x = ChannelFirstFlatten(), jnp.ones((2, 4, 4, 3))
-    with pytest.raises(ValueError, match=r"params/conv/kernel axis 3\) passes through a reshape that does not keep"):
+    with pytest.raises(ValueError, match=r"no channel group.*\(conv: params/conv/kernel axis 3.*blocked: its channels pass through a reshape that does not keep"):
         jp.trace_groups(m, _abstract_init(m, x), x)
 
 
 def test_flatten_after_concat_cannot_be_expressed():
     m, x = FlattenAfterConcat(), jnp.ones((2, 2, 2, 3))
     with pytest.raises(
-        ValueError, match=r"params/fc/kernel axis 0 holds the channels of one group in several separate"
+        ValueError, match=r"blocked: parameter params/fc/kernel axis 0 holds its channels in several separate blocks"
     ):
         jp.trace_groups(m, _abstract_init(m, x), x)
 

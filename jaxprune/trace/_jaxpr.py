@@ -1,0 +1,55 @@
+"""Small helpers over jaxpr values shared by the tracer, the primitive rules and the re-runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from jax.extend import core as jcore
+from jax.extend import source_info_util
+
+
+class _Frame:
+    """One evaluation of one jaxpr (the top level, or a sub-jaxpr at one call site): nodes per variable."""
+
+    __slots__ = ("consts", "counts", "ctx", "divisors", "env", "jaxpr", "meta", "pd", "src", "subs")
+
+    def __init__(self, jaxpr, consts, ctx: tuple):
+        self.jaxpr = jaxpr
+        self.consts = list(consts)
+        self.ctx = ctx
+        self.env: dict[Any, tuple[int, ...]] = {}
+        self.src: dict[Any, tuple[tuple[str, ...], tuple[int | None, ...]]] = {}  # var -> (param path, axis map)
+        self.pd: set = set()  # param-derived vars (computed from parameters and constants only)
+        self.subs: dict[int, list[_Frame]] = {}
+        self.meta: dict[int, Any] = {}
+        # Channel statistics: var -> (count, reduced nodes) for a sum over axes (reduce_sum and what carries it
+        # unchanged), and eqn index -> (operand index, count, nodes, op) for the division by that count (a mean).
+        self.counts: dict[Any, tuple[int, tuple[int, ...]]] = {}
+        self.divisors: dict[int, tuple[int, int, tuple[int, ...], str]] = {}
+
+
+def _is_literal(v) -> bool:
+    return isinstance(v, jcore.Literal)
+
+
+def _shape(v) -> tuple[int, ...]:
+    return tuple(np.shape(v.val)) if _is_literal(v) else tuple(v.aval.shape)
+
+
+def _loc(eqn) -> str:
+    try:
+        return source_info_util.summarize(eqn.source_info)
+    except Exception:  # pragma: no cover - a source info the public summary cannot read
+        return ""
+
+
+def _where(eqn, ctx: tuple) -> str:
+    """Where an equation comes from: its source line (or its nearest call site's), and the calls it sits in."""
+    loc = _loc(eqn) if eqn is not None else ""
+    for _, call in reversed(ctx):
+        if loc:
+            break
+        loc = _loc(call)
+    inside = " > ".join(label for label, _ in ctx)
+    return (loc or "an unknown location") + (f", inside {inside}" if inside else "")

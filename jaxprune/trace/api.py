@@ -1,0 +1,154 @@
+"""The public entry points: `trace_model` and `trace_groups`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxprune.groups import ChannelGroup, check_groups
+from jaxprune.trace import linen as _linen
+from jaxprune.trace import nnx_adapter as _nnx
+from jaxprune.trace.extract import _abstract, _analyze, _check_variables
+from jaxprune.trace.model import TracedModel
+from jaxprune.trace.policy import _apply_policy
+
+
+def _resolve_target(model_or_fn, variables):
+    """(kind, apply fn, variables, module, zoo model, nnx parts) for a Linen module, an NNX module or a function."""
+    if _nnx.is_module(model_or_fn):
+        graphdef, states = _nnx.split(model_or_fn)
+        if variables is None:
+            variables = _nnx.nnx_variables(model_or_fn)
+        variables = _check_variables(variables)
+        return "nnx", _nnx.apply_fn(graphdef, states), variables, None, None, (graphdef, states)
+    if variables is None:
+        raise TypeError("variables are required (only an NNX module carries its own)")
+    variables = _check_variables(variables)
+    if _linen.is_module(model_or_fn):
+        module = model_or_fn
+        return "linen", _linen.apply_fn(module), variables, module, _linen.zoo_of(module), None
+    if callable(model_or_fn):
+        owner = getattr(model_or_fn, "__self__", None) or getattr(getattr(model_or_fn, "func", None), "__self__", None)
+        zoo = owner if callable(getattr(owner, "channel_groups", None)) else None
+        return "function", model_or_fn, variables, None, zoo, None
+    raise TypeError(
+        f"expected a flax Linen module, an NNX module or an apply function (variables, x) -> output, got "
+        f"{type(model_or_fn).__name__}"
+    )
+
+
+def _check_input(example_input) -> None:
+    leaves = jax.tree_util.tree_leaves(example_input)
+    if not leaves:
+        raise TypeError("example_input must be an array (or a pytree of arrays / jax.ShapeDtypeStruct), got no leaves")
+    for leaf in leaves:
+        if not isinstance(leaf, jax.ShapeDtypeStruct | jax.Array | np.ndarray | np.generic | float | int):
+            raise TypeError(f"example_input leaves must be arrays or jax.ShapeDtypeStruct, got {type(leaf).__name__}")
+
+
+def trace_model(
+    model_or_fn,
+    variables: Mapping[str, Any] | None,
+    example_input,
+    *,
+    policy=None,
+    fields: Mapping[str, str | tuple[str, int]] | None = None,
+) -> TracedModel:
+    """Traces a model and returns a `TracedModel` that `make_plan`, `prune` and `mask_dropped` accept.
+
+    Args:
+      model_or_fn: A Flax Linen module (run as ``module.apply(variables, x)``), a Flax NNX module (split into state and
+        graph; run as ``module(x)``, so put it in eval mode first), or an apply function ``(variables, x) -> output``.
+      variables: The variables (arrays or `jax.ShapeDtypeStruct`; only shapes are read). None for an NNX module:
+        its own (`nnx_variables`).
+      example_input: An example input (array or `jax.ShapeDtypeStruct`, or a pytree of them); its shape is traced.
+      policy: Which traced groups are prunable: None (the model's declaration when it has `channel_groups()`,
+        else every traced group), a model with `channel_groups()`, a mapping ``{group name: prunable}``, or a
+        callable ``group -> bool | ChannelGroup`` (rename, re-kind, re-score, or set prunability).
+      fields: For a Linen module whose widths are constructor fields: group name -> field name, or
+        ``(field name, index)`` for a tuple field. `with_widths` (hence `prune`) then rebuilds the module.
+
+    Returns:
+      A `TracedModel`.
+
+    Raises:
+      TypeError: arguments of the wrong kind.
+      ValueError: everything `trace_groups` raises; `fields` naming an unknown group or field, or a field whose
+        value is not the group's width.
+    """
+    kind, fn, variables, module, zoo, nnx_parts = _resolve_target(model_or_fn, variables)
+    _check_input(example_input)
+    trace = _analyze(fn, variables, example_input)
+    if policy is None and zoo is not None:
+        policy = zoo
+    if policy is not zoo:
+        zoo = None  # the zoo rebuilds itself by its declared group names only
+    _apply_policy(trace.specs, trace.dims, policy)
+    abstract = jax.tree_util.tree_map(_abstract, variables)
+    if kind == "function" and zoo is not None:
+        zoo = None  # a bare function is re-run from its jaxpr; a zoo policy still names its groups
+    fields = dict(fields or {})
+    norm_fields: dict[str, tuple] = {}
+    if fields:
+        if kind != "linen" or zoo is not None:
+            raise ValueError("fields= is for Linen modules outside the zoo (zoo models rebuild themselves)")
+        norm_fields = _linen.check_fields(module, fields, trace.specs, trace.dims)
+    tm = TracedModel(
+        trace=trace,
+        specs=trace.specs,
+        sizes={},
+        fn=fn,
+        variables_abstract=abstract,
+        kind=kind,
+        module=module,
+        fields=norm_fields,
+        nnx_parts=nnx_parts,
+        zoo=zoo,
+    )
+    tm._policy = policy
+    check_groups(tm.channel_groups(), abstract)
+    return tm
+
+
+def trace_groups(
+    apply_fn, variables: Mapping[str, Any] | None, example_input, *, policy=None
+) -> tuple[ChannelGroup, ...]:
+    """Discovers a model's channel groups from its jaxpr (docs/design.md §6; paper §3.2-3.3 coupling, found by tracing).
+
+    The forward pass is traced with `jax.make_jaxpr` (abstract shapes: nothing is compiled) and every parameter axis
+    is followed through the program: conv_general_dilated (grouped and depthwise: a depthwise conv ties its input
+    and output channels), dot_general, broadcasting elementwise ops (BN statistics and affine terms, biases, gates,
+    residual additions), concatenate (the consumer holds each input group at its offset), contiguous slice and
+    split, pad, channel-last reshape / flatten (`AxisRef.repeat`), transpose, pooling windows, reductions, select,
+    activations, and the sub-programs of jit, custom_jvp / custom_vjp, remat, cond, while and scan. Axes that must
+    share one channel index space are joined; spaces tied to the model's input or output are not groups. A residual
+    stream is one group (its kind is ``stream``).
+
+    Args:
+      apply_fn: A Flax Linen module, an NNX module, or a function ``(variables, x) -> output``.
+      variables: Variables (arrays or `jax.ShapeDtypeStruct`); None for an NNX module.
+      example_input: An example input (array or `jax.ShapeDtypeStruct`).
+      policy: See `trace_model`: None uses the model's own declaration (zoo models), else every group is prunable.
+
+    Returns:
+      The groups in forward order. A group is named after its scored kernel's module (``conv1``,
+      ``Block_0/Conv_0``; a kernel split between groups gets ``[start:stop]``), or after the declared group it
+      matches.
+
+    Raises:
+      TypeError: arguments of the wrong kind.
+      ValueError: a channel group passing through a primitive jaxprune cannot follow (names the primitive and where
+        it occurs), a parameter whose channels reach the output through no channel-preserving path or which is not
+        used, a layout no group can express; errors of the model itself (e.g. an input of the wrong rank).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxprune as jp
+      >>> m = jp.models.vgg11()
+      >>> groups = jp.trace_groups(m, jp.abstract_variables(m), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+      >>> [g.name for g in groups][:3], groups[0].producers[0]
+      (['conv1', 'conv2', 'conv3'], AxisRef(path=('params', 'conv1', 'kernel'), axis=3, repeat=1, offset=None))
+    """
+    return trace_model(apply_fn, variables, example_input, policy=policy).channel_groups()

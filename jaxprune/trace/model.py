@@ -1,0 +1,261 @@
+"""`TracedModel`: a model seen through its traced channel groups (the model protocol over a trace)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune.groups import ChannelGroup
+from jaxprune.models.base import checked_widths, stage_map
+from jaxprune.trace import linen as _linen
+from jaxprune.trace import nnx_adapter as _nnx
+from jaxprune.trace.extract import _abstract, _analyze, _check_variables, _materialize, _Spec, _Trace
+from jaxprune.trace.policy import _apply_policy
+from jaxprune.trace.runner import _Runner
+
+
+class TracedModel:
+    """A model seen through its traced channel groups: what `make_plan`, `prune` and `mask_dropped` need.
+
+    It implements the model protocol (`channel_groups()`, `with_widths(mapping)`, `stages()`), and `apply(variables,
+    x, *, masks=None)`, which re-runs the traced program at the model's current widths (the jaxpr's shape parameters
+    rewritten from the traced channel spaces; one jitted program per width configuration) and, with `masks`, zeroes
+    the masked channels wherever channels are mixed (contractions, reductions): the masking reference for a traced
+    model (docs/design.md §4). `prune(traced, variables, plan)` returns a new `TracedModel` and the sliced variables;
+    `module` (Linen) or `nnx_module(variables)` (NNX) give a real model at the new widths. Build one with
+    `trace_model`.
+
+    The re-run keeps the traced program's constants: a mean over a pruned channel axis (LayerNorm over features)
+    still divides by the traced width, so the re-run equals the masked original, whereas a rebuilt module
+    normalises over the channels that remain.
+
+    Attributes:
+      kind: ``"linen"`` (a Flax Linen module), ``"nnx"`` (a Flax NNX module) or ``"function"`` (an apply function).
+    """
+
+    def __init__(self, *, trace, specs, sizes, fn, variables_abstract, kind, module, fields, nnx_parts, zoo):
+        self._trace: _Trace = trace
+        self._specs: list[_Spec] = specs
+        self._sizes: dict[int, int] = dict(sizes)
+        self._fn = fn
+        self._abstract = variables_abstract
+        self.kind = kind
+        self._module = module
+        self._fields = dict(fields or {})
+        self._nnx = nnx_parts
+        self._zoo = zoo
+        self._groups: tuple[ChannelGroup, ...] | None = None
+        self._retraced: dict[Any, tuple[_Trace, dict[int, int]]] = {}
+        self._policy = None
+        self._compiled: dict[Any, Any] = {}
+
+    # -- the model protocol ----------------------------------------------------------------------------------
+    def channel_groups(self) -> tuple[ChannelGroup, ...]:
+        """The traced groups at the current widths, in forward order."""
+        if self._groups is None:
+            d = self._trace.dims
+            self._groups = tuple(_materialize(s, d, self._sizes) for s in self._specs)
+        return self._groups
+
+    def group_widths(self) -> dict[str, int]:
+        """Current width of every group, by name."""
+        return {g.name: g.width for g in self.channel_groups()}
+
+    @property
+    def blocked(self) -> dict[str, str]:
+        """Group name -> why it is not prunable, for the groups whose channels the trace could not follow."""
+        return {s.name: s.blocked for s in self._specs if s.blocked is not None}
+
+    def stages(self) -> dict[str, tuple[str, ...]]:
+        """Stage name -> the prunable conv-filter groups a stage ratio reaches (from the policy; empty if none)."""
+        return stage_map(self.channel_groups())
+
+    def with_widths(self, mapping: Mapping[str, int]) -> TracedModel:
+        """The same traced model with the named groups at new widths (the module is rebuilt when it can be).
+
+        Raises:
+          TypeError: a mapping that is not a mapping, or a width that is not an int.
+          ValueError: an unknown or non-prunable group, or a width outside [1, current width].
+        """
+        groups = {g.name: g for g in self.channel_groups()}
+        specs = {s.name: s for s in self._specs}
+        sizes = dict(self._sizes)
+        changed: dict[str, int] = {}
+        for name, width in checked_widths(groups.values(), mapping, "this traced model").items():
+            if width != groups[name].width:
+                sizes[specs[name].root] = width
+                changed[name] = width
+        if not changed:
+            return self
+        module = self._module
+        if self._zoo is not None:
+            module = module.with_widths(changed)
+        elif self.kind == "linen" and module is not None:
+            module = _linen.rebuild(module, self._fields, changed)
+        new = TracedModel(
+            trace=self._trace,
+            specs=self._specs,
+            sizes=sizes,
+            fn=self._fn,
+            variables_abstract=self._abstract,
+            kind=self.kind,
+            module=module,
+            fields=self._fields,
+            nnx_parts=self._nnx,
+            zoo=self._zoo,
+        )
+        new._policy = self._policy
+        return new
+
+    @property
+    def module(self):
+        """The model at the current widths: the Linen module (a zoo model, or one rebuilt through `fields`).
+
+        Raises:
+          ValueError: when no module can be rebuilt (an apply function, an NNX model: use `nnx_module(variables)`,
+            or a Linen model with a pruned group that `fields` does not map); `apply` always works.
+        """
+        if self.kind == "nnx":
+            raise ValueError("an NNX traced model rebuilds its module from variables: use nnx_module(variables)")
+        if self._module is None:
+            if self.kind == "function":
+                raise ValueError("this model was traced from an apply function; run it with TracedModel.apply")
+            unmapped = [s.name for s in self._specs if s.root in self._sizes and s.name not in self._fields]
+            raise ValueError(
+                f"pruned groups {unmapped} have no constructor field (trace_model(..., fields={{group: field}})); "
+                "run the pruned model with TracedModel.apply"
+            )
+        return self._module
+
+    def abstract_variables(self) -> dict[str, Any]:
+        """`jax.ShapeDtypeStruct` leaves of the variables at the current widths."""
+        runner = _Runner(self._trace, self._sizes, None)
+        flat = {}
+        for (path, nodes), aval in zip(self._trace.leaves, self._trace.in_avals, strict=False):
+            flat[path] = jax.ShapeDtypeStruct(runner.shape(nodes), aval.dtype)
+        return _unflatten(flat)
+
+    # -- running ----------------------------------------------------------------------------------------------
+    def apply(self, variables: Mapping[str, Any], x, *, train: bool = False, masks: Mapping[str, Any] | None = None):
+        """Runs the traced program at the current widths (inference only).
+
+        Args:
+          variables: Variables at the current widths (e.g. from `jaxprune.prune`).
+          x: Input; another shape than the traced example re-traces the original model at that shape (cached).
+          train: Must be False: the traced program is the inference forward pass.
+          masks: Optional group name -> 0/1 vector: the 0-channels are zeroed wherever channels are mixed
+            (contractions, reductions), so they contribute nothing, as if removed (the masking reference, docs/design.md
+            §4); groups not named are not masked.
+
+        Raises:
+          ValueError: `train=True`, variables that do not match the current widths, a mask for an unknown group or
+            of the wrong length.
+        """
+        if train:
+            raise ValueError(
+                "a TracedModel runs the traced inference program only (train=False); train the rebuilt module instead"
+            )
+        variables = _check_variables(variables)
+        trace, sizes = self._trace_for(x)
+        root_of = {s.name: s.root for s in trace.specs}
+        mroot: dict[int, Any] = {}
+        if masks:
+            if not isinstance(masks, Mapping):
+                raise TypeError(f"masks must be a mapping from group names to 0/1 vectors, got {type(masks).__name__}")
+            widths = self.group_widths()
+            for name, m in masks.items():
+                if name not in root_of:
+                    raise ValueError(f"mask for unknown group {name!r}; groups: {', '.join(root_of)}")
+                if tuple(jnp.shape(m)) != (widths[name],):
+                    raise ValueError(f"mask for group {name!r} must have shape ({widths[name]},), got {jnp.shape(m)}")
+                mroot[root_of[name]] = m
+        leaves, tree = jax.tree_util.tree_flatten((variables, x))
+        if tree != trace.in_tree:
+            raise ValueError(
+                f"variables and input do not match the traced structure: expected {trace.in_tree}, got {tree}"
+            )
+        runner = _Runner(trace, sizes, None)
+        for (path, nodes), leaf in zip(trace.leaves, leaves, strict=False):
+            want = runner.shape(nodes)
+            if tuple(np.shape(leaf)) != want:
+                raise ValueError(
+                    f"variables do not match the traced model's current widths: {'/'.join(path)} has shape "
+                    f"{tuple(np.shape(leaf))}, expected {want}"
+                )
+        # One jitted program per (trace, masked groups): masks are traced inputs, so any mask reuses the compile.
+        mkeys = tuple(sorted(mroot))
+        key = (id(trace), mkeys)
+        fn = self._compiled.get(key)
+        if fn is None:
+
+            def run(flat, mvals, trace=trace, sizes=sizes, mkeys=mkeys):
+                return _Runner(trace, sizes, dict(zip(mkeys, mvals, strict=True))).run(flat)
+
+            fn = self._compiled[key] = jax.jit(run)
+        out = fn(leaves, [mroot[k] for k in mkeys])
+        return jax.tree_util.tree_unflatten(trace.out_tree, out)
+
+    def __call__(self, variables, x, **kw):
+        return self.apply(variables, x, **kw)
+
+    def _trace_for(self, x) -> tuple[_Trace, dict[int, int]]:
+        avals = [_abstract(a) for a in jax.tree_util.tree_leaves(x)]
+        mine = self._trace.in_avals[self._trace.n_var_leaves :]
+        if [(a.shape, a.dtype) for a in avals] == [(a.shape, a.dtype) for a in mine]:
+            return self._trace, self._sizes
+        key = tuple((a.shape, str(a.dtype)) for a in avals)
+        if key not in self._retraced:
+            abs_x = jax.tree_util.tree_map(_abstract, x)
+            trace = _analyze(self._fn, self._abstract, abs_x)
+            _apply_policy(trace.specs, trace.dims, self._policy)
+            old = {s.root: s.name for s in self._specs}
+            new_root = {s.name: s.root for s in trace.specs}
+            sizes = {}
+            for root, w in self._sizes.items():
+                name = old[root]
+                if name not in new_root:
+                    raise ValueError(f"re-tracing at input shapes {key} lost group {name!r}; trace at that shape")
+                sizes[new_root[name]] = w
+            if len(self._retraced) > 8:
+                self._retraced.clear()
+            self._retraced[key] = (trace, sizes)
+        return self._retraced[key]
+
+    # -- NNX --------------------------------------------------------------------------------------------------
+    def nnx_module(self, variables: Mapping[str, Any]):
+        """A new NNX module holding `variables` (e.g. pruned ones), with feature attributes updated to the new shapes.
+
+        `nnx.Linear`, `nnx.Conv` (including depthwise `feature_group_count`), `nnx.BatchNorm`, `nnx.LayerNorm`,
+        `nnx.GroupNorm`, `nnx.RMSNorm` and `nnx.Embed` get their size attributes updated; other modules read their
+        parameters' shapes at call time.
+
+        Raises:
+          ValueError: the model was not traced from an NNX module.
+        """
+        if self.kind != "nnx":
+            raise ValueError(f"nnx_module needs a model traced from an NNX module; this one is a {self.kind} model")
+        from flax import nnx
+
+        graphdef, states = self._nnx
+        variables = _check_variables(variables)
+        module = nnx.merge(graphdef, *_nnx.fill(states, variables))
+        _nnx.update_sizes(module)
+        return module
+
+    def __repr__(self) -> str:
+        gs = self.channel_groups()
+        return f"TracedModel(kind={self.kind!r}, {len(gs)} groups, {sum(g.prunable for g in gs)} prunable)"
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
+    out: dict = {}
+    for path, leaf in flat.items():
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = leaf
+    return out
