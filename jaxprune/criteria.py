@@ -141,10 +141,10 @@ def fpgm_scores(variables: Mapping[str, Any], groups: Iterable[ChannelGroup]) ->
     """FPGM: per filter, the sum of Euclidean distances to every other filter of its group (He et al., CVPR 2019).
 
     FPGM prunes the filters nearest the geometric median of a layer's filters, as the most replaceable. The paper
-    does not solve for the median: it ranks filter i by ``sum_j ||F_i - F_j||_2`` over the other filters j of the
-    layer (its Eq. 6 approximation), and that sum is what this returns; the smallest sums are pruned first. A filter
-    is the scored kernel's slice for that output channel, flattened over (kh, kw, c_in); computed in float64 on the
-    host from the Gram matrix.
+    does not solve for the median: it restricts it to the filters themselves and ranks filter i by
+    ``sum_j ||F_i - F_j||_2`` over the other filters j of the layer, and that sum is what this returns; the smallest
+    sums are pruned first. A filter is the scored kernel's slice for that output channel, flattened over
+    (kh, kw, c_in); computed in float64 on the host from the Gram matrix.
 
     Args:
       variables: Variables dict (`params` at least).

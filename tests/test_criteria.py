@@ -15,7 +15,7 @@ from jaxprune.groups import AxisRef, ChannelGroup
 
 
 def _fpgm_reference(kernel: np.ndarray) -> np.ndarray:
-    """Sum of Euclidean distances to every other filter, with an explicit double loop (He et al. 2019, Eq. 6)."""
+    """Sum of Euclidean distances to every other filter, with an explicit double loop (He et al. 2019)."""
     f = np.moveaxis(np.asarray(kernel, np.float64), -1, 0).reshape(kernel.shape[-1], -1)
     return np.array([sum(np.linalg.norm(f[i] - f[j]) for j in range(len(f)) if j != i) for i in range(len(f))])
 
