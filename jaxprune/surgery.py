@@ -100,33 +100,31 @@ def _to_device(arr: np.ndarray, sharding):
         return jax.device_put(arr, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def _take_all(leaf, takes: list[tuple[int, np.ndarray]]):
-    """Applies takes on the host; returns a leaf of the same kind (jax array on the same sharding, or numpy)."""
-    arr = _host_take(leaf, takes)
-    return _to_device(arr, leaf.sharding) if isinstance(leaf, jax.Array) else arr
+def _put_back(arrays: list[np.ndarray], shardings: list) -> list:
+    """Host arrays to jax arrays on the given shardings, in one batched `jax.device_put`.
+
+    If a sharding no longer divides its array's new shape, the arrays go one by one so that only that one is
+    replicated, with a warning (`_to_device`).
+    """
+    if not arrays:
+        return []
+    try:
+        return jax.device_put(arrays, shardings)
+    except ValueError:
+        return [_to_device(a, s) for a, s in zip(arrays, shardings, strict=True)]
 
 
 def _take_many(flat: dict, ops: dict) -> None:
-    """`_take_all` over many leaves: every take on the host, then one batched `jax.device_put` for all jax leaves.
-
-    One call moves every leaf back to its own sharding (a list of arrays with a list of shardings); if one sharding
-    no longer divides its new shape, the leaves go one by one so that only that leaf is replicated (`_to_device`).
-    """
-    host = {path: _host_take(flat[path], takes) for path, takes in ops.items()}
+    """Applies every leaf's takes on the host, then moves all jax leaves back to their shardings in one batch
+    (numpy leaves stay numpy)."""
     paths = []
-    for path, arr in host.items():
-        if isinstance(flat[path], jax.Array):
-            paths.append(path)
-        else:
-            flat[path] = arr
-    if not paths:
-        return
-    arrays, shardings = [host[p] for p in paths], [flat[p].sharding for p in paths]
-    try:
-        moved = jax.device_put(arrays, shardings)
-    except ValueError:
-        moved = [_to_device(a, s) for a, s in zip(arrays, shardings, strict=True)]
-    for p, a in zip(paths, moved, strict=True):
+    for path, takes in ops.items():
+        leaf = flat[path]
+        flat[path] = _host_take(leaf, takes)
+        if isinstance(leaf, jax.Array):
+            paths.append((path, leaf.sharding))
+    moved = _put_back([flat[p] for p, _ in paths], [s for _, s in paths])
+    for (p, _), a in zip(paths, moved, strict=True):
         flat[p] = a
 
 
@@ -187,6 +185,10 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
     return new_model, traverse_util.unflatten_dict(flat)
 
 
+#: Stands in for a sliced jax leaf of an optimizer state until the batched put returns it.
+_PENDING = object()
+
+
 def _key_name(k) -> str | None:
     """Dict keys name parameters; tuple positions and attribute names (optax's NamedTuples) do not."""
     return str(k.key) if isinstance(k, jax.tree_util.DictKey) else None
@@ -236,6 +238,15 @@ def prune_like_params(opt_state, model, plan: PruningPlan, *, params: Mapping[st
                 f"optimizer-state leaf {where} has shape {shape} but parameter {'/'.join(p)} has shape {shapes[p]}"
             )
         takes = ops.get(("params", *p))
-        return _take_all(leaf, takes) if takes else leaf
+        if not takes:
+            return leaf
+        arr = _host_take(leaf, takes)
+        if not isinstance(leaf, jax.Array):
+            return arr
+        pending.append((arr, leaf.sharding))
+        return _PENDING
 
-    return jax.tree_util.tree_map_with_path(visit, opt_state)
+    pending: list = []
+    sliced = jax.tree_util.tree_map_with_path(visit, opt_state)
+    moved = iter(_put_back([a for a, _ in pending], [s for _, s in pending]))  # one batched put, in visit order
+    return jax.tree_util.tree_map(lambda a: next(moved) if a is _PENDING else a, sliced)

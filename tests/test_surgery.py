@@ -270,6 +270,24 @@ def test_prune_like_params_slices_every_mirror(zoo, tx):
     assert n_sliced > 0
 
 
+def test_prune_like_params_keeps_each_leaf_kind_and_sharding(zoo):
+    """Sliced jax leaves come back as jax arrays on their sharding (one batched put); numpy leaves stay numpy."""
+    m, v = zoo("resnet20")
+    plan = jp.make_plan(m, v, prune_ratio=0.5)
+    state = optax.sgd(0.1, momentum=0.9).init(v["params"])
+    trace = state[0].trace
+    bn = "stage1_block1_bn1"
+    mixed = (state[0]._replace(trace={**trace, bn: jax.tree_util.tree_map(np.asarray, trace[bn])}), state[1])
+    new = jp.prune_like_params(mixed, m, plan)
+    kept = len(plan.keep["stage1_block1_conv1"])
+    kernel = new[0].trace["stage1_block1_conv1"]["kernel"]
+    assert isinstance(kernel, jax.Array) and kernel.sharding == trace["stage1_block1_conv1"]["kernel"].sharding
+    assert kernel.shape == (3, 3, 16, kept)
+    scale = new[0].trace[bn]["scale"]
+    assert isinstance(scale, np.ndarray) and not isinstance(scale, jax.Array) and scale.shape == (kept,)
+    assert new[0].trace["stem"]["kernel"] is trace["stem"]["kernel"]  # a stream: not sliced, shared
+
+
 def test_prune_like_params_refuses_unknown_leaves(zoo):
     m, v = zoo("resnet20")
     plan = jp.make_plan(m, v, prune_ratio=0.5)
