@@ -10,7 +10,9 @@ see the full traceback of an error instead of its one-line message.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -325,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a zoo model on the digits data; checkpoint every epoch",
         description="Train a zoo model on the embedded digits data with the paper's optimizer (SGD with momentum, "
-        "weight decay, learning rate divided by 10 at 50%% and 75%% of training). Writes a checkpoint to --out after "
+        "weight decay, learning rate divided by 10 at 50% and 75% of training). Writes a checkpoint to --out after "
         "every epoch; Ctrl-C leaves the last complete one intact, and the same command resumes from it.",
     )
     _add_model(p, required=False, default="resnet20", help="model to train", digits=True)
@@ -482,7 +484,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
       The exit status: 0 success, 2 usage error or bad input (one line on stderr), 130 interrupted.
+
+    Run as the program (`argv` None: the ``jaxprune`` script, ``python -m jaxprune``), an interrupt does not return:
+    once stdout and stderr are flushed the process ends with ``os._exit(130)``. Every checkpoint is complete by then
+    (each is written atomically), and the interpreter's teardown is what crashed: jax's exit handler frees the XLA
+    client while the interrupted, asynchronously dispatched steps may still be running on its threads (seen as
+    SIGSEGV after the "interrupted" line).
     """
+    program = argv is None
+    return _run(sys.argv[1:] if program else argv, program=program)
+
+
+def _interrupted(prog: str, *, program: bool) -> int:
+    """Says what an interrupt left; as the program, ends the process here without interpreter teardown (`main`)."""
+    if program:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit itself
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    print(f"\n{prog}: interrupted; checkpoints written so far are complete", file=sys.stderr)
+    if program:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(130)
+    return 130
+
+
+def _run(argv: Sequence[str], *, program: bool) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -495,9 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        sys.stdout.flush()
-        print(f"\n{prog}: interrupted; checkpoints written so far are complete", file=sys.stderr)
-        return 130
+        return _interrupted(prog, program=program)
     except _INPUT_ERRORS as e:
         if os.environ.get("JAXPRUNE_TRACEBACK"):
             raise
