@@ -513,7 +513,10 @@ def test_groupnorm_prunes_the_same_slot_in_every_norm_group():
     plan = jp.make_plan(tm, v, prune_ratio={"conv": 0.5})
     tm2, v2 = jp.prune(tm, v, plan)
     assert tm2.module.c == 8 and v2["params"]["gn"]["scale"].shape == (8,)
-    assert_close(tm2.apply(v2, x), jp.mask_dropped(tm, v, plan, x))
+    masked = jp.mask_dropped(tm, v, plan, x)
+    assert_close(tm2.apply(v2, x), masked)
+    # The group statistics divide by the kept count (2 channels x 6 x 6 positions), as GroupNorm(4) over 8 channels.
+    assert_close(jax.jit(tm2.module.apply)(v2, x), masked)
     with pytest.raises(ValueError, match=r"GroupNormed.groups is 4, but group 'conv' has width 4 x 4 blocks"):
         jp.trace_model(m, v, x, fields={"conv": "groups"})
 
@@ -887,7 +890,10 @@ def test_unused_parameter():
 
 def test_channel_first_flatten_is_refused():
     m, x = ChannelFirstFlatten(), jnp.ones((2, 4, 4, 3))
-    with pytest.raises(ValueError, match=r"no channel group.*\(conv: params/conv/kernel axis 3.*blocked: its channels pass through a reshape that does not keep"):
+    with pytest.raises(
+        ValueError,
+        match=r"no channel group.*\(conv: params/conv/kernel axis 3.*blocked: its channels pass through a reshape that does not keep",
+    ):
         jp.trace_groups(m, _abstract_init(m, x), x)
 
 
