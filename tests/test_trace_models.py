@@ -507,6 +507,40 @@ def test_unsupported_channel_op_blocks_only_its_group(capsys):
             jp.trace_model(m, v, x, policy={"b": True})
 
 
+class IndexOps(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(8, name="a")(x)
+        h = h.at[:, jnp.array([0, 2])].add(1.0)  # scatter-add over tokens
+        h = h.at[:, jnp.array([1])].set(jnp.zeros((x.shape[0], 1, 8)))  # scatter over tokens
+        h = jnp.take(h, jnp.array([3, 1, 0, 2]), axis=1)  # gather over tokens
+        g = nn.Dense(6, name="b")(nn.relu(h))
+        g = g[..., jnp.array([1, 0, 2, 3, 4, 5])]  # GATHER LINE: a gather that selects channels
+        return nn.Dense(3, name="out")(g.mean(1))
+
+
+def test_gather_and_scatter_pass_channels_unless_they_index_them():
+    m = IndexOps()
+    x = jax.random.normal(jax.random.key(0), (2, 4, 5))
+    v = random_variables(m, x)
+    used = _primitives(jax.make_jaxpr(m.apply)(v, x).jaxpr)
+    assert {"scatter-add", "scatter", "gather"} <= used
+    line = next(
+        i
+        for i, s in enumerate(open(__file__).read().splitlines(), 1)
+        if s.endswith("# GATHER LINE: a gather that selects channels")
+    )
+    with pytest.warns(
+        UntracedChannelsWarning, match=rf"b: .*a gather that selects along a channel axis: 'gather' at .*py:{line}"
+    ):
+        tm = jp.trace_model(m, v, x)
+    assert [(g.name, g.prunable) for g in tm.channel_groups()] == [("a", True), ("b", False)]
+    plan = jp.make_plan(tm, v, prune_ratio=0.5)
+    assert plan.new_widths == {"a": 4}
+    tm2, v2 = jp.prune(tm, v, plan)
+    assert_close(tm2.apply(v2, x), jp.mask_dropped(tm, v, plan, x), rel=1e-4)
+
+
 # -- bad input: plans and masks that do not match the trace ----------------------------------------------------------
 
 
