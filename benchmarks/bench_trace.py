@@ -94,6 +94,7 @@ def measure_pipeline(name: str, model, shape: tuple[int, ...], apply) -> dict:
     t_trace = timeit(trace, repeats=5, warmup=0)
     t_plan = timeit(lambda: plan(tm), repeats=5, warmup=0)
     t_prune = timeit(lambda: jp.prune(tm, variables, p), repeats=5, warmup=0)
+
     def pipeline():
         traced = trace()
         return jp.prune(traced, variables, plan(traced))

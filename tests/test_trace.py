@@ -123,7 +123,12 @@ def zoo_traces():
     return get
 
 
-@pytest.mark.parametrize("name", models.available())
+# The deeper CIFAR ResNets (44, 56, 110) repeat ResNet-20/32's blocks; benchmarks/bench_trace.py matches ResNet-56 and
+# ResNet-110's traced groups against their declarations.
+TRACED_ZOO = [n for n in models.available() if n not in ("resnet44", "resnet56", "resnet110")]
+
+
+@pytest.mark.parametrize("name", TRACED_ZOO)
 def test_shipped_models_trace_to_their_declared_groups(zoo_traces, name):
     m, traced = zoo_traces(name)
     declared = m.channel_groups()
@@ -401,9 +406,9 @@ def test_inception_branches_side_by_side(user):
 
 
 @pytest.mark.parametrize("name", list(USER_MODELS))
-@pytest.mark.parametrize("seed", [0, 1])
-def test_user_model_pruned_equals_masked(user, name, seed):
+def test_user_model_pruned_equals_masked(user, name):
     m, x, v, tm = user(name)
+    seed = list(USER_MODELS).index(name)  # one random plan per model, a different seed each
     plan = jp.make_plan(tm, v, prune_ratio=random_ratios(tm, seed), criterion="random", key=jax.random.key(seed))
     assert not plan.is_identity
     tm2, v2 = jp.prune(tm, v, plan)

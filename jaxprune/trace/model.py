@@ -31,8 +31,10 @@ class TracedModel:
 
     A mean over channels (the statistics of LayerNorm, GroupNorm, RMSNorm, or any ``jnp.mean``) divides by the
     channels kept, in the pruned re-run (the pruned count) and in the masked reference (the sum of the masks) alike,
-    so pruned = masked = the module rebuilt at the new widths (docs/design.md §6). Groups the trace could not follow
-    are not prunable; `blocked` says why.
+    so pruned = masked = the module rebuilt at the new widths (docs/design.md §6). Other constants computed from a
+    width at trace time keep their traced value: an attention's ``1 / sqrt(head features)`` stays the traced one, so
+    pruning head features gives pruned = masked, while a rebuilt attention module rescales by its new head count.
+    Groups the trace could not follow are not prunable; `blocked` says why.
 
     Attributes:
       kind: ``"linen"`` (a Flax Linen module), ``"nnx"`` (a Flax NNX module) or ``"function"`` (an apply function).
