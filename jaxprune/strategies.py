@@ -83,7 +83,8 @@ def resolve_ratios(model, prune_ratio, *, skip: Iterable[str] = ()) -> dict[str,
     """Maps a float or a {group or stage name: ratio} mapping to a ratio per group (design.md §3).
 
     A float, and a stage name, reach the prunable conv-filter groups only (never a stream, never `fc1`); streams and
-    `fc1` are reached only when named. A group name overrides its stage. Groups not reached, and groups in `skip`,
+    `fc1` are reached only when named. On a traced model outside the zoo a float also reaches the hidden dense
+    groups (its `float_ratio_kinds`: MLP units, attention heads and head features). A group name overrides its stage. Groups not reached, and groups in `skip`,
     are absent from the result (not pruned).
 
     Raises:
@@ -119,7 +120,13 @@ def resolve_ratios(model, prune_ratio, *, skip: Iterable[str] = ()) -> dict[str,
         out.update(by_group)  # a group name overrides its stage
     elif isinstance(prune_ratio, numbers.Real) and not isinstance(prune_ratio, bool):
         p = _check_ratio(prune_ratio, "every conv group")
-        out = {n: p for n, g in groups.items() if g.prunable and g.kind == "conv"}
+        kinds = tuple(getattr(model, "float_ratio_kinds", ("conv",)))  # a traced model adds its hidden dense groups
+        out = {n: p for n, g in groups.items() if g.prunable and g.kind in kinds}
+        if not out:
+            raise ValueError(
+                f"a float prune_ratio reaches the prunable {'/'.join(kinds)} groups and this model has none; name "
+                f"groups in a mapping instead; groups: {', '.join(f'{n} ({g.kind})' for n, g in groups.items())}"
+            )
     else:
         raise TypeError(
             f"prune_ratio must be a float or a mapping from group or stage names to floats, got {type(prune_ratio).__name__}"
