@@ -1,7 +1,7 @@
 """jaxprune: structured filter pruning for JAX/Flax after Li et al., "Pruning Filters for Efficient ConvNets".
 
-`import jaxprune` loads the core only: groups, scoring, strategies, plan, surgery, masking, flops, presets, models
-and utils (with jax, flax.linen and numpy). Every other public name (checkpoints, the demo, latency, sensitivity,
+`import jaxprune` loads the core only: groups, scoring, criteria, global_rank, strategies, plan, surgery, masking,
+flops, presets, models and utils (with jax, flax.linen and numpy). Every other public name (checkpoints, the demo, latency, sensitivity,
 tracing, training, data, figures) is imported the first time it is used, through a module-level `__getattr__`
 (PEP 562): ``jaxprune.run_demo`` or ``jaxprune.trace_model`` work as before, and optax, matplotlib, scikit-learn,
 torch and `flax.nnx` are loaded only by the modules that need them.
@@ -13,7 +13,9 @@ import types as _types
 import typing as _typing
 
 from jaxprune import models, presets
+from jaxprune.criteria import DATA_CRITERIA, DATA_FREE_CRITERIA, bn_scale_scores, fpgm_scores, taylor_scores
 from jaxprune.flops import MacReport, WidthAlignmentWarning, compare, cost_report, count_macs, xla_flops
+from jaxprune.global_rank import NORMALIZATIONS, SCOPES
 from jaxprune.groups import AxisRef, ChannelGroup, check_groups
 from jaxprune.masking import full_masks, mask_dropped, masked_forward, plan_masks
 from jaxprune.plan import PruningPlan
@@ -91,6 +93,10 @@ __all__ = [
     "sensitivity",
     "suggest_ratios",
     "CRITERIA",
+    "DATA_CRITERIA",
+    "DATA_FREE_CRITERIA",
+    "NORMALIZATIONS",
+    "SCOPES",
     "STRATEGIES",
     "AxisRef",
     "ChannelGroup",
@@ -99,12 +105,14 @@ __all__ = [
     "PruningPlan",
     "__version__",
     "abstract_variables",
+    "bn_scale_scores",
     "check_groups",
     "compare",
     "cost_report",
     "count_leaves",
     "count_macs",
     "filter_norms",
+    "fpgm_scores",
     "full_masks",
     "init_variables",
     "kept_count",
@@ -126,6 +134,7 @@ __all__ = [
     "resolve_ratios",
     "save_checkpoint",
     "select_top",
+    "taylor_scores",
     "xla_flops",
     "TracedModel",
     "describe_groups",

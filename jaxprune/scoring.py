@@ -1,8 +1,10 @@
 """Filter scores: one vector per channel group, from the group's scored kernel.
 
-This module owns the data-free criteria (`l1`, `l2`, `random`, `largest_l1`; paper §3.1, §4.4). It never selects
-filters (that is `jaxprune.strategies`) and never slices variables (that is `jaxprune.surgery`). Activation-based
-criteria need data and live in `jaxprune.sensitivity`.
+This module owns the weight-norm criteria (`l1`, `l2`, `random`, `largest_l1`; paper §3.1, §4.4) and the registry
+of every data-free criterion (`CRITERIA`): `fpgm` and `bn_scale` are computed by `jaxprune.criteria`, and every
+function here dispatches to it for them. It never selects filters (that is `jaxprune.strategies`) and never slices
+variables (that is `jaxprune.surgery`). Criteria that need data live in `jaxprune.criteria` (`taylor_scores`) and
+`jaxprune.sensitivity` (activation criteria).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune import criteria as _criteria
 from jaxprune.groups import ChannelGroup, flatten_variables
 
 __all__ = [
     "CRITERIA",
+    "NORM_CRITERIA",
     "expand_repeat",
     "filter_norms",
     "l1_filter_norms",
@@ -27,8 +31,12 @@ __all__ = [
     "trace_count",
 ]
 
-#: Data-free criteria accepted by `l1_filter_norms(criterion=...)` and `make_plan(criterion=...)`.
-CRITERIA = ("l1", "l2", "random", "largest_l1")
+#: The weight-norm criteria computed here (paper §3.1, §4.4).
+NORM_CRITERIA = ("l1", "l2", "random", "largest_l1")
+
+#: Every data-free criterion, accepted by `filter_norms(criterion=...)`, `make_plan(criterion=...)`,
+#: `jaxprune.sensitivity` and the CLI: the norms, then `jaxprune.criteria.DATA_FREE_CRITERIA` (`fpgm`, `bn_scale`).
+CRITERIA = NORM_CRITERIA + _criteria.DATA_FREE_CRITERIA
 
 _TRACES = {"norm": 0}
 
@@ -122,9 +130,12 @@ def score_group(
         greedy strategy, paper §3.2).
 
     Raises:
-      ValueError: the scored kernel holds NaN or inf (names the layer), or the group has no scored kernel.
+      ValueError: the scored kernel holds NaN or inf (names the layer), or the group has no scored kernel; for
+        `bn_scale`, a group without exactly one BatchNorm after its filters.
     """
     _check_criterion(criterion, key)
+    if criterion in _criteria.DATA_FREE_CRITERIA:
+        return _criteria.score_group(flat, group, criterion=criterion, input_keep=input_keep)
     ref = group.scored
     if ref is None:
         raise ValueError(f"group {group.name!r} has no scored kernel (prunable=False)")
@@ -181,6 +192,8 @@ def score_groups(
     """
     _check_criterion(criterion, key)
     index = index or {g.name: i for i, g in enumerate(groups)}
+    if criterion in _criteria.DATA_FREE_CRITERIA:  # host-side scores of jaxprune.criteria: no dispatch to batch
+        return {g.name: _criteria.score_group(flat, g, criterion=criterion) for g in groups}
     if criterion == "random":
         return {g.name: score_group(flat, g, criterion=criterion, key=key, index=index[g.name]) for g in groups}
     for g in groups:
@@ -208,7 +221,9 @@ def filter_norms(
 
     `l1` is the paper's criterion (§3.1): per filter, the sum of |w| over (kh, kw, c_in) of the scored kernel, before
     BN, unnormalised. `l2` uses the Euclidean norm; `random` uniform draws from `key`; `largest_l1` is minus the L1
-    norm, so selecting the top scores prunes the *largest* filters (the paper's §4.4 control).
+    norm, so selecting the top scores prunes the *largest* filters (the paper's §4.4 control). `fpgm` (He et al.,
+    CVPR 2019) and `bn_scale` (Liu et al., ICCV 2017) are computed by `jaxprune.criteria` (`fpgm_scores`,
+    `bn_scale_scores`), in float64.
 
     Args:
       variables: Variables dict (`params` at least).
@@ -220,7 +235,8 @@ def filter_norms(
       ``{group name: np.ndarray of shape (width,)}`` for every group with a scored kernel.
 
     Raises:
-      ValueError: unknown criterion, `random` without key, a missing kernel, or NaN/inf in a kernel.
+      ValueError: unknown criterion, `random` without key, a missing kernel, or NaN/inf in a kernel; for
+        `bn_scale`, a group without exactly one BatchNorm after its filters (names the group).
     """
     _check_criterion(criterion, key)
     flat = flatten_variables(variables)

@@ -291,7 +291,7 @@ def make_plan(
             " and pass make_plan(..., scores=scores)"
         )
     if scores is None and not extra and criterion not in CRITERIA:
-        valid = (*CRITERIA, *_criteria.DATA_FREE_CRITERIA)
+        valid = CRITERIA  # every data-free criterion, fpgm and bn_scale included
         raise ValueError(
             f"unknown criterion {criterion!r}; valid criteria: {', '.join(valid)} (data-driven: pass scores=)"
         )

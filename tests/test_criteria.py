@@ -200,6 +200,63 @@ def test_taylor_bad_inputs(tiny64):
 def test_unknown_criterion_lists_the_new_ones(r20):
     m, v = r20
     with pytest.raises(
-        ValueError, match="unknown criterion 'fgpm'; valid criteria: l1, l2, random, largest_l1, fpgm, bn_scale"
-    ):
+        ValueError, match=r"unknown criterion 'fgpm'; valid criteria: l1, l2, random, largest_l1, fpgm, bn_scale \("
+    ):  # each name once: the registry jaxprune.CRITERIA already holds the data-free criteria of this module
         jp.make_plan(m, v, prune_ratio=0.5, criterion="fgpm")
+    with pytest.raises(ValueError, match=r"unknown criterion 'fgpm'; valid criteria: l1, l2, random, largest_l1, fpgm, bn_scale$"):  # fmt: skip
+        jp.filter_norms(v, m.channel_groups(), criterion="fgpm")
+
+
+# -- Wiring: the public names, filter_norms, sensitivity and the registry ----------------------------------------------
+
+
+def test_public_names_and_registry():
+    from jaxprune import criteria, global_rank
+
+    assert jp.CRITERIA == ("l1", "l2", "random", "largest_l1", "fpgm", "bn_scale")
+    assert jp.DATA_FREE_CRITERIA == ("fpgm", "bn_scale") and jp.DATA_CRITERIA == ("taylor",)
+    assert jp.taylor_scores is criteria.taylor_scores and jp.fpgm_scores is fpgm_scores
+    assert jp.bn_scale_scores is bn_scale_scores
+    assert jp.SCOPES == global_rank.SCOPES == ("layer", "global")
+    assert jp.NORMALIZATIONS == global_rank.NORMALIZATIONS
+    from jaxprune.sensitivity import ALL_CRITERIA
+
+    assert ALL_CRITERIA[:6] == jp.CRITERIA  # sensitivity and compare_criteria accept every data-free criterion
+
+
+def test_filter_norms_dispatches_to_the_criteria(r20):
+    m, v = r20
+    groups = list(m.channel_groups())
+    conv = [g for g in groups if g.kind == "conv"]
+    got = jp.filter_norms(v, groups, criterion="fpgm")
+    ref = fpgm_scores(v, groups)
+    assert set(got) == set(ref) and all(np.array_equal(got[n], ref[n]) for n in ref)  # the same host computation
+    got = jp.filter_norms(v, conv, criterion="bn_scale")
+    ref = bn_scale_scores(v, conv)
+    assert set(got) == set(ref) and all(np.array_equal(got[n], ref[n]) for n in ref)
+    # Every group with a scored kernel is scored, as for the norms (ResNet-20's streams have none: prunable=False).
+    assert set(jp.filter_norms(v, groups, criterion="bn_scale")) == {g.name for g in conv}
+    assert {g.name for g in groups if g.scored is not None} == {g.name for g in conv}
+
+
+@pytest.fixture(scope="module")
+def tiny32():
+    m = TinyNet()
+    v = jp.random_variables(m, seed=5, input_shape=TINY_SHAPE)
+    rng = np.random.default_rng(1)
+    return m, v, rng.normal(size=(8, 6, 6, 3)).astype(np.float32), rng.integers(0, 3, size=8)
+
+
+def test_sensitivity_and_compare_criteria_accept_fpgm_and_bn_scale(tiny32):
+    from jaxprune.sensitivity import compare_criteria, sensitivity
+
+    m, v, x, y = tiny32
+    ratios = (0.25, 0.5)
+    cmp = compare_criteria(m, v, (x, y), criteria=("l1", "fpgm", "bn_scale"), ratios=ratios, metric="loss")
+    assert cmp.criteria == ("l1", "fpgm", "bn_scale")
+    for crit, fn in (("fpgm", fpgm_scores), ("bn_scale", bn_scale_scores)):
+        r = cmp.results[crit]
+        assert r.criterion == crit
+        same = sensitivity(m, v, data=(x, y), scores=fn(v, m.channel_groups()), ratios=ratios, metric="loss")
+        # One compiled masked forward on the same masks: the same float32 program, bit for bit.
+        np.testing.assert_array_equal(r.values, same.values)

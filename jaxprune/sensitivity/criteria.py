@@ -96,7 +96,9 @@ def compare_criteria(
       model: A zoo model.
       variables: Its variables.
       data: ``(x, y)`` evaluation batch (see `sensitivity`'s fast path for the metric).
-      criteria: Criteria to compare, each in `ALL_CRITERIA`, no repeats.
+      criteria: Criteria to compare, each in `ALL_CRITERIA` (the data-free `jaxprune.CRITERIA`, `fpgm` and
+        `bn_scale` included, then the activation criteria), no repeats. Taylor scores need labels: scan them with
+        ``sensitivity(..., scores=jaxprune.taylor_scores(model, variables, x, labels))``.
       key: PRNG key, required when ``random`` is among the criteria.
       activation_data: Images for the activation criteria.
       **kwargs: Passed to `sensitivity`: ``metric``, ``higher_is_better``, ``ratios``, ``groups``, ``batch_size``,

@@ -4,7 +4,7 @@ This module owns the training loop of the paper's recipe (paper.md §7): SGD wit
 (added to the gradient, as PyTorch's `SGD(weight_decay=)` does, on every parameter), the learning rate divided by 10 at
 50 % and 75 % of training, fine-tuning at a constant 0.001; softmax cross-entropy with optional label smoothing; the
 `TrainState` pytree; `prune_state` (one call prunes params, batch statistics, optimizer state and model) and
-`iterative_prune` (prune → fine-tune → prune …). It is the only jaxprune module that imports optax, so it is not
+`iterative_prune` (prune → fine-tune → prune …, per-round ratios or a named schedule, `SCHEDULES`). It is the only jaxprune module that imports optax, so it is not
 imported by ``import jaxprune``: use ``from jaxprune import train``. It does not load data (`jaxprune.data`), decide
 what to prune (`jaxprune.make_plan`) or write files (`jaxprune.checkpoint`).
 
@@ -39,12 +39,14 @@ from jaxprune.train.loop import evaluate, finetune, fit
 from jaxprune.train.optim import paper_sgd, sgd, step_schedule, steps_per_epoch
 from jaxprune.train.parallel import DATA_AXIS as DATA_AXIS
 from jaxprune.train.parallel import data_mesh, shard_batch
-from jaxprune.train.pruning import iterative_prune, prune_state
+from jaxprune.train.pruning import SCHEDULES, NothingPrunedWarning, iterative_prune, prune_state, schedule_ratios
 from jaxprune.train.state import TrainState
 from jaxprune.train.steps import AUGMENTATIONS, cross_entropy_loss, eval_step, train_step
 
 __all__ = [
     "AUGMENTATIONS",
+    "SCHEDULES",
+    "NothingPrunedWarning",
     "TrainState",
     "cross_entropy_loss",
     "data_mesh",
@@ -55,6 +57,7 @@ __all__ = [
     "iterative_prune",
     "paper_sgd",
     "prune_state",
+    "schedule_ratios",
     "sgd",
     "shard_batch",
     "step_schedule",

@@ -1,7 +1,9 @@
-"""Pruning a whole train state (`prune_state`) and prune → fine-tune rounds (`iterative_prune`)."""
+"""Pruning a whole train state (`prune_state`) and prune → fine-tune rounds (`iterative_prune`, `SCHEDULES`)."""
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,11 +13,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxprune._trees import host_tree
+from jaxprune.flops import count_macs
 from jaxprune.plan import PruningPlan
-from jaxprune.strategies import make_plan
+from jaxprune.strategies import kept_count, make_plan, resolve_ratios
 from jaxprune.surgery import prune, prune_like_params
 from jaxprune.train._checks import _check_int, _check_positive_float
-from jaxprune.train.loop import finetune
+from jaxprune.train.loop import _unpack, finetune
 from jaxprune.train.optim import sgd
 from jaxprune.train.state import TrainState, _check_state
 
@@ -85,11 +88,71 @@ def prune_state(state: TrainState, plan: PruningPlan) -> TrainState:
     )
 
 
+#: Named schedules of `iterative_prune` (see `schedule_ratios`).
+SCHEDULES = ("linear", "geometric")
+
+
+class NothingPrunedWarning(UserWarning):
+    """An `iterative_prune` round removed no filter (its target count equals the current width in every group)."""
+
+
+def _check_final_ratio(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{what} must be a float in [0, 1), got {type(v).__name__} {v!r}")
+    v = float(v)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{what} must be in [0, 1) (the fraction of the original filters removed), got {v!r}")
+    return v
+
+
+def schedule_ratios(name: str, final_ratio: float, steps: int) -> tuple[float, ...]:
+    """The cumulative ratios r_1 … r_steps of a named schedule: r_k is the fraction of the ORIGINAL width removed
+    after step k, and r_steps is exactly `final_ratio`.
+
+    * ``linear``: r_k = final_ratio · k / steps (the same number of filters removed per step, up to flooring).
+    * ``geometric``: 1 - r_k = (1 - final_ratio)^(k / steps), so every step keeps the same fraction of what is left
+      (Han et al. 2015's iterative pruning; Zhu & Gupta 2017's schedule is another choice of the same kind).
+
+    Args:
+      name: One of `SCHEDULES`.
+      final_ratio: In [0, 1).
+      steps: Number of steps, >= 1.
+
+    Raises:
+      ValueError: an unknown name, `steps` < 1, `final_ratio` outside [0, 1).
+      TypeError: a non-int `steps`, a non-real `final_ratio`.
+
+    Example:
+      >>> schedule_ratios("linear", 0.75, 3)
+      (0.25, 0.5, 0.75)
+      >>> [round(r, 4) for r in schedule_ratios("geometric", 0.75, 2)]
+      [0.5, 0.75]
+    """
+    if not isinstance(name, str) or name not in SCHEDULES:
+        raise ValueError(
+            f"unknown schedule {name!r}; valid schedules: {', '.join(SCHEDULES)} (or a sequence of per-round ratios)"
+        )
+    steps = _check_int(steps, "steps", minimum=1)
+    final = _check_final_ratio(final_ratio, "final_ratio")
+    if name == "linear":
+        out = [final * k / steps for k in range(1, steps)]
+    else:
+        out = [1.0 - (1.0 - final) ** (k / steps) for k in range(1, steps)]
+    return (*out, final)
+
+
+def _macs(model, input_shape) -> tuple[int, int]:
+    r = count_macs(model, input_shape)
+    return int(r.macs), int(r.params)
+
+
 def iterative_prune(
     state: TrainState,
     data,
-    schedule: Sequence[Any],
+    schedule: str | Sequence[Any],
     *,
+    final_ratio: float | Mapping[str, float] | None = None,
+    steps: int | None = None,
     epochs_per_round: int | Sequence[int] = 1,
     lr: float | None = None,
     tx: optax.GradientTransformation | None = None,
@@ -102,18 +165,33 @@ def iterative_prune(
     batch_size: int = 128,
     **fit_kwargs,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Prune → fine-tune → prune …: one round per schedule entry, carrying the optimizer state (paper.md §7).
+    """Prune → fine-tune → prune …, carrying the optimizer state (paper.md §7): per-round ratios or a named schedule.
 
-    Round r makes a plan on the current (already pruned) model with ``prune_ratio=schedule[r]`` — a fraction of the
-    *current* filters, a float or a {group or stage: ratio} mapping as `jaxprune.make_plan` takes — prunes the whole
-    state with `prune_state` (momentum sliced like the parameters) and fine-tunes it with `finetune` for
-    `epochs_per_round` epochs, keeping the optimizer state. E.g. ``schedule=(0.2, 0.2, 0.2)`` leaves about
-    0.8³ ≈ 51 % of each reached group's filters (floor rounding per round).
+    **Per-round ratios** (`schedule` a sequence): round r makes a plan on the current (already pruned) model with
+    ``prune_ratio=schedule[r]`` — a fraction of the *current* filters, a float or a {group or stage: ratio} mapping
+    as `jaxprune.make_plan` takes. E.g. ``schedule=(0.2, 0.2, 0.2)`` leaves about 0.8³ ≈ 51 % of each reached
+    group's filters (floor rounding per round).
+
+    **Named schedule** (`schedule` one of `SCHEDULES`, with `final_ratio` and `steps`): ratios are fractions of the
+    *original* widths (those of `state.model` at the call). After step k every reached group g has exactly
+    ``kept_count(original_width_g, r_k, round_to=round_to, min_keep=min_keep)`` filters, with r_k the cumulative
+    ratio of `schedule_ratios` (r_steps = `final_ratio`), so the last step lands on the same widths as one-shot
+    ``make_plan(prune_ratio=final_ratio)``. Each step removes the lowest-scoring filters of the current model (by
+    `criterion`, on the fine-tuned weights) down to that count. `final_ratio` may be a {group or stage: ratio}
+    mapping (each group its own r_k).
+
+    Every round prunes the whole state with `prune_state` (momentum sliced like the parameters), then fine-tunes it
+    with `finetune` for its `epochs_per_round` epochs (the fine-tune budget, also spent in a round that pruned
+    nothing). A round that removes no filter (small groups under a gentle schedule: kept_count floors) is recorded
+    (``pruned_nothing``) and warned about with a `NothingPrunedWarning`.
 
     Args:
       state: A trained `TrainState`.
-      data: As in `fit`.
-      schedule: Non-empty sequence of `prune_ratio` values, one per round.
+      data: As in `fit`; MACs are counted per image of the training images' shape.
+      schedule: A non-empty sequence of per-round `prune_ratio` values, or a name in `SCHEDULES`.
+      final_ratio: For a named schedule: the fraction of each reached group's original filters removed after the
+        last step, in [0, 1) (float or mapping, as `prune_ratio`).
+      steps: For a named schedule: the number of rounds, >= 1.
       epochs_per_round: Fine-tuning epochs after each pruning, an int >= 1 or one per round.
       lr: Constant fine-tuning rate > 0 (default 0.001, the paper's); not allowed together with `tx`.
       tx: Fine-tuning optimizer (default ``sgd(lr)``); its state must have the structure of the state's.
@@ -123,38 +201,88 @@ def iterative_prune(
       **fit_kwargs: As in `finetune`.
 
     Returns:
-      ``(state, rounds)``: the final state and one dict per round with ``round`` (1-based), ``prune_ratio``,
-      ``plan`` (the round's `PruningPlan`; ``[r["plan"] for r in rounds]`` is the plan history a checkpoint stores),
-      ``widths`` (group widths after pruning) and ``history`` (the fine-tuning epochs, as `fit` returns).
+      ``(state, rounds)``: the final state and one dict per round with ``round`` (1-based), ``prune_ratio`` (what the
+      round's `make_plan` got: the schedule entry, or for a named schedule the {group: ratio of the current width}
+      that yields the target counts), ``target_ratio`` (r_k of a named schedule, a {group: r_k} for a mapping `final_ratio`, else None), ``plan`` (the round's
+      `PruningPlan`; ``[r["plan"] for r in rounds]`` is the plan history a checkpoint stores), ``removed``
+      ({group: filters removed this round}, only groups that lost some), ``pruned_nothing`` (bool), ``widths``
+      (group widths after pruning), ``macs_before`` / ``macs_after`` and ``params_before`` / ``params_after``
+      (`jaxprune.count_macs` per image before and after the round's pruning) and ``history`` (the fine-tuning
+      epochs, as `fit` returns).
 
     Raises:
-      ValueError: an empty schedule, epochs per round < 1 or a list of the wrong length, lr <= 0, both `lr` and
-        `tx`, or anything `make_plan`, `prune_state` or `finetune` raises.
-      TypeError: a schedule that is not a sequence, or options of the wrong kind.
+      ValueError: an empty schedule, an unknown schedule name, a named schedule without `final_ratio` or `steps`
+        (or per-round ratios with them), steps < 1, `final_ratio` outside [0, 1), epochs per round < 1 or a list of
+        the wrong length, lr <= 0, both `lr` and `tx`, or anything `make_plan`, `prune_state` or `finetune` raises.
+      TypeError: a schedule that is neither a name nor a sequence, or options of the wrong kind.
     """
     _check_state(state)
-    if isinstance(schedule, str | Mapping) or not isinstance(schedule, Sequence):
-        raise TypeError(
-            f"schedule must be a sequence of prune ratios (one per round), got {type(schedule).__name__}; wrap a "
-            "single ratio in a list"
-        )
-    if len(schedule) == 0:
-        raise ValueError("schedule must have at least one round")
+    named = isinstance(schedule, str)
+    if named:
+        if final_ratio is None or steps is None:
+            raise ValueError(
+                f"schedule {schedule!r} needs final_ratio= (fraction of the original filters removed at the end, in "
+                "[0, 1)) and steps= (the number of rounds, >= 1)"
+            )
+        if isinstance(final_ratio, Mapping):
+            for name, v in final_ratio.items():
+                _check_final_ratio(v, f"final_ratio[{name!r}]")
+            targets = schedule_ratios(schedule, 0.0, steps)  # validates the name and steps
+        else:
+            targets = schedule_ratios(schedule, final_ratio, steps)
+        n_rounds = len(targets)
+    else:
+        if isinstance(schedule, Mapping) or not isinstance(schedule, Sequence):
+            raise TypeError(
+                f"schedule must be a sequence of prune ratios (one per round) or one of {', '.join(SCHEDULES)}, got "
+                f"{type(schedule).__name__}; wrap a single ratio in a list"
+            )
+        if len(schedule) == 0:
+            raise ValueError("schedule must have at least one round")
+        if final_ratio is not None or steps is not None:
+            raise ValueError(
+                "final_ratio= and steps= go with a named schedule (one of "
+                f"{', '.join(SCHEDULES)}); a sequence of per-round ratios already fixes both"
+            )
+        n_rounds = len(schedule)
     if isinstance(epochs_per_round, Sequence):
         epochs = [_check_int(e, f"epochs_per_round[{i}]", minimum=1) for i, e in enumerate(epochs_per_round)]
-        if len(epochs) != len(schedule):
+        if len(epochs) != n_rounds:
             raise ValueError(
-                f"epochs_per_round has {len(epochs)} entries but the schedule has {len(schedule)} rounds; give one "
+                f"epochs_per_round has {len(epochs)} entries but the schedule has {n_rounds} rounds; give one "
                 "per round or a single int"
             )
     else:
-        epochs = [_check_int(epochs_per_round, "epochs_per_round", minimum=1)] * len(schedule)
+        epochs = [_check_int(epochs_per_round, "epochs_per_round", minimum=1)] * n_rounds
     if tx is not None and lr is not None:
         raise ValueError("iterative_prune takes lr= or tx=, not both (the lr of a given tx is its own)")
     if tx is None:
         tx = sgd(0.001 if lr is None else _check_positive_float(lr, "lr"))
+    x_train = np.asarray(_unpack(data)[0])
+    if x_train.ndim != 4:
+        raise ValueError(f"training images must be 4-D (N, H, W, C), got shape {x_train.shape}")
+    input_shape = (1, *x_train.shape[1:])
+    if named:
+        finals = resolve_ratios(state.model, final_ratio, skip=skip)
+        original = {g.name: g.width for g in state.model.channel_groups() if g.name in finals}
+        if isinstance(final_ratio, Mapping):  # each group its own schedule
+            per_group = {n: schedule_ratios(schedule, r, steps) for n, r in finals.items()}
+        else:
+            per_group = dict.fromkeys(finals, targets)
     rounds = []
-    for r, ratio in enumerate(schedule):
+    for r in range(n_rounds):
+        current = {g.name: g.width for g in state.model.channel_groups()}
+        if named:
+            counts = {
+                n: kept_count(original[n], per_group[n][r], round_to=round_to, min_keep=min_keep) for n in original
+            }
+            # counts[n] <= current[n] (kept_count is monotone in the ratio); this ratio of the current width keeps
+            # exactly counts[n] (kept_count snaps float error), with no further rounding.
+            ratio = {n: (current[n] - counts[n]) / current[n] for n in original}
+            plan_round_to, plan_min_keep, plan_skip = 1, 1, ()
+        else:
+            ratio = schedule[r]
+            plan_round_to, plan_min_keep, plan_skip = round_to, min_keep, skip
         plan = make_plan(
             state.model,
             host_tree(state.variables),
@@ -162,12 +290,46 @@ def iterative_prune(
             strategy=strategy,
             criterion=criterion,
             key=None if key is None else jax.random.fold_in(key, r),
-            skip=skip,
-            round_to=round_to,
-            min_keep=min_keep,
+            skip=plan_skip,
+            round_to=plan_round_to,
+            min_keep=plan_min_keep,
         )
+        if named:  # the contract (a group at ratio 0 is left out of the plan); a mismatch would be a bug
+            got = {n: len(plan.keep[n]) if n in plan.keep else current[n] for n in counts}
+            if got != counts:
+                raise RuntimeError(f"iterative_prune round {r + 1}: planned counts {got} differ from targets {counts}")
+        macs_before, params_before = _macs(state.model, input_shape)
+        removed = {n: plan.widths[n] - len(k) for n, k in plan.keep.items() if len(k) < plan.widths[n]}
         state = prune_state(state, plan)
+        macs_after, params_after = _macs(state.model, input_shape)
+        if named:
+            target = {n: per_group[n][r] for n in original} if isinstance(final_ratio, Mapping) else targets[r]
+        else:
+            target = None
+        if not removed:
+            what = f"target ratio {target!r} of the original widths" if named else f"prune_ratio {ratio!r}"
+            warnings.warn(
+                f"iterative_prune round {r + 1}/{n_rounds} ({what}) removed no filter: every reached group already "
+                "has its target count (kept_count floors; use fewer steps or a larger ratio); fine-tuning anyway",
+                NothingPrunedWarning,
+                stacklevel=2,
+            )
         state, history = finetune(state, data, epochs=epochs[r], tx=tx, batch_size=batch_size, **fit_kwargs)
         widths = state.model.group_widths() if callable(getattr(state.model, "group_widths", None)) else {}
-        rounds.append({"round": r + 1, "prune_ratio": ratio, "plan": plan, "widths": widths, "history": history})
+        rounds.append(
+            {
+                "round": r + 1,
+                "prune_ratio": ratio,
+                "target_ratio": target,
+                "plan": plan,
+                "removed": removed,
+                "pruned_nothing": not removed,
+                "widths": widths,
+                "macs_before": macs_before,
+                "macs_after": macs_after,
+                "params_before": params_before,
+                "params_after": params_after,
+                "history": history,
+            }
+        )
     return state, rounds
