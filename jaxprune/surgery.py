@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from jaxprune._checks import check_inputs, check_opt_state
 from jaxprune.groups import check_groups, flatten_variables, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
@@ -164,9 +165,10 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
       ``(new_model, new_variables)`` where ``new_model = model.with_widths(plan.new_widths)``.
 
     Raises:
-      TypeError: a model without the protocol, or a plan that is not a PruningPlan.
-      ValueError: variables that do not match the model (missing collection or leaf, wrong axis length), or a plan
-        that does not (unknown group, wrong width).
+      TypeError: a model without the protocol, a plan that is not a PruningPlan, or an abstract
+        (`jax.ShapeDtypeStruct`) or non-array variables leaf (names the path).
+      ValueError: variables that do not match the model (missing collection or leaf, a leaf shape other than the
+        model's), or a plan that does not (made for another model, unknown group, wrong width).
 
     Example:
       >>> import jaxprune as jp
@@ -177,6 +179,7 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
       >>> m2.widths[0], v2["params"]["conv2"]["kernel"].shape
       (32, (3, 3, 32, 64))
     """
+    check_inputs(model, variables, plan=plan, what="prune")
     flat = flatten_variables(variables)
     ops = slicing_ops(model, plan, shapes=_Shapes(flat))
     check_groups(model.channel_groups(), variables, flat=flat)
@@ -212,9 +215,11 @@ def prune_like_params(opt_state, model, plan: PruningPlan, *, params: Mapping[st
       A new optimizer state of the same structure; untouched leaves shared by reference.
 
     Raises:
-      ValueError: a non-scalar leaf whose path names no parameter or whose shape differs from it (never a silent
-        pass-through of a leaf that might be stale).
+      TypeError: an abstract (`jax.ShapeDtypeStruct`) or non-array optimizer-state leaf (names the path).
+      ValueError: a plan made for another model, or a non-scalar leaf whose path names no parameter or whose shape
+        differs from it (never a silent pass-through of a leaf that might be stale).
     """
+    check_opt_state(opt_state, model, plan, params, what="prune_like_params")
     if params is None:
         # A traced model (`jaxprune.TracedModel`) knows its variables' shapes; a zoo model is evaluated abstractly.
         own = getattr(model, "abstract_variables", None)

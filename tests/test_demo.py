@@ -110,6 +110,7 @@ def test_sensitivity_command(random_checkpoint, tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".jaxprune-run.json",  # the record of the run that wrote the folder (jaxprune._outdir)
         "fig2a_sorted_filter_norms.png",
         "fig2b_sensitivity.png",
         "sensitivity.md",

@@ -335,10 +335,17 @@ def test_variables_of_other_widths(zoo):
     m, v = zoo("resnet20")
     small = m.with_widths({"stage1_block1_conv1": 8})
     plan = jp.make_plan(m, v, prune_ratio=0.5)
+    with pytest.raises(ValueError, match=r"prune: variables leaf batch_stats/stage1_block1_bn1/mean has shape \(16,\)"):
+        jp.prune(small, v, plan)  # the variables do not fit the model: said at the door
+    small_v = jp.random_variables(small)
     with pytest.raises(ValueError, match="plan does not match the model"):
-        jp.prune(small, v, plan)
+        jp.prune(small, small_v, plan)
     ident = PruningPlan(keep={"stage2_block1_conv1": (0,)}, widths={"stage2_block1_conv1": 32})
-    with pytest.raises(ValueError, match=r"path params/stage1_block1_conv1/kernel axis 3 has length 16, expected 8"):
+    # Checked at the door, every leaf against the model's abstract variables (jaxprune._checks).
+    with pytest.raises(
+        ValueError,
+        match=r"leaf batch_stats/stage1_block1_bn1/mean has shape \(16,\), the model CifarResNet needs \(8,\)",
+    ):
         jp.prune(small, v, ident)
 
 
