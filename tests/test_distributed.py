@@ -169,13 +169,18 @@ def _env(devices: int, **extra) -> dict:
 
 
 def _start(role: str, pid: int, nproc: int, port: int, out, devices: int, **extra) -> subprocess.Popen:
-    log = open(os.path.join(out, f"log{pid}.txt"), "w")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(
-        [sys.executable, "-c", WORKER, role, str(pid), str(nproc), str(port), str(out)],
-        env=_env(devices, **extra),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    if nproc > 1:
+        # Measured with jax 0.10.2 on CPU: when both processes load their programs from a warm persistent compilation
+        # cache, the first 4-device gloo all-reduce fails ("Gloo context initialization failed: GetKeyValue() timed
+        # out"), every time; compiling (process 0 compiles and shares the binary) works. So the job compiles.
+        extra.setdefault("JAX_ENABLE_COMPILATION_CACHE", "false")
+    with open(os.path.join(out, f"log{pid}.txt"), "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-c", WORKER, role, str(pid), str(nproc), str(port), str(out)],
+            env=_env(devices, **extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _finish(procs, out) -> list[dict]:
