@@ -507,6 +507,7 @@ def test_unsupported_channel_op_blocks_only_its_group(capsys):
     jp.describe_groups(tm)
     out = capsys.readouterr().out
     assert re.search(rf"b +conv +6 +no .*\n    not prunable: its channels pass through .*{where}", out)
+    assert out.rstrip("\n") == jp.format_groups(tm.channel_groups())  # plain groups carry the reason as well
     plan = jp.make_plan(tm, v, prune_ratio=0.5)
     assert plan.new_widths == {"a": 4, "c": 2}
     tm2, v2 = jp.prune(tm, v, plan)
