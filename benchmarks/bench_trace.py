@@ -9,6 +9,7 @@ ResNet-50 at 224x224 takes <= 2 s (median; nothing of the forward is compiled, t
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -115,6 +116,7 @@ def measure_pipeline(name: str, model, shape: tuple[int, ...], apply) -> dict:
 
 
 def main() -> None:
+    load = os.getloadavg()[0]
     resnet50, vit, unet = ResNet50(), ViT(), UNet()
     pipe = [
         measure_pipeline(
@@ -154,7 +156,9 @@ def main() -> None:
         "concatenated skips), batch 1, random variables: *trace* is `trace_model`, *plan* `make_plan(prune_ratio=0.5)` "
         "(a float reaches every conv and hidden dense group; the per-kernel L1 scoring is compiled once before "
         "timing), *prune* `prune`; *total* runs the three in a row. *Trace* includes `jax.make_jaxpr` of a new "
-        "function each time (no jaxpr cache). Nothing of the forward pass is compiled.",
+        "function each time (no jaxpr cache; it is most of the time: flax's `apply` under `make_jaxpr`), and the "
+        "residual streams are not reached by a float. Nothing of the forward pass is compiled. Load average at the "
+        f"start: {load:.1f} (other work on the machine inflates these times).",
         "",
         "| model | input | traced groups | prunable | reached by 0.5 | trace | plan | prune | total | target | met |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",

@@ -123,9 +123,9 @@ def zoo_traces():
     return get
 
 
-# The deeper CIFAR ResNets (44, 56, 110) repeat ResNet-20/32's blocks; benchmarks/bench_trace.py matches ResNet-56 and
-# ResNet-110's traced groups against their declarations.
-TRACED_ZOO = [n for n in models.available() if n not in ("resnet44", "resnet56", "resnet110")]
+# VGG-13/19 and the deeper CIFAR ResNets (44, 56, 110) repeat the layers of VGG-11/16 and ResNet-20/32;
+# benchmarks/bench_trace.py matches ResNet-56 and ResNet-110's traced groups against their declarations.
+TRACED_ZOO = [n for n in models.available() if n not in ("vgg13", "vgg19", "resnet44", "resnet56", "resnet110")]
 
 
 @pytest.mark.parametrize("name", TRACED_ZOO)
@@ -199,6 +199,7 @@ def test_zoo_model_pruned_through_its_trace_matches_declared_surgery(zoo):
     assert tm.stages() == m.stages()
     plan = jp.make_plan(tm, v, prune_ratio=0.4)
     assert plan == jp.make_plan(m, v, prune_ratio=0.4)
+    assert tm.float_ratio_kinds == ("conv",) and "fc1" not in plan.keep  # the paper's rule, traced or not
     tm2, v2 = jp.prune(tm, v, plan)
     m2, w2 = jp.prune(m, v, plan)
     assert tm2.module == m2
@@ -524,6 +525,12 @@ def test_groupnorm_prunes_the_same_slot_in_every_norm_group():
     assert_close(jax.jit(tm2.module.apply)(v2, x), masked)
     with pytest.raises(ValueError, match=r"GroupNormed.groups is 4, but group 'conv' has width 4 x 4 blocks"):
         jp.trace_model(m, v, x, fields={"conv": "groups"})
+
+
+def test_float_ratio_reaches_hidden_dense_groups_of_a_traced_model(user):
+    _m, _x, v, tm = user("mlp")
+    assert tm.float_ratio_kinds == ("conv", "fc")
+    assert jp.make_plan(tm, v, prune_ratio=0.5).new_widths == {"dense0": 16, "dense1": 12, "dense2": 8}
 
 
 def test_prune_like_params_for_a_traced_model(user):

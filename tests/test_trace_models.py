@@ -47,6 +47,17 @@ def half_plan(tm, v, *, skip=()):
     return jp.make_plan(tm, v, prune_ratio={g.name: 0.5 for g in tm.channel_groups() if g.prunable}, skip=skip)
 
 
+_PRUNED: dict = {}
+
+
+def pruned(tm, v, plan):
+    """`jp.prune`, shared between tests that prune a model by the same plan (one compile of the pruned re-run)."""
+    key = (id(tm), tuple((n, tuple(k)) for n, k in plan.keep.items()))
+    if key not in _PRUNED:
+        _PRUNED[key] = (tm, *jp.prune(tm, v, plan))  # tm kept alive with its id
+    return _PRUNED[key][1:]
+
+
 def head_dims(tm):
     """Attention head-feature groups: a rebuilt attention scales by 1/sqrt(its head features), the traced program by
     the traced count, so the rebuild comparisons keep them (pruned = masked holds for them too)."""
@@ -323,7 +334,7 @@ def test_pruned_half_equals_masked(linen, name):
     assert {n: len(k) for n, k in plan.keep.items()} == {
         g.name: g.width // 2 for g in tm.channel_groups() if g.prunable
     }
-    tm2, v2 = jp.prune(tm, v, plan)
+    tm2, v2 = pruned(tm, v, plan)
     masked = jp.mask_dropped(tm, v, plan, x)
     unmasked = jp.masked_forward(tm)(v, x, jp.full_masks(tm))  # the masked forward's own compile, all ones
     assert float(jnp.max(jnp.abs(masked - unmasked))) > 1e-3  # masking changes the output
@@ -353,7 +364,7 @@ def test_layernorm_models_equal_the_class_rebuilt_at_the_new_widths(linen, name)
     plan = half_plan(tm, v, skip=[*head_dims(tm), *keep_whole])
     if name == "vit_map_head":  # one width per field: the encoder's and the head's MLP keep the same count
         assert plan.new_widths["MAPHead_0/MlpBlock_0/Dense_0"] == plan.new_widths["encoderblock_0/MlpBlock_0/Dense_0"]
-    tm2, v2 = jp.prune(tm, v, plan)
+    tm2, v2 = pruned(tm, v, plan)
     rebuilt = build(tm2.group_widths())
     assert_close(jax.jit(rebuilt.apply)(v2, x), tm2.apply(v2, x), rel=1e-5)
 
@@ -496,6 +507,7 @@ def test_unsupported_channel_op_blocks_only_its_group(capsys):
     jp.describe_groups(tm)
     out = capsys.readouterr().out
     assert re.search(rf"b +conv +6 +no .*\n    not prunable: its channels pass through .*{where}", out)
+    assert out.rstrip("\n") == jp.format_groups(tm.channel_groups())  # plain groups carry the reason as well
     plan = jp.make_plan(tm, v, prune_ratio=0.5)
     assert plan.new_widths == {"a": 4, "c": 2}
     tm2, v2 = jp.prune(tm, v, plan)

@@ -285,7 +285,7 @@ def _check_followable(specs: list[_Spec]) -> None:
         f"trace_groups: {len(blocked)} of {len(specs)} channel groups are not prunable because jaxprune cannot follow "
         f"their channels: {lines}",
         UntracedChannelsWarning,
-        stacklevel=4,
+        stacklevel=6,  # trace_model's caller
     )
 
 
