@@ -4,8 +4,13 @@ rebuilt at new widths through the constructor fields that set them)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import inspect
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import jax
+import jax.numpy as jnp
 
 from jaxprune.trace.dims import _Dims
 from jaxprune.trace.extract import _materialize, _Spec
@@ -17,9 +22,71 @@ def is_module(obj) -> bool:
     return isinstance(obj, nn.Module)
 
 
-def apply_fn(module):
-    """The pure function the tracing core sees."""
-    return lambda v, x: module.apply(v, x)
+def apply_fn(module, kwargs: Mapping[str, Any] | None = None):
+    """The pure function the tracing core sees: ``module.apply(v, x, **kwargs)``."""
+    kwargs = dict(kwargs or {})
+    return lambda v, x: module.apply(v, x, **kwargs)
+
+
+def takes_train(module) -> bool:
+    """Whether the module's ``__call__`` has a ``train`` parameter (flax-examples style)."""
+    try:
+        params = inspect.signature(type(module).__call__).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+    return "train" in params
+
+
+def train_call(call: Callable, kwargs: Mapping[str, Any], mutable: tuple[str, ...], rng_names: tuple[str, ...]):
+    """``f(v, (x, rngs))`` for the training program: ``call(v, x, **kwargs, mutable=..., rngs=...)``, the output
+    ``(out, updates)`` when collections are mutable (Flax's convention), else ``out``."""
+    kwargs = dict(kwargs)
+
+    def f(v, xr):
+        x, keys = xr
+        kw = dict(kwargs)
+        if mutable:
+            kw["mutable"] = list(mutable)
+        if rng_names:
+            kw["rngs"] = dict(zip(rng_names, keys, strict=True))
+        return call(v, x, **kw)
+
+    return f
+
+
+_UNBOUND = re.compile(r"unbound axis name:? ['\"]?([A-Za-z_]\w*)")
+
+
+def unbound_axis(err: NameError) -> str | None:
+    """The axis name of a ``NameError: unbound axis name: X`` (a collective naming an axis no transform binds)."""
+    m = _UNBOUND.search(str(err))
+    return m.group(1) if m else None
+
+
+def bind_axes(fn: Callable, names: tuple[str, ...]) -> Callable:
+    """``fn(v, (x, rngs))`` with each axis in `names` bound by a size-1 `jax.vmap` over the input batch.
+
+    A BatchNorm with ``axis_name='batch'`` averages its batch statistics over that axis; under `jax.jit` on a data mesh
+    the program is already global (the batch mean is over the whole global batch), so a size-1 axis binds the name
+    with the same result: ``pmean`` over it is the identity.
+    """
+    if not names:
+        return fn
+
+    def g(v, xr):
+        x, keys = xr
+
+        def inner(xx):
+            return fn(v, (xx, keys))
+
+        f = inner
+        for name in reversed(names):
+            f = jax.vmap(f, axis_name=name, axis_size=1)
+        xx = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (1,) * len(names) + jnp.shape(a)), x)
+        out = f(xx)
+        return jax.tree_util.tree_map(lambda a: jnp.reshape(a, jnp.shape(a)[len(names) :]), out)
+
+    return g
 
 
 def zoo_of(module):
