@@ -79,7 +79,10 @@ def trace_model(
         else every traced group), a model with `channel_groups()`, a mapping ``{group name: prunable}``, or a
         callable ``group -> bool | ChannelGroup`` (rename, re-kind, re-score, or set prunability).
       fields: For a Linen module whose widths are constructor fields: group name -> field name, or
-        ``(field name, index)`` for a tuple field. `with_widths` (hence `prune`) then rebuilds the module.
+        ``(field name, index)`` for a tuple field; `TracedModel.module` then rebuilds the module through them. None
+        (a Linen module outside the zoo): found by re-tracing ``init`` abstractly with each int field (tuple entry,
+        field of a held submodule such as an ``nn.Sequential``'s layers) doubled; a group whose filter count doubles
+        with a field is set by it, derived widths (``num_filters * 2**i``) included.
       apply_kwargs: Keyword arguments of the traced (inference) call, ``module.apply(variables, x, **apply_kwargs)``
         or ``fn(variables, x, **apply_kwargs)``. Default: ``{"train": False}`` when the module's ``__call__`` (or the
         function) takes a ``train`` argument, else none.
@@ -116,10 +119,16 @@ def trace_model(
         zoo = None  # a bare function is re-run from its jaxpr; a zoo policy still names its groups
     fields = dict(fields or {})
     norm_fields: dict[str, tuple] = {}
+    rebuild = None
     if fields:
         if kind != "linen" or zoo is not None:
             raise ValueError("fields= is for Linen modules outside the zoo (zoo models rebuild themselves)")
         norm_fields = _linen.check_fields(module, fields, trace.specs, trace.dims)
+        why = {s.name: "not in fields=" for s in trace.specs if s.name not in norm_fields}
+        rebuild = (module, _linen.user_fields(norm_fields), why, example_input, apply_kwargs)
+    elif kind == "linen" and zoo is None:
+        found, why = _linen.discover_fields(module, example_input, apply_kwargs, trace.specs, trace.dims)
+        rebuild = (module, found, why, example_input, apply_kwargs)
     tm = TracedModel(
         trace=trace,
         specs=trace.specs,
@@ -134,6 +143,7 @@ def trace_model(
         call=None if kind == "nnx" else (module.apply if kind == "linen" else model_or_fn),
         apply_kwargs=apply_kwargs,
         train_kwargs=None if kind == "nnx" else train_kwargs,
+        rebuild=rebuild,
     )
     tm._policy = policy
     check_groups(tm.channel_groups(), abstract)

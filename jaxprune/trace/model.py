@@ -66,6 +66,7 @@ class TracedModel:
         apply_kwargs=None,
         train_kwargs=None,
         programs=None,
+        rebuild=None,
     ):
         self._trace: _Trace = trace
         self._specs: list[_Spec] = specs
@@ -89,6 +90,10 @@ class TracedModel:
         self._train_kwargs = None if train_kwargs is None else dict(train_kwargs)
         self._programs: dict[Any, _Trace] = {} if programs is None else programs
         self._program_sizes: dict[Any, dict[int, int]] = {}
+        # A Linen module outside the zoo: (traced module, field specs, group -> why no field sets it, example input);
+        # `module` rebuilds it at the current widths on first use.
+        self._rebuild = rebuild
+        self._built: Any = None
 
     # -- the model protocol ----------------------------------------------------------------------------------
     def channel_groups(self) -> tuple[ChannelGroup, ...]:
@@ -138,8 +143,8 @@ class TracedModel:
         module = self._module
         if self._zoo is not None:
             module = module.with_widths(changed)
-        elif self.kind == "linen" and module is not None:
-            module = _linen.rebuild(module, self._fields, changed)
+        elif self._rebuild is not None:
+            module = None  # rebuilt from the traced module on first use of `module`
         new = TracedModel(
             trace=self._trace,
             specs=self._specs,
@@ -155,29 +160,46 @@ class TracedModel:
             apply_kwargs=self._apply_kwargs,
             train_kwargs=self._train_kwargs,
             programs=self._programs,
+            rebuild=self._rebuild,
         )
         new._policy = self._policy
         return new
 
     @property
     def module(self):
-        """The model at the current widths: the Linen module (a zoo model, or one rebuilt through `fields`).
+        """The model at the current widths: a zoo model, or the user's Linen module rebuilt through the constructor
+        fields that set its widths (`trace_model`'s `fields`, else found by re-tracing with each int field changed).
 
         Raises:
-          ValueError: when no module can be rebuilt (an apply function, an NNX model: use `nnx_module(variables)`,
-            or a Linen model with a pruned group that `fields` does not map); `apply` always works.
+          ValueError: when no module can be rebuilt: an apply function, an NNX model (use `nnx_module(variables)`),
+            or a Linen model with a pruned group that no field sets or whose field no single value fits (names the
+            group, its kernel and the field); `apply` (and `jaxprune.train`) always work.
         """
         if self.kind == "nnx":
             raise ValueError("an NNX traced model rebuilds its module from variables: use nnx_module(variables)")
-        if self._module is None:
-            if self.kind == "function":
-                raise ValueError("this model was traced from an apply function; run it with TracedModel.apply")
-            unmapped = [s.name for s in self._specs if s.root in self._sizes and s.name not in self._fields]
-            raise ValueError(
-                f"pruned groups {unmapped} have no constructor field (trace_model(..., fields={{group: field}})); "
-                "run the pruned model with TracedModel.apply"
-            )
-        return self._module
+        if self._module is not None:
+            return self._module
+        if self.kind == "function" or self._rebuild is None:
+            raise ValueError("this model was traced from an apply function; run it with TracedModel.apply")
+        if self._built is None:
+            base, fields, why, example, kwargs = self._rebuild
+            traced = {s.name: self._trace.dims.size[s.root] for s in self._specs}
+            kernel_of = {}
+            for g in self.channel_groups():
+                if g.scored is not None:
+                    kernel_of[g.name] = g.scored.path
+            module = _linen.rebuild(base, fields, why, self.group_widths(), traced, kernel_of)
+            want = {tuple(k): tuple(a.shape) for k, a in _flat(self.abstract_variables()).items()}
+            got = _linen._init_shapes(module, example, kwargs)
+            for path, shape in want.items():
+                if got.get(path) != shape:
+                    raise ValueError(
+                        f"cannot rebuild {type(base).__name__}: the rebuilt module's {'/'.join(path)} has shape "
+                        f"{got.get(path)}, the pruned variables {shape} (a field sets a width that is not a group's); "
+                        "the pruned model still runs and trains as a TracedModel (TracedModel.apply, jaxprune.train.fit)"
+                    )
+            self._built = module
+        return self._built
 
     def abstract_variables(self) -> dict[str, Any]:
         """`jax.ShapeDtypeStruct` leaves of the variables at the current widths."""
@@ -403,6 +425,16 @@ def _check_mutable(mutable, variables) -> tuple[str, ...]:
     if isinstance(mutable, list | tuple) and all(isinstance(m, str) for m in mutable):
         return tuple(mutable)
     raise TypeError(f"mutable must be a bool, a collection name or a sequence of names, got {mutable!r}")
+
+
+def _flat(tree, prefix=()) -> dict[tuple[str, ...], Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, (*prefix, str(k))))
+        else:
+            out[(*prefix, str(k))] = v
+    return out
 
 
 def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
