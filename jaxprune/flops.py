@@ -304,6 +304,101 @@ def _trace_rows(model, shape: tuple[int, ...]) -> tuple[MacRow, ...]:
 _ROWS_CACHE: dict[tuple[str, tuple[int, ...]], tuple[MacRow, ...]] = {}
 
 
+def _is_traced(model) -> bool:
+    from jaxprune.trace.model import TracedModel
+
+    return isinstance(model, TracedModel)
+
+
+def _traced_rows(model, input_shape) -> tuple[tuple[MacRow, ...], tuple[int, ...]]:
+    """Rows of a `TracedModel` at its current widths, read from its traced program: one row per conv or dense
+    contraction with a parameter kernel (named after the kernel's module; a scan body counts `length` times), and one
+    ``other`` row per module owning the remaining parameters. A contraction of two activations (attention scores) is
+    not a weight MAC and is not counted."""
+    from jaxprune.trace.runner import _Runner
+
+    x_avals = model._trace.in_avals[model._trace.n_var_leaves :]
+    if input_shape is None:
+        trace, sizes = model._trace, model._sizes
+        shape = tuple(x_avals[0].shape)
+    else:
+        if len(x_avals) != 1:
+            raise ValueError(
+                f"input_shape is for a model with one input; this TracedModel takes {len(x_avals)}: pass None (the "
+                "traced example input)"
+            )
+        if not isinstance(input_shape, Sequence) or any(
+            isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in input_shape
+        ):
+            raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}")
+        shape = tuple(int(d) for d in input_shape)
+        trace, sizes = model._trace_for(jax.ShapeDtypeStruct(shape, x_avals[0].dtype))
+    runner = _Runner(trace, sizes, None)
+    rows: list[MacRow] = []
+    owners: dict[tuple[str, ...], int] = {}
+    for path, nodes in trace.leaves:
+        if path and path[0] == "params":
+            owners[path[1:-1]] = owners.get(path[1:-1], 0) + _size(runner.shape(nodes))
+    kernel_sizes = {path: _size(runner.shape(nodes)) for path, nodes in trace.leaves}
+    counted: set[tuple[str, ...]] = set()
+
+    def visit(f, times: int) -> None:
+        for i, eqn in enumerate(f.jaxpr.eqns):
+            name = eqn.primitive.name
+            subs = f.subs.get(i)
+            if subs:
+                k = times * int(eqn.params.get("length", 1)) if name == "scan" else times
+                for sub in subs[:1] if name == "cond" else subs:
+                    visit(sub, k)
+            if name not in ("conv_general_dilated", "dot_general"):
+                continue
+            lhs, rhs = eqn.invars[:2]
+            out = eqn.outvars[0]
+            kernel = next((v for v in (rhs, lhs) if v in f.src), None)
+            if kernel is None or f.env.get(out) is None:
+                continue
+            kpath = f.src[kernel][0]
+            kshape = runner.shape(f.env[kernel])
+            oshape = runner.shape(f.env[out])
+            if name == "conv_general_dilated":
+                rspec = eqn.params["dimension_numbers"].rhs_spec
+                taps = _size([kshape[a] for a in rspec[2:]])
+                macs = _size(oshape) * taps * kshape[rspec[1]]
+                ospec = eqn.params["dimension_numbers"].out_spec
+                hw = tuple(int(oshape[a]) for a in ospec[2:4]) if len(ospec) >= 4 else None
+                row = ("conv", int(kshape[rspec[1]] * eqn.params["feature_group_count"]), int(kshape[rspec[0]]), hw)
+                ksz = tuple(int(kshape[a]) for a in rspec[2:4]) if len(rspec) >= 4 else None
+            else:
+                (lc, rc), _ = eqn.params["dimension_numbers"]
+                kc = rc if kernel is rhs else lc
+                contract = _size([kshape[a] for a in kc])
+                macs = _size(oshape) * contract
+                row = ("dense", int(contract), int(oshape[-1]) if oshape else 1, None)
+                ksz = None
+            owner = tuple(kpath[1:-1])
+            first = owner not in counted
+            counted.add(owner)
+            rows.append(
+                MacRow(
+                    "/".join(owner) or "<root>",
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    int(macs) * times,
+                    owners.get(owner, 0) if first else 0,
+                    kernel_sizes.get(tuple(kpath), 0) if first else 0,
+                    ksz,
+                )
+            )
+
+    visit(trace.top, 1)
+    for owner, n in owners.items():
+        if owner not in counted:
+            rows.append(MacRow("/".join(owner) or "<root>", "other", 0, 0, None, 0, n, 0))
+    return tuple(rows), shape
+
+
 def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_projections: bool = False) -> MacReport:
     """Analytic MACs and parameters per layer, from the model's configuration and the input shape (paper.md §3).
 
@@ -336,6 +431,11 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
       >>> r.macs, r.params, r.params_no_bn
       (313463808, 14987722, 14978250)
     """
+    if _is_traced(model):
+        if exclude_projections is not False:
+            raise ValueError("exclude_projections is for zoo models; a TracedModel is counted in full")
+        rows, tshape = _traced_rows(model, input_shape)
+        return MacReport(rows=rows, input_shape=tshape, model_label=f"TracedModel({model.kind})")
     check_prunable_model(model)
     if not isinstance(exclude_projections, bool):
         raise TypeError(f"exclude_projections must be a bool, got {type(exclude_projections).__name__}")

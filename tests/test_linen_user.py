@@ -155,6 +155,117 @@ def test_function_route_trains_with_kwargs_and_rngs(images):
     assert not np.allclose(out, tm.apply(v, images), atol=1e-3)  # dropout did act
 
 
+# -- rebuilding the user's class ---------------------------------------------------------------------------------
+
+
+def _resnet_macs(f: int, n: int = 4) -> int:
+    """Conv + dense MACs of the 2-stage ResNet above at `f` filters, input (n, 16, 16, 1), written out layer by layer."""
+    stem = n * 16 * 16 * f * 9 * 1
+    block0 = 2 * n * 16 * 16 * f * 9 * f
+    block1 = n * 8 * 8 * 2 * f * 9 * f + n * 8 * 8 * 2 * f * 9 * 2 * f + n * 8 * 8 * 2 * f * f  # conv0, conv1, proj
+    return stem + block0 + block1 + n * 2 * f * 10
+
+
+def _all_half(tm, v):
+    return jp.make_plan(tm, v, prune_ratio={g.name: 0.5 for g in tm.channel_groups() if g.prunable})
+
+
+def test_resnet_rebuilt_as_its_own_class_with_derived_widths(resnet, images):
+    _, v, tm = resnet
+    assert sum(g.prunable for g in tm.channel_groups()) == 4
+    plan = _all_half(tm, v)
+    tm2, v2 = jp.prune(tm, v, plan)
+    assert tm2.group_widths() == {
+        "conv_init": 4,
+        "ResNetBlock_0/Conv_0": 4,
+        "ResNetBlock_1/Conv_0": 8,
+        "ResNetBlock_1/Conv_1": 8,
+    }
+    rebuilt = tm2.module
+    assert type(rebuilt) is ResNet and rebuilt.num_filters == 4 and rebuilt.stage_sizes == (1, 1)
+    out = rebuilt.apply(v2, images, train=False)
+    np.testing.assert_allclose(out, tm2.apply(v2, images), atol=1e-5)  # float32, same ops: <= 1e-5
+    masked = jp.mask_dropped(tm, v, plan, images)
+    np.testing.assert_allclose(out, masked, atol=1e-4)  # float32 through 6 convs and 5 BNs: <= 1e-4
+    assert jp.count_macs(tm).macs == _resnet_macs(8) == 2_171_520
+    assert jp.count_macs(tm2).macs == _resnet_macs(4) == 561_472
+
+
+def _factory(width: int) -> nn.Sequential:
+    return nn.Sequential(
+        [nn.Conv(width, (3, 3)), nn.relu, nn.Conv(2 * width, (3, 3), strides=2), nn.relu, _pool, nn.Dense(10)]
+    )
+
+
+def _pool(x):
+    return x.mean((1, 2))
+
+
+def test_sequential_from_a_factory_rebuilt(images):
+    s = _factory(8)
+    v = s.init(jax.random.key(0), jnp.zeros(X.shape))
+    tm = jp.trace_model(s, v, X)
+    plan = _all_half(tm, v)
+    tm2, v2 = jp.prune(tm, v, plan)
+    rebuilt = tm2.module
+    assert type(rebuilt) is nn.Sequential
+    assert [getattr(layer, "features", None) for layer in rebuilt.layers] == [4, None, 8, None, None, 10]
+    out = rebuilt.apply(v2, images)
+    np.testing.assert_allclose(out, tm2.apply(v2, images), atol=1e-5)  # float32, same ops
+    np.testing.assert_allclose(out, jp.mask_dropped(tm, v, plan, images), atol=1e-4)  # float32, 3 layers
+
+    # conv 3x3 (1 -> w) at 16x16, conv 3x3 stride 2 (w -> 2w) at 8x8, dense 2w -> 10; batch 4.
+    def macs(w):
+        return 4 * (16 * 16 * w * 9 + 8 * 8 * 2 * w * 9 * w + 2 * w * 10)
+
+    assert jp.count_macs(tm).macs == macs(8) == 369_280
+    assert jp.count_macs(tm2).macs == macs(4) == 110_912
+
+
+def test_rebuild_impossible_names_group_and_field(resnet, images):
+    _, v, tm = resnet
+    tm2, v2 = jp.prune(tm, v, jp.make_plan(tm, v, prune_ratio={"ResNetBlock_0/Conv_0": 0.5}))
+    with pytest.raises(
+        ValueError,
+        match=r"field ResNet\.num_filters sets groups .*ResNetBlock_0/Conv_0 .*kept 4, "
+        r"needs num_filters = 4.*still runs and trains",
+    ):
+        _ = tm2.module
+    assert tm2.apply(v2, images).shape == (4, 10)  # the TracedModel still runs
+
+
+def test_group_no_field_sets_is_named(images):
+    class Literal(nn.Module):
+        classes: int = 3
+
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(self.classes)(nn.relu(nn.Conv(6, (3, 3), name="c6")(x)).mean((1, 2)))
+
+    m = Literal()
+    v = m.init(jax.random.key(0), jnp.zeros(X.shape))
+    tm = jp.trace_model(m, v, X)
+    tm2, _ = jp.prune(tm, v, jp.make_plan(tm, v, prune_ratio={"c6": 0.5}))
+    with pytest.raises(
+        ValueError,
+        match=r"\['c6'\] have no constructor field .*params/c6/kernel.*no int "
+        r"constructor field of Literal sets it.*still runs and trains",
+    ):
+        _ = tm2.module
+
+
+def test_user_field_shared_by_groups_with_different_counts(resnet):
+    m, v, _ = resnet
+    tm = jp.trace_model(m, v, X, fields={"conv_init": "num_filters", "ResNetBlock_0/Conv_0": "num_filters"})
+    tm2, _ = jp.prune(tm, v, jp.make_plan(tm, v, prune_ratio={"ResNetBlock_0/Conv_0": 0.5}))
+    with pytest.raises(
+        ValueError,
+        match=r"field ResNet\.num_filters sets groups \['ResNetBlock_0/Conv_0', "
+        r"'conv_init'\], and no single value",
+    ):
+        _ = tm2.module
+
+
 @pytest.mark.slow
 def test_fit_finetunes_the_pruned_linen_resnet_on_digits():
     data = jp.data.load_digits(image_size=16, channels=1)
