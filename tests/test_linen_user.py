@@ -284,3 +284,20 @@ def test_fit_finetunes_the_pruned_linen_resnet_on_digits():
     bs1 = jax.tree.leaves(tuned.batch_stats)
     assert all(a.shape == b.shape for a, b in zip(bs0, bs1, strict=True))
     assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(bs0, bs1, strict=True)) > 1e-3
+
+
+@pytest.mark.slow
+def test_iterative_prune_takes_a_traced_model_without_batch_norm():
+    data = jp.data.load_digits(image_size=16, channels=1)
+    small = (data.x_train[:256], data.y_train[:256], data.x_test[:128], data.y_test[:128])
+    s = _factory(8)
+    v = s.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+    # No `train` argument: train_kwargs={} says its training pass is its inference one.
+    tm = jp.trace_model(s, v, jax.ShapeDtypeStruct((64, 16, 16, 1), jnp.float32), train_kwargs={})
+    state = jt.TrainState.create(tm, v, jt.sgd(0.05))  # batch_stats={}: the model has none
+    state, rounds = jt.iterative_prune(state, small, (0.5,), epochs_per_round=1, batch_size=64, lr=0.01, progress=False)
+    assert state.model.group_widths() == {"layers_0": 4, "layers_2": 8}
+    # batch 1 at 16x16: conv 1 -> w, conv stride 2 w -> 2w at 8x8, dense 2w -> 10.
+    assert rounds[0]["macs_before"] == 16 * 16 * 8 * 9 + 8 * 8 * 16 * 9 * 8 + 16 * 10 == 92_320
+    assert rounds[0]["macs_after"] == 16 * 16 * 4 * 9 + 8 * 8 * 8 * 9 * 4 + 8 * 10 == 27_728
+    assert type(state.model.module) is nn.Sequential

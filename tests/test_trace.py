@@ -806,7 +806,7 @@ def test_with_widths_and_apply_errors(user):
         tm.with_widths({"dense0": 3.0})
     with pytest.raises(TypeError, match="mapping"):
         tm.with_widths([("dense0", 3)])
-    with pytest.raises(ValueError, match="inference program only"):
+    with pytest.raises(ValueError, match="traced without a `train` argument"):
         tm.apply(v, x, train=True)
     with pytest.raises(ValueError, match=r"params/dense0/bias has shape \(32,\), expected \(16,\)"):
         tm.with_widths({"dense0": 16}).apply(v, x)

@@ -88,7 +88,8 @@ def trace_model(
         function) takes a ``train`` argument, else none.
       train_kwargs: Keyword arguments of the training call that ``TracedModel.apply(..., train=True, mutable=...,
         rngs=...)`` makes (``mutable`` and ``rngs`` are added to them). Default: `apply_kwargs` with ``train=True``
-        when `apply_kwargs` has ``train=False``; else None, and ``apply(train=True)`` raises.
+        when `apply_kwargs` has ``train=False``; else None, and ``apply(train=True)`` raises. ``{}`` for a model
+        without a training flag (its training pass is its inference one, with `mutable` and `rngs`).
 
     Returns:
       A `TracedModel`.

@@ -248,6 +248,8 @@ class TracedModel:
           TypeError: `mutable` or `rngs` of the wrong kind.
         """
         variables = _check_variables(variables)
+        # An empty collection the trace did not see (a TrainState's ``batch_stats={}`` of a model without batch norm).
+        variables = {k: c for k, c in variables.items() if k in self._abstract or jax.tree_util.tree_leaves(c)}
         mutable = _check_mutable(mutable, variables)
         if rngs is not None and not isinstance(rngs, Mapping):
             raise TypeError(f"rngs must be a mapping from PRNG stream names to keys, got {type(rngs).__name__}")
@@ -261,7 +263,8 @@ class TracedModel:
             raise ValueError(
                 f"train=True: this {self.kind} TracedModel was traced without a `train` argument, so it has no "
                 "training call; trace it with trace_model(..., apply_kwargs={'train': False}) (a model taking "
-                "`train`) or give trace_model(..., train_kwargs={...}), the keyword arguments of its training call"
+                "`train`) or give trace_model(..., train_kwargs={...}), the keyword arguments of its training call "
+                "(train_kwargs={} for a model whose training forward pass is its inference one)"
             )
         if self._call is None:
             raise ValueError(
