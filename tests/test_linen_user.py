@@ -153,6 +153,23 @@ def test_function_route_trains_with_kwargs_and_rngs(images):
     ref = m.apply(v, images, deterministic=False, rngs={"dropout": key})
     np.testing.assert_allclose(out, ref, atol=1e-5)  # float32, same ops: <= 1e-5
     assert not np.allclose(out, tm.apply(v, images), atol=1e-3)  # dropout did act
+    # jaxprune.train's step draws one dropout key per step for a model naming its streams.
+    tmr = jp.trace_model(
+        m.apply,
+        v,
+        X,
+        apply_kwargs={"deterministic": True},
+        train_kwargs={"deterministic": False},
+        train_rngs=("dropout",),
+    )
+    state = jt.TrainState.create(tmr, v, jt.sgd(0.1))
+    labels = jnp.arange(4) % 3
+    _, metrics = jt.train_step(state, images, labels)
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, 0), 1)
+    want = jt.cross_entropy_loss(m.apply(v, images, deterministic=False, rngs={"dropout": key}), labels)
+    np.testing.assert_allclose(metrics["loss"], want, atol=1e-5)  # float32, same ops
+    with pytest.raises(TypeError, match="train_rngs"):
+        jp.trace_model(m.apply, v, X, train_rngs="dropout")
 
 
 # -- rebuilding the user's class ---------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ def trace_model(
     fields: Mapping[str, str | tuple[str, int]] | None = None,
     apply_kwargs: Mapping[str, Any] | None = None,
     train_kwargs: Mapping[str, Any] | None = None,
+    train_rngs: tuple[str, ...] = (),
 ) -> TracedModel:
     """Traces a model and returns a `TracedModel` that `make_plan`, `prune` and `mask_dropped` accept.
 
@@ -90,6 +91,8 @@ def trace_model(
         rngs=...)`` makes (``mutable`` and ``rngs`` are added to them). Default: `apply_kwargs` with ``train=True``
         when `apply_kwargs` has ``train=False``; else None, and ``apply(train=True)`` raises. ``{}`` for a model
         without a training flag (its training pass is its inference one, with `mutable` and `rngs`).
+      train_rngs: PRNG stream names the training call draws from (e.g. ``("dropout",)``); `jaxprune.train`'s train
+        step then passes ``rngs`` with a key per stream and step (`TracedModel.train_rngs`).
 
     Returns:
       A `TracedModel`.
@@ -100,6 +103,8 @@ def trace_model(
         value is not the group's width; a `policy` that makes a group the trace could not follow prunable.
     """
     apply_kwargs = _check_kwargs(apply_kwargs, "apply_kwargs")
+    if isinstance(train_rngs, str) or not all(isinstance(n, str) for n in train_rngs):
+        raise TypeError(f"train_rngs must be a tuple of PRNG stream names, got {train_rngs!r}")
     if train_kwargs is not None:
         train_kwargs = _check_kwargs(train_kwargs, "train_kwargs")
     if apply_kwargs is None:
@@ -145,6 +150,7 @@ def trace_model(
         apply_kwargs=apply_kwargs,
         train_kwargs=None if kind == "nnx" else train_kwargs,
         rebuild=rebuild,
+        train_rngs=tuple(train_rngs),
     )
     tm._policy = policy
     check_groups(tm.channel_groups(), abstract)

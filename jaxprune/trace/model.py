@@ -67,6 +67,7 @@ class TracedModel:
         train_kwargs=None,
         programs=None,
         rebuild=None,
+        train_rngs=(),
     ):
         self._trace: _Trace = trace
         self._specs: list[_Spec] = specs
@@ -94,6 +95,9 @@ class TracedModel:
         # `module` rebuilds it at the current widths on first use.
         self._rebuild = rebuild
         self._built: Any = None
+        #: PRNG streams the training call draws from (``("dropout",)``): `jaxprune.train`'s step passes ``rngs`` with a
+        #: key per stream, ``fold_in(fold_in(state.rng, step), i + 1)`` for the i-th.
+        self.train_rngs: tuple[str, ...] = tuple(train_rngs)
 
     # -- the model protocol ----------------------------------------------------------------------------------
     def channel_groups(self) -> tuple[ChannelGroup, ...]:
@@ -161,6 +165,7 @@ class TracedModel:
             train_kwargs=self._train_kwargs,
             programs=self._programs,
             rebuild=self._rebuild,
+            train_rngs=self.train_rngs,
         )
         new._policy = self._policy
         return new

@@ -68,8 +68,12 @@ def _augment(augment, key, images):
 
 
 def _train_step(state: TrainState, images, labels, masks=None, *, label_smoothing: float = 0.0, augment=None):
-    images = _augment(augment, jax.random.fold_in(state.rng, state.step), images)
+    step_key = jax.random.fold_in(state.rng, state.step)
+    images = _augment(augment, step_key, images)
     kwargs = {} if masks is None else {"masks": masks}
+    streams = getattr(state.model, "train_rngs", ())
+    if streams:  # a traced model drawing randomness (dropout): one key per stream, per step
+        kwargs["rngs"] = {name: jax.random.fold_in(step_key, i + 1) for i, name in enumerate(streams)}
 
     def loss_fn(params):
         logits, updates = state.model.apply(
