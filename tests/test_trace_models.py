@@ -561,9 +561,13 @@ def test_plan_or_mask_not_matching_the_trace(linen):
     _m, x, v, tm = linen("unet_nearest")
     plan = jp.make_plan(tm, v, prune_ratio={"enc2": 0.5})
     tm2, v2 = jp.prune(tm, v, plan)
-    with pytest.raises(ValueError, match=r"group 'enc2' has width 6 in the model, the plan expects 12"):
+    with pytest.raises(
+        ValueError, match=r"enc2.*(6 in the model, the plan expects 12|12 in the plan's, 6 in the given)"
+    ):
         jp.prune(tm2, v2, plan)
-    with pytest.raises(ValueError, match=r"group 'enc2' has width 6 in the model, the plan expects 12"):
+    with pytest.raises(
+        ValueError, match=r"enc2.*(6 in the model, the plan expects 12|12 in the plan's, 6 in the given)"
+    ):
         jp.mask_dropped(tm2, v2, plan, x)
     other = jp.PruningPlan(keep={"enc3": (0,)}, widths={"enc3": 4})
     with pytest.raises(ValueError, match=r"plan names unknown group 'enc3'; this model's prunable groups: enc1, enc2"):

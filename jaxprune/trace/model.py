@@ -31,7 +31,8 @@ class TracedModel:
     """A model seen through its traced channel groups: what `make_plan`, `prune` and `mask_dropped` need.
 
     It implements the model protocol (`channel_groups()`, `with_widths(mapping)`, `stages()`), and `apply(variables,
-    x, *, masks=None)`, which re-runs the traced program at the model's current widths (the jaxpr's shape parameters
+    x, *, train=False, masks=None, mutable=False, rngs=None)` (``train=True``: the model's training call, traced and
+    re-run the same way, so `jaxprune.train.fit` trains it), which re-runs the traced program at the model's current widths (the jaxpr's shape parameters
     rewritten from the traced channel spaces; one jitted program per width configuration) and, with `masks`, zeroes
     the masked channels wherever channels are mixed (contractions, reductions): the masking reference for a traced
     model (docs/design.md §4). `prune(traced, variables, plan)` returns a new `TracedModel` and the sliced variables;
