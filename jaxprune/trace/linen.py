@@ -210,7 +210,11 @@ def discover_fields(module, example_input, apply_kwargs, specs: list[_Spec], dim
     `jax.eval_shape`) with each int field (and tuple entry, and field of a held submodule) doubled: a group whose
     scored kernel's filter count doubles with it is set by that field, as ``coefficient * field`` (``num_filters *
     2**i`` gives coefficient ``2**i``). Returns (field specs, group name -> why no field sets it)."""
-    base = _init_shapes(module, example_input, apply_kwargs)
+    try:
+        base = _init_shapes(module, example_input, apply_kwargs)
+    except Exception as err:  # an init that needs more than a params key: no field can be found, apply still works
+        reason = f"{type(module).__name__}.init(key, x, **apply_kwargs) could not be re-run ({type(err).__name__})"
+        return {}, {s.name: reason for s in specs}
     kernels = {}
     for s in specs:
         g = _materialize(s, dims, {})
