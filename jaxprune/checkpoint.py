@@ -6,16 +6,24 @@ model configuration (`model.config()`, so a pruned model comes back at its reduc
 the step and the PRNG key. It does not train (`jaxprune.train`), decide or slice anything, and it never pickles: the
 arrays are a `flax.serialization` msgpack payload and everything else is JSON.
 
-File layout (format version 1)::
+File layout (format version 2)::
 
-    JAXPRUNE-CHECKPOINT\\n                 magic line
-    {"format": "jaxprune.checkpoint", "version": 1, "model": {...}, "plans": [...], "step": ..., "rng": ...,
-     "variables": {leaf path: [shape, dtype]}, "payload": {"bytes": N, "sha256": ...}, ...}\\n   one line of JSON
+    JAXPRUNE-CHECKPOINT\n                 magic line
+    {"format": "jaxprune.checkpoint", "version": 2, "model": {...}, "plans": [...], "step": ..., "rng": ...,
+     "variables": {leaf path: [shape, dtype]}, "payload": {"bytes": N}, ...}\n   one line of JSON
+    sha256:<64 hex digits>\n             SHA-256 of the magic line, the header line and the payload
     <N bytes of msgpack>                  {"variables": ..., "opt_state": ...}
 
-`head -2` shows what a checkpoint holds. The payload's length and SHA-256 are checked before anything is decoded, so a
-truncated or corrupted file is an error, never a partial load. Writes go to a temporary file in the same folder that
-is `os.replace`-d over the target only once complete, so a crash mid-save leaves the previous checkpoint intact.
+`head -2` shows what a checkpoint holds. One digest covers the header and the payload, so any changed, missing or
+added byte (a flipped step, a swapped header, a truncated payload) is a `ValueError` naming the file, never a load
+of other values; the digest is checked before anything in the header is used beyond the payload's length. (It
+detects damage and edits, not a forger who recomputes it: it is not a signature.) After the digest, every header
+field is checked strictly (types, ranges, the leaf table against the arrays), so even a consistent but malformed file
+is a `ValueError`. Version 1 files (a digest of the payload only) still load, with the same strict checks.
+
+Writes go to a temporary file in the same folder that is `os.replace`-d over the target only once complete, so a
+crash mid-save leaves the previous checkpoint intact; temporary files left by killed saves are removed by the next
+save into the folder (`jaxprune._atomic`).
 
 Multi-host: `save_checkpoint` must be called by every process (it gathers arrays that are not fully addressable);
 only process 0 writes. `load_checkpoint` reads on every process and returns host-local arrays; place them with
@@ -57,9 +65,12 @@ __all__ = [
     "save_checkpoint",
 ]
 
-#: The format version this jaxprune writes and reads.
-CHECKPOINT_FORMAT_VERSION = 1
+#: The format version this jaxprune writes; it also reads the versions in `_READABLE_VERSIONS`.
+CHECKPOINT_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _MAGIC = b"JAXPRUNE-CHECKPOINT\n"
+_DIGEST_PREFIX = b"sha256:"
+_DIGEST_LINE_BYTES = len(_DIGEST_PREFIX) + 64 + 1
 _FORMAT = "jaxprune.checkpoint"
 # The header is one JSON line; bounding how far we look for its end keeps a garbage file from being read whole.
 _MAX_HEADER_BYTES = 64 * 1024 * 1024
@@ -237,9 +248,7 @@ def save_checkpoint(
             f"{type(model).__name__} has no config(); checkpoints store zoo models (jaxprune.models), which rebuild "
             "from their config"
         )
-    step = 0 if step is None else int(host_array(step))
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
+    step = 0 if step is None else _checked_step(step)
     plans = tuple(plans)
     for i, p in enumerate(plans):
         if not isinstance(p, PruningPlan):
@@ -263,13 +272,16 @@ def save_checkpoint(
         "rng": _rng_header(rng),
         "has_opt_state": opt_state is not None,
         "variables": _leaf_table(host_vars),
-        "metadata": dict(metadata or {}),
-        "payload": {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
+        "metadata": _checked_metadata(metadata),
+        "payload": {"bytes": len(payload)},
     }
     try:
-        header_bytes = json.dumps(header, sort_keys=True).encode("utf-8") + b"\n"
+        header_bytes = json.dumps(header, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n"
     except TypeError as e:
         raise TypeError(f"checkpoint metadata must be JSON-serializable: {e}") from e
+    except ValueError as e:  # allow_nan=False
+        raise ValueError(f"checkpoint metadata must not hold NaN or infinity (JSON has no such numbers): {e}") from e
+    digest = _digest(_MAGIC, header_bytes, payload)
 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -277,13 +289,71 @@ def save_checkpoint(
         raise FileNotFoundError(f"cannot write checkpoint {path}: folder {folder} does not exist")
     if jax.process_index() != 0:  # every process gathered above; one writes
         return
-    _atomic_write_bytes(path, (_MAGIC, header_bytes, payload))
+    _atomic_write_bytes(path, (_MAGIC, header_bytes, _DIGEST_PREFIX + digest.encode("ascii") + b"\n", payload))
+
+
+#: Steps are stored as int32 in a train state (`jaxprune.train.TrainState`).
+_MAX_STEP = 2**31 - 1
+
+
+def _checked_step(step) -> int:
+    arr = np.asarray(host_array(step))
+    if arr.shape != () or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"step must be an int (not a bool or float), got {type(step).__name__} {step!r}")
+    value = int(arr)
+    if not 0 <= value <= _MAX_STEP:
+        raise ValueError(f"step must be >= 0 and <= {_MAX_STEP}, got {value}")
+    return value
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()
+
+
+def _checked_metadata(metadata) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"checkpoint metadata must be a mapping with str keys, got {type(metadata).__name__}")
+
+    def check(value, where: str) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise TypeError(
+                        f"checkpoint metadata keys must be str (JSON objects have str keys): {where} has key {k!r} "
+                        f"({type(k).__name__})"
+                    )
+                check(v, f"{where}[{k!r}]")
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                check(v, f"{where}[{i}]")
+
+    check(metadata, "metadata")
+    return dict(metadata)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------------------
-def _read_header(f, path: str) -> tuple[dict[str, Any], int]:
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice in one object")
+        out[k] = v
+    return out
+
+
+def _read_header(f, path: str) -> tuple[dict[str, Any], bytes]:
+    """The parsed header (format and version checked, nothing else yet) and its raw line."""
     magic = f.read(len(_MAGIC))
     if magic != _MAGIC:
         raise ValueError(f"{path} is not a jaxprune checkpoint (it does not start with {_MAGIC!r})")
@@ -291,34 +361,159 @@ def _read_header(f, path: str) -> tuple[dict[str, Any], int]:
     if not line.endswith(b"\n"):
         raise ValueError(f"checkpoint {path} is truncated or corrupted: its JSON header line never ends")
     try:
-        header = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(line.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ValueError(f"checkpoint {path} is corrupted: its JSON header does not parse ({e})") from e
     if not isinstance(header, dict) or header.get("format") != _FORMAT:
         raise ValueError(f"checkpoint {path} is corrupted: its header is not a {_FORMAT!r} header")
     version = header.get("version")
-    if version != CHECKPOINT_FORMAT_VERSION:
+    if type(version) is not int or version not in _READABLE_VERSIONS:
         raise ValueError(
-            f"checkpoint {path} has format version {version!r}; this jaxprune reads version "
-            f"{CHECKPOINT_FORMAT_VERSION} (a newer jaxprune wrote it, or the file is damaged)"
+            f"checkpoint {path} has format version {version!r}; this jaxprune reads versions "
+            f"{', '.join(map(str, _READABLE_VERSIONS))} (a newer jaxprune wrote it, or the file is damaged)"
         )
-    for key in ("model", "plans", "step", "rng", "has_opt_state", "variables", "metadata", "payload"):
+    return header, line
+
+
+_HEADER_KEYS = (
+    "format",
+    "version",
+    "model",
+    "plans",
+    "step",
+    "rng",
+    "has_opt_state",
+    "variables",
+    "metadata",
+    "payload",
+)
+
+
+def _is_int(v, minimum: int = 0, maximum: int | None = None) -> bool:
+    return type(v) is int and v >= minimum and (maximum is None or v <= maximum)
+
+
+def _key_data_ok(data, depth: int = 0) -> bool:
+    if type(data) is list and depth < 8:
+        return bool(data) and all(_key_data_ok(d, depth + 1) for d in data)
+    return depth > 0 and _is_int(data, 0, 2**32 - 1)
+
+
+def _check_header(header: Mapping[str, Any], path: str) -> None:
+    """Strict types of every header field (after the digest: a consistent file can still be malformed)."""
+
+    def bad(field: str, what: str):
+        raise ValueError(f"checkpoint {path} has a malformed header: {field} {what}")
+
+    for key in _HEADER_KEYS:
         if key not in header:
             raise ValueError(f"checkpoint {path} is corrupted: its header has no {key!r} entry")
-    return header, len(_MAGIC) + len(line)
+    extra = sorted(set(header) - set(_HEADER_KEYS))
+    if extra:
+        bad("entries", f"{extra} are unknown")
+    if not isinstance(header["model"], dict):
+        bad("'model'", "must be an object (a model config)")
+    if not isinstance(header["plans"], list) or not all(isinstance(p, dict) for p in header["plans"]):
+        bad("'plans'", "must be a list of plan objects")
+    if not _is_int(header["step"], 0, _MAX_STEP):
+        bad("'step'", f"must be an int in [0, {_MAX_STEP}], got {header['step']!r}")
+    rng = header["rng"]
+    if rng is not None:
+        if not isinstance(rng, dict) or set(rng) != {"impl", "data"}:
+            bad("'rng'", "must be null or an object with exactly 'impl' and 'data'")
+        if rng["impl"] is not None and not isinstance(rng["impl"], str):
+            bad("'rng.impl'", f"must be null or a str, got {rng['impl']!r}")
+        if not _key_data_ok(rng["data"]):
+            bad("'rng.data'", "must be a (nested) list of uint32 ints")
+    if type(header["has_opt_state"]) is not bool:
+        bad("'has_opt_state'", f"must be true or false, got {header['has_opt_state']!r}")
+    table = header["variables"]
+    if not isinstance(table, dict):
+        bad("'variables'", "must be an object {leaf path: [shape, dtype]}")
+    for leaf, entry in table.items():
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], list)
+            or not all(_is_int(d) for d in entry[0])
+            or not isinstance(entry[1], str)
+        ):
+            bad(f"'variables[{leaf!r}]'", f"must be [shape (list of ints >= 0), dtype (str)], got {entry!r}")
+    if not isinstance(header["metadata"], dict):
+        bad("'metadata'", "must be an object")
+    info = header["payload"]
+    keys = {"bytes", "sha256"} if header["version"] == 1 else {"bytes"}
+    if not isinstance(info, dict) or set(info) != keys:
+        bad("'payload'", f"must be an object with exactly {sorted(keys)}")
+    if not _is_int(info["bytes"]):
+        bad("'payload.bytes'", f"must be an int >= 0, got {info['bytes']!r}")
+    if header["version"] == 1 and not (isinstance(info["sha256"], str) and len(info["sha256"]) == 64):
+        bad("'payload.sha256'", "must be 64 hex digits")
 
 
 def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON header of a checkpoint (model config, plans, step, leaf shapes, metadata) without reading the arrays.
 
+    The header's fields are checked strictly, but not against the file's digest (that needs the whole file):
+    `load_checkpoint` checks it.
+
     Raises:
       FileNotFoundError: no file at `path`.
-      ValueError: not a jaxprune checkpoint, an unparsable header, or an unknown format version.
+      ValueError: not a jaxprune checkpoint, an unparsable or malformed header, or an unknown format version.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
         header, _ = _read_header(f, path)
+    _check_header(header, path)
     return header
+
+
+def _read_verified(path: str) -> tuple[dict[str, Any], bytes]:
+    """The header and payload of a checkpoint file, after checking its length and digest."""
+    with open(path, "rb") as f:
+        header, line = _read_header(f, path)
+        info = header.get("payload")
+        size = info.get("bytes") if isinstance(info, dict) else None
+        if not _is_int(size):
+            raise ValueError(f"checkpoint {path} is corrupted: its header's payload entry is malformed")
+        digest_line = f.readline(_DIGEST_LINE_BYTES) if header["version"] >= 2 else b""
+        offset = f.tell()
+        remaining = os.fstat(f.fileno()).st_size - offset
+        if remaining != size:
+            raise ValueError(
+                f"checkpoint {path} is truncated or has trailing bytes: the payload is {remaining} bytes after the "
+                f"header ({offset} bytes), the header says {size}"
+            )
+        payload = f.read(size)
+    if len(payload) != size:  # the file changed while being read
+        raise ValueError(f"checkpoint {path} is truncated: read {len(payload)} of {size} payload bytes")
+    if header["version"] >= 2:
+        digest = _digest(_MAGIC, line, payload)
+        if digest_line != _DIGEST_PREFIX + digest.encode("ascii") + b"\n":
+            raise ValueError(
+                f"checkpoint {path} is corrupted or was modified: its SHA-256 over header and payload is {digest}, "
+                f"the file records {digest_line[:80]!r}"
+            )
+    else:
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest != info.get("sha256"):
+            raise ValueError(f"checkpoint {path} is corrupted: payload SHA-256 {digest} differs from the header's")
+    _check_header(header, path)
+    return header, payload
+
+
+def _check_leaf_table(path: str, table: Mapping[str, Any], variables: Mapping[str, Any]) -> None:
+    flat = traverse_util.flatten_dict(variables) if variables else {}
+    found = {"/".join(p): [list(np.shape(v)), np.asarray(v).dtype.name] for p, v in flat.items()}
+    if set(found) != set(table):
+        diff = sorted(set(found) ^ set(table))
+        raise ValueError(f"checkpoint {path} is corrupted: its header's leaf table and its arrays differ at {diff[:5]}")
+    for leaf in sorted(table):
+        if found[leaf] != table[leaf]:
+            raise ValueError(
+                f"checkpoint {path} is corrupted: leaf {leaf} is {found[leaf]} in the payload, the header says "
+                f"{table[leaf]}"
+            )
 
 
 def _config_diff(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
@@ -412,36 +607,23 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoi
       >>> logits = ckpt.model.apply(ckpt.variables, x, train=False)  # doctest: +SKIP
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        header, offset = _read_header(f, path)
-        info = header["payload"]
-        if (
-            not isinstance(info, dict)
-            or not isinstance(info.get("bytes"), int)
-            or not isinstance(info.get("sha256"), str)
-        ):
-            raise ValueError(f"checkpoint {path} is corrupted: its header's payload entry is malformed")
-        payload = f.read(info["bytes"] + 1)
-    if len(payload) != info["bytes"]:
-        raise ValueError(
-            f"checkpoint {path} is truncated or has trailing bytes: the payload is {len(payload)} bytes after the "
-            f"header ({offset} bytes), the header says {info['bytes']}"
-        )
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != info["sha256"]:
-        raise ValueError(f"checkpoint {path} is corrupted: payload SHA-256 {digest} differs from the header's")
+    header, payload = _read_verified(path)
     try:
         body = serialization.msgpack_restore(payload)
-    except Exception as e:  # a valid checksum makes this very unlikely; any decoder error means a bad file
+    except Exception as e:  # a valid digest makes this very unlikely; any decoder error means a bad file
         raise ValueError(
             f"checkpoint {path} is corrupted: its payload does not decode ({type(e).__name__}: {e})"
         ) from e
-    if not isinstance(body, dict) or "variables" not in body:
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("variables"), dict)
+        or set(body) - {"variables", "opt_state"}
+    ):
         raise ValueError(f"checkpoint {path} is corrupted: its payload holds no variables")
 
     try:
         stored_model = _models.from_config(header["model"])
-    except (ValueError, TypeError) as e:
+    except Exception as e:  # any config that builds no model is a bad file, whatever the error
         raise ValueError(f"checkpoint {path} stores a model config that builds no model: {e}") from e
     if model is not None:
         if not callable(getattr(model, "config", None)):
@@ -451,6 +633,7 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoi
             raise ValueError(f"checkpoint {path} holds a different model than expected: " + "; ".join(diff))
 
     variables = _plain_dict(body["variables"])
+    _check_leaf_table(path, header["variables"], variables)
     _check_variables(stored_model, variables, what=f"variables in checkpoint {path}")
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
 
@@ -469,13 +652,16 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoi
 
     rng = None
     if header["rng"] is not None:
-        data = np.asarray(header["rng"]["data"], np.uint32)
-        impl = header["rng"].get("impl")
-        rng = jax.random.wrap_key_data(data, impl=impl) if impl else jnp.asarray(data)
+        impl = header["rng"]["impl"]
+        try:
+            data = np.asarray(header["rng"]["data"], np.uint32)
+            rng = jax.random.wrap_key_data(data, impl=impl) if impl else jnp.asarray(data)
+        except Exception as e:  # ragged data, an unknown impl, data of another key shape
+            raise ValueError(
+                f"checkpoint {path} has a malformed header: 'rng' does not make a PRNG key ({type(e).__name__}: {e})"
+            ) from e
 
     step = header["step"]
-    if not isinstance(step, int) or step < 0:
-        raise ValueError(f"checkpoint {path} is corrupted: step {step!r} is not an int >= 0")
     return Checkpoint(
         model=stored_model,
         variables=variables,

@@ -3,14 +3,18 @@
 Subcommands: ``demo`` (the whole paper on the digits data: `jaxprune.demo.run_demo`), ``prune``
 (`jaxprune.demo.prune_to_folder`), ``report`` (`jaxprune.count_macs`), ``table`` (`jaxprune.paper`),
 ``sensitivity``, ``finetune`` and ``train`` (thin front ends of `jaxprune.demo`'s steps). Exit status: 0 on success,
-2 on a usage error or bad input (one line on stderr), 130 when interrupted (Ctrl-C). Set ``JAXPRUNE_TRACEBACK=1`` to
+2 on a usage error, bad input or a file-system error such as a full disk (one line on stderr), 130 when
+interrupted (Ctrl-C). Writing commands never overwrite an output folder holding another run's results unless given
+``--overwrite`` (see `jaxprune._outdir`). Set ``JAXPRUNE_TRACEBACK=1`` to
 see the full traceback of an error instead of its one-line message.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -19,7 +23,8 @@ __all__ = ["build_parser", "main"]
 PROG = "jaxprune"
 
 #: Exceptions that mean "bad input": reported on one line, exit status 2.
-_INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+#: OSError covers the file system's refusals too (missing or taken paths, permissions, a read-only or full disk).
+_INPUT_ERRORS = (ValueError, TypeError, OSError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,14 +41,32 @@ def _one_line(text: str) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 # Argument types: turn one string into one value, or say in one line what is wrong.
 # ----------------------------------------------------------------------------------------------------------------------
-def _ratio(text: str) -> float:
-    try:
-        p = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; a prune ratio is in [0, 1)") from None
-    if not 0.0 <= p < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1) (the fraction of filters removed)")
-    return p
+def _number(convert, ok, bad: str, *, kind: str = "a number"):
+    """An argument type: `convert` the text (else "is not `kind`"), then require `ok(value)` (else "<text> `bad`")."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} {bad}")
+        return value
+
+    return parse
+
+
+_ratio = _number(
+    float,
+    lambda p: 0.0 <= p < 1.0,
+    "is outside [0, 1) (the fraction of filters removed)",
+    kind="a number; a prune ratio is in [0, 1)",
+)
+_positive_int = _number(int, lambda v: v >= 1, "must be >= 1", kind="an integer")
+_non_negative_int = _number(int, lambda v: v >= 0, "must be >= 0", kind="an integer")
+_positive_float = _number(float, lambda v: v > 0, "must be > 0")
+_fraction = _number(float, lambda v: 0.0 < v <= 1.0, "must be a fraction of the original in (0, 1]")
+_non_negative_float = _number(float, lambda v: v >= 0, "must be >= 0")
 
 
 def _ratios(text: str) -> dict[str, float]:
@@ -63,56 +86,6 @@ def _ratio_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of ratios, e.g. 0.2,0.5,0.8"
         ) from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be > 0")
-    return v
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} must be a fraction of the original in (0, 1]")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return v
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -164,6 +137,23 @@ def _add_model(p, *, required: bool, default: str | None = None, help: str = "zo
     )
 
 
+def _out_path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "is empty; give the folder to write into (an empty path is the current folder)"
+        )
+    return text
+
+
+def _add_out(p, *, required: bool = False, default: str | None = None, help: str) -> None:
+    p.add_argument("--out", type=_out_path, required=required, default=default, metavar="DIR", help=help)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it holds another run's results (the old results stay until this run has finished)",
+    )
+
+
 def _add_progress(p) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
@@ -206,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report.md to --out.",
     )
     _add_model(p, required=False, default="resnet20", help="model to train and prune", digits=True)
-    p.add_argument("--out", default="jaxprune-demo", help="output folder (default ./jaxprune-demo)")
+    _add_out(p, default="jaxprune-demo", help="output folder (default ./jaxprune-demo)")
     p.add_argument("--quick", action="store_true", help="a shorter run for CI (about a minute)")
     p.add_argument(
         "--epochs",
@@ -253,9 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--preset", choices=_preset_names(), metavar="NAME", help=f"paper preset: {', '.join(_preset_names())}"
     )
-    how.add_argument("--ratio", type=_ratio, help="fraction of filters removed from every conv-filter group")
     how.add_argument(
-        "--ratios", type=_ratios, metavar="NAME=R,...", help="per stage or group, e.g. stage1=0.6,stage2=0.3"
+        "--ratio", type=_ratio, dest="prune_ratio", help="fraction of filters removed from every conv-filter group"
+    )
+    how.add_argument(
+        "--ratios",
+        type=_ratios,
+        dest="prune_ratio",
+        metavar="NAME=R,...",
+        help="per stage or group, e.g. stage1=0.6,stage2=0.3",
     )
     p.add_argument(
         "--strategy",
@@ -271,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", type=_names, default=(), metavar="G,...", help="groups left unpruned")
     p.add_argument("--checkpoint", metavar="DIR", help="prune the weights of this jaxprune checkpoint")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the random weights (default 0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_out(p, required=True, help="output folder")
 
     # report -------------------------------------------------------------------------------------------------------
     p = sub.add_parser(
@@ -284,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", metavar="DIR", help="a jaxprune checkpoint folder")
     src.add_argument("--model", choices=_model_names(), metavar="NAME", help=f"zoo model: {', '.join(_model_names())}")
     p.add_argument("--input-size", type=_positive_int, default=None, help="input height = width (default: the model's)")
-    p.add_argument("--bn", action="store_true", help="list BatchNorm rows too")
+    p.add_argument("--bn", dest="include_bn", action="store_true", help="list BatchNorm rows too")
     p.add_argument(
         "--exclude-projections",
         action="store_true",
@@ -317,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=_non_negative_float, default=0.02, help="allowed accuracy drop (default 0.02)")
     p.add_argument("--round-to", type=_positive_int, default=1, help="round kept widths to a multiple, e.g. 8")
     p.add_argument("--images", type=_positive_int, default=None, help="training images to evaluate on (default 256)")
-    p.add_argument("--out", default=None, metavar="DIR", help="write sensitivity.md, suggestion.txt and figures here")
+    _add_out(p, help="write sensitivity.md, suggestion.txt and figures here")
     _add_progress(p)
 
     # train --------------------------------------------------------------------------------------------------------
@@ -325,12 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a zoo model on the digits data; checkpoint every epoch",
         description="Train a zoo model on the embedded digits data with the paper's optimizer (SGD with momentum, "
-        "weight decay, learning rate divided by 10 at 50%% and 75%% of training). Writes a checkpoint to --out after "
+        "weight decay, learning rate divided by 10 at 50% and 75% of training). Writes a checkpoint to --out after "
         "every epoch; Ctrl-C leaves the last complete one intact, and the same command resumes from it.",
     )
     _add_model(p, required=False, default="resnet20", help="model to train", digits=True)
     _add_train_options(p, epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size)
-    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder")
+    _add_out(p, required=True, help="checkpoint folder")
     _add_progress(p)
 
     # finetune -----------------------------------------------------------------------------------------------------
@@ -343,135 +339,79 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="the checkpoint to start from")
     _add_train_options(p, epochs=recipe.finetune_epochs, lr=recipe.finetune_lr, batch_size=recipe.batch_size)
-    p.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder for the fine-tuned model")
+    _add_out(p, required=True, help="checkpoint folder for the fine-tuned model")
     _add_progress(p)
     return parser
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Handlers: one public call each, then print what it returns.
+# Running a command: every subcommand is one public call whose keywords are the parsed arguments (the parser's dest
+# names are the function's keyword names), then one print of what it returns.
 # ----------------------------------------------------------------------------------------------------------------------
-def _cmd_table(args) -> None:
+def _tables(*, table2: bool) -> str:
     from jaxprune import paper
 
-    print(paper.format_table1())
-    if args.table2:
-        print()
-        print(paper.format_table2())
+    return paper.format_table1() + (f"\n\n{paper.format_table2()}" if table2 else "")
 
 
-def _cmd_report(args) -> None:
-    from jaxprune import demo
-
-    print(
-        demo.report_text(
-            model=args.model,
-            checkpoint=args.checkpoint,
-            input_size=args.input_size,
-            include_bn=args.bn,
-            exclude_projections=args.exclude_projections,
-            xla=args.xla,
-        )
-    )
-
-
-def _cmd_prune(args) -> None:
-    from jaxprune import demo
-
-    outcome = demo.prune_to_folder(
-        args.out,
-        model=args.model,
-        checkpoint=args.checkpoint,
-        preset=args.preset,
-        prune_ratio=args.ratio if args.ratio is not None else args.ratios,
-        strategy=args.strategy,
-        criterion=args.criterion,
-        round_to=args.round_to,
-        skip=args.skip,
-        seed=args.seed,
-    )
-    print(outcome.text)
-
-
-def _cmd_demo(args) -> None:
-    from jaxprune import demo
-
-    demo.run_demo(
-        args.out,
-        model=args.model,
-        quick=args.quick,
-        epochs=args.epochs,
-        finetune_epochs=args.finetune_epochs,
-        tolerance=args.tolerance,
-        target_macs=args.target_macs,
-        round_to=args.round_to,
-        retrain=args.retrain,
-        seed=args.seed,
-        progress=args.progress,
-        log=print,
-    )
-
-
-def _cmd_sensitivity(args) -> None:
-    from jaxprune import demo
-
-    print(
-        demo.sensitivity_from_checkpoint(
-            args.checkpoint,
-            ratios=args.ratios,
-            criterion=args.criterion,
-            tolerance=args.tolerance,
-            round_to=args.round_to,
-            images=args.images,
-            out=args.out,
-            progress=args.progress,
-        ).text
-    )
-
-
-def _cmd_train(args) -> None:
-    from jaxprune import demo
-
-    print(
-        demo.train_to_folder(
-            args.out,
-            model=args.model,
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            progress=args.progress,
-            log=print,
-        ).text
-    )
-
-
-def _cmd_finetune(args) -> None:
-    from jaxprune import demo
-
-    print(
-        demo.finetune_to_folder(
-            args.out,
-            checkpoint=args.checkpoint,
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            progress=args.progress,
-            log=print,
-        ).text
-    )
-
-
+#: command -> (module, function, whether it takes ``log=print``). The function returns None, a str, or an outcome
+#: with ``.text``.
 _COMMANDS = {
-    "demo": _cmd_demo,
-    "prune": _cmd_prune,
-    "report": _cmd_report,
-    "table": _cmd_table,
-    "sensitivity": _cmd_sensitivity,
-    "train": _cmd_train,
-    "finetune": _cmd_finetune,
+    "demo": ("jaxprune.demo", "run_demo", True),
+    "prune": ("jaxprune.demo", "prune_to_folder", False),
+    "report": ("jaxprune.demo", "report_text", False),
+    "table": ("jaxprune.cli", "_tables", False),
+    "sensitivity": ("jaxprune.demo", "sensitivity_from_checkpoint", False),
+    "train": ("jaxprune.demo", "train_to_folder", True),
+    "finetune": ("jaxprune.demo", "finetune_to_folder", True),
 }
+#: Parsed arguments that are not keywords of the command's function.
+_CLI_ONLY = ("command", "overwrite")
+#: Keywords that do not change what a run writes, so a rerun that differs only in them is the same run.
+_NOT_IDENTITY = ("out", "progress", "retrain", "log")
+_PATH_ARGS = ("checkpoint",)
+
+
+def _run_identity(command: str, kwargs, argv: Sequence[str] | None) -> dict:
+    args = {k: v for k, v in kwargs.items() if k not in _NOT_IDENTITY}
+    for k in _PATH_ARGS:
+        if args.get(k) is not None:
+            args[k] = os.path.abspath(args[k])
+    line = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
+    return {"command": command, "args": args, "command_line": line}
+
+
+def _run(args, argv: Sequence[str] | None = None) -> None:
+    """Calls the command's function with the parsed arguments, inside the output-folder policy when it writes."""
+    import importlib
+
+    from jaxprune._outdir import output_run
+
+    module, name, takes_log = _COMMANDS[args.command]
+    fn = getattr(importlib.import_module(module), name)
+    kwargs = {k: v for k, v in vars(args).items() if k not in _CLI_ONLY}
+    if takes_log:
+        kwargs["log"] = print
+    out = kwargs.get("out")
+    if out is None:
+        result = fn(**kwargs)
+    else:
+        prog = f"{PROG} {args.command}"
+        run = _run_identity(args.command, kwargs, argv)
+        with output_run(
+            out, run, overwrite=args.overwrite, on_keep=lambda line: print(f"{prog}: {line}", file=sys.stderr)
+        ) as folder:
+            result = fn(**{**kwargs, "out": folder})
+        if folder != out:  # --overwrite: the results now live in `out`
+            result = _moved(result, folder, out)
+    text = getattr(result, "text", result)
+    if text is not None:
+        print(text)
+
+
+def _moved(result, old: str, new: str):
+    text = getattr(result, "text", result)
+    return text.replace(old, os.path.normpath(new)) if isinstance(text, str) else text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -482,7 +422,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
       The exit status: 0 success, 2 usage error or bad input (one line on stderr), 130 interrupted.
+
+    Run as the program (`argv` None: the ``jaxprune`` script, ``python -m jaxprune``), an interrupt does not return:
+    once stdout and stderr are flushed the process ends with ``os._exit(130)``. Every checkpoint is complete by then
+    (each is written atomically), and the interpreter's teardown is what crashed: jax's exit handler frees the XLA
+    client while the interrupted, asynchronously dispatched steps may still be running on its threads (seen as
+    SIGSEGV after the "interrupted" line).
     """
+    program = argv is None
+    return _main(sys.argv[1:] if program else argv, program=program)
+
+
+def _interrupted(prog: str, *, program: bool) -> int:
+    """Says what an interrupt left; as the program, ends the process here without interpreter teardown (`main`)."""
+    if program:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit itself
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    print(f"\n{prog}: interrupted; checkpoints written so far are complete", file=sys.stderr)
+    if program:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(130)
+    return 130
+
+
+def _main(argv: Sequence[str], *, program: bool) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -493,22 +458,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     prog = f"{PROG} {args.command}"
     try:
-        _COMMANDS[args.command](args)
+        _run(args, argv)
     except KeyboardInterrupt:
-        sys.stdout.flush()
-        print(f"\n{prog}: interrupted; checkpoints written so far are complete", file=sys.stderr)
-        return 130
-    except _INPUT_ERRORS as e:
+        return _interrupted(prog, program=program)
+    except (*_INPUT_ERRORS, ImportError) as e:  # bad input: 2; a missing optional dependency: 1
         if os.environ.get("JAXPRUNE_TRACEBACK"):
             raise
         sys.stdout.flush()
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except ImportError as e:
-        if os.environ.get("JAXPRUNE_TRACEBACK"):
-            raise
-        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(e, ImportError) else 2
     return 0
 
 

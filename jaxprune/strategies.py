@@ -16,9 +16,10 @@ import numpy as np
 
 from jaxprune import criteria as _criteria
 from jaxprune import global_rank as _global
+from jaxprune._checks import check_inputs
 from jaxprune.groups import ChannelGroup, LeafView, kept_indices
 from jaxprune.models.base import check_prunable_model
-from jaxprune.plan import PruningPlan
+from jaxprune.plan import PruningPlan, model_fingerprint
 from jaxprune.scoring import CRITERIA, _check_criterion, expand_repeat, score_group, score_groups
 
 __all__ = ["CRITERIA", "STRATEGIES", "kept_count", "make_plan", "plan_from_scores", "resolve_ratios", "select_top"]
@@ -41,6 +42,18 @@ def _check_positive_int(v, what: str) -> int:
     if v < 1:
         raise ValueError(f"{what} must be >= 1, got {v}")
     return int(v)
+
+
+def _check_skip(skip) -> tuple[str, ...]:
+    if isinstance(skip, str):
+        return (skip,)
+    if not isinstance(skip, Iterable):
+        raise TypeError(f"skip must be a group name or a sequence of group names, got {type(skip).__name__} {skip!r}")
+    skip = tuple(skip)
+    for name in skip:
+        if not isinstance(name, str):
+            raise TypeError(f"skip must hold group names (str), got {type(name).__name__} {name!r}")
+    return skip
 
 
 def kept_count(width: int, prune_ratio: float, *, round_to: int = 1, min_keep: int = 1) -> int:
@@ -73,8 +86,19 @@ def kept_count(width: int, prune_ratio: float, *, round_to: int = 1, min_keep: i
 
 
 def select_top(scores: np.ndarray, k: int) -> tuple[int, ...]:
-    """The `k` highest-scoring indices, ascending. Stable: on a tie the lower index wins."""
+    """The `k` highest-scoring indices, ascending. Stable: on a tie the lower index wins.
+
+    Raises:
+      TypeError: `k` is not an int.
+      ValueError: `scores` is not 1-D, or `k` is outside [0, len(scores)].
+    """
     scores = np.asarray(scores)
+    if scores.ndim != 1:
+        raise ValueError(f"select_top needs 1-D scores, got shape {scores.shape}")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"select_top: k must be an int, got {type(k).__name__} {k!r}")
+    if not 0 <= k <= scores.shape[0]:
+        raise ValueError(f"select_top: k must be in [0, {scores.shape[0]}] (the number of scores), got {k}")
     order = np.argsort(-scores.astype(np.float64), kind="stable")
     return tuple(np.sort(order[:k]).tolist())
 
@@ -83,7 +107,8 @@ def resolve_ratios(model, prune_ratio, *, skip: Iterable[str] = ()) -> dict[str,
     """Maps a float or a {group or stage name: ratio} mapping to a ratio per group (design.md §3).
 
     A float, and a stage name, reach the prunable conv-filter groups only (never a stream, never `fc1`); streams and
-    `fc1` are reached only when named. A group name overrides its stage. Groups not reached, and groups in `skip`,
+    `fc1` are reached only when named. On a traced model outside the zoo a float also reaches the hidden dense
+    groups (its `float_ratio_kinds`: MLP units, attention heads and head features). A group name overrides its stage. Groups not reached, and groups in `skip`,
     are absent from the result (not pruned).
 
     Raises:
@@ -94,7 +119,7 @@ def resolve_ratios(model, prune_ratio, *, skip: Iterable[str] = ()) -> dict[str,
     groups = {g.name: g for g in model.channel_groups()}
     stages = model.stages()
     prunable = [n for n, g in groups.items() if g.prunable]
-    skip = tuple(skip) if not isinstance(skip, str) else (skip,)
+    skip = _check_skip(skip)
     for name in skip:
         if name not in groups:
             raise ValueError(f"skip names unknown group {name!r}; valid groups: {', '.join(prunable)}")
@@ -119,7 +144,13 @@ def resolve_ratios(model, prune_ratio, *, skip: Iterable[str] = ()) -> dict[str,
         out.update(by_group)  # a group name overrides its stage
     elif isinstance(prune_ratio, numbers.Real) and not isinstance(prune_ratio, bool):
         p = _check_ratio(prune_ratio, "every conv group")
-        out = {n: p for n, g in groups.items() if g.prunable and g.kind == "conv"}
+        kinds = tuple(getattr(model, "float_ratio_kinds", ("conv",)))  # a traced model adds its hidden dense groups
+        out = {n: p for n, g in groups.items() if g.prunable and g.kind in kinds}
+        if not out:
+            raise ValueError(
+                f"a float prune_ratio reaches the prunable {'/'.join(kinds)} groups and this model has none; name "
+                f"groups in a mapping instead; groups: {', '.join(f'{n} ({g.kind})' for n, g in groups.items())}"
+            )
     else:
         raise TypeError(
             f"prune_ratio must be a float or a mapping from group or stage names to floats, got {type(prune_ratio).__name__}"
@@ -159,8 +190,12 @@ def plan_from_scores(
     round_to: int = 1,
     min_keep: int = 1,
     meta: Mapping[str, Any] | None = None,
+    made_for: Mapping[str, Any] | None = None,
 ) -> PruningPlan:
-    """Keeps the top `kept_count` filters of each group in `ratios`, by the given scores."""
+    """Keeps the top `kept_count` filters of each group in `ratios`, by the given scores.
+
+    `made_for` (`jaxprune.plan.model_fingerprint`) binds the plan to its model, as `make_plan` does.
+    """
     by_name = {g.name: g for g in groups}
     keep, widths = {}, {}
     for name, p in ratios.items():
@@ -179,7 +214,7 @@ def plan_from_scores(
             raise ValueError(f"scores for group {name!r} hold NaN or inf")
         keep[name] = select_top(s, kept_count(g.width, p, round_to=round_to, min_keep=min_keep))
         widths[name] = g.width
-    return PruningPlan(keep=keep, widths=widths, meta=dict(meta or {}))
+    return PruningPlan(keep=keep, widths=widths, meta=dict(meta or {}), made_for=made_for)
 
 
 def make_plan(
@@ -262,11 +297,12 @@ def make_plan(
       True
     """
     check_prunable_model(model)
+    check_inputs(model, variables, what="make_plan")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
     round_to = _check_positive_int(round_to, "round_to")
     min_keep = _check_positive_int(min_keep, "min_keep")
-    skip = (skip,) if isinstance(skip, str) else tuple(skip)
+    skip = _check_skip(skip)
     max_ratio, target_macs, target_params = _global.check_scope_options(
         scope=scope,
         normalize=normalize,
@@ -330,7 +366,9 @@ def make_plan(
     if over:
         raise ValueError(f"prune ratios above max_ratio={max_ratio!r}: {over}")
     ratios = {n: p for n, p in ratios.items() if p > 0}  # a ratio of 0 keeps every filter: nothing to record
-    meta = {
+    if meta is not None and not isinstance(meta, Mapping):
+        raise TypeError(f"meta must be a mapping of extra entries, got {type(meta).__name__}")
+    recorded = {
         "strategy": strategy,
         "criterion": "precomputed" if scores is not None else criterion,
         "prune_ratio": {str(k): float(r) for k, r in prune_ratio.items()}
@@ -341,8 +379,14 @@ def make_plan(
         "min_keep": min_keep,
         **({"scope": scope, "max_ratio": max_ratio} if scope != "layer" or max_ratio != 1.0 else {}),
         **budget_meta,
-        **dict(meta or {}),
     }
+    clash = sorted(set(meta or {}) & set(recorded))
+    if clash:
+        raise ValueError(
+            f"meta cannot override what make_plan records: {clash}; pass those as arguments, or other keys in meta"
+        )
+    meta = {**recorded, **dict(meta or {})}
+    made_for = model_fingerprint(model, variables)
     if scores is not None:
         unknown = set(scores) - {g.name for g in groups}
         if unknown:
@@ -375,7 +419,9 @@ def make_plan(
             # The model's other scored kernels ride along, so every ratio mapping reuses the model's one compiled
             # scorer (a new subset would compile anew, ~20-45 ms on CPU); scoring them costs far less than that.
             scores = score_groups(flat, reached, criterion=criterion, key=key, index=index, batch_with=groups)
-        return plan_from_scores(groups, ratios, scores, round_to=round_to, min_keep=min_keep, meta=meta)
+        return plan_from_scores(
+            groups, ratios, scores, round_to=round_to, min_keep=min_keep, meta=meta, made_for=made_for
+        )
     # Greedy: decide groups in dependency order; each score leaves out inputs already removed (paper Fig. 3).
     decided: dict[str, tuple[int, ...]] = {}
     keep, widths = {}, {}
@@ -411,4 +457,6 @@ def make_plan(
         keep[g.name], widths[g.name] = sub.keep[g.name], g.width
         decided[g.name] = sub.keep[g.name]
     ordered = [n for n in ratios if n in keep]  # report in forward order
-    return PruningPlan(keep={n: keep[n] for n in ordered}, widths={n: widths[n] for n in ordered}, meta=meta)
+    return PruningPlan(
+        keep={n: keep[n] for n in ordered}, widths={n: widths[n] for n in ordered}, meta=meta, made_for=made_for
+    )

@@ -1,7 +1,10 @@
 """Surgery: applies a `PruningPlan` by slicing variables and optimizer state; filters vanish, they are not zeroed.
 
-This module owns slicing only: host numpy `take` along every producer and consumer axis of each planned group, then
-back to jax arrays on the original sharding. It never scores or picks filters (`jaxprune.strategies` does).
+This module owns slicing only: a `take` along every producer and consumer axis of each planned group. Leaves on one
+device (or replicated, or numpy) are sliced with host numpy and put back on their sharding in one batched
+`jax.device_put`; a leaf sharded over several devices (any `NamedSharding` that is not replicated, e.g. FSDP-style
+over a channel axis) is sliced on its devices by a jitted take with an explicit output sharding, so no host ever holds
+more of it than its own shards (docs/scaling.md). It never scores or picks filters (`jaxprune.strategies` does).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxprune._checks import check_inputs, check_opt_state
 from jaxprune.groups import check_groups, flatten_variables, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
@@ -24,7 +29,12 @@ __all__ = ["ReshardWarning", "prune", "prune_like_params", "slicing_ops"]
 
 
 class ReshardWarning(UserWarning):
-    """A pruned leaf could not keep its sharding (the new shape does not divide it) and was replicated."""
+    """A pruned leaf could not keep its sharding (its new width does not divide the mesh axes it was split over).
+
+    A sharded leaf gets the nearest sharding that divides: along that dimension the minor mesh axes are dropped until
+    the rest divide the new width, down to replicated along it; other dimensions keep their split. Pass
+    ``round_to=`` the mesh axis size to `jaxprune.make_plan` to keep widths divisible.
+    """
 
 
 def slicing_ops(
@@ -100,33 +110,135 @@ def _to_device(arr: np.ndarray, sharding):
         return jax.device_put(arr, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def _take_all(leaf, takes: list[tuple[int, np.ndarray]]):
-    """Applies takes on the host; returns a leaf of the same kind (jax array on the same sharding, or numpy)."""
-    arr = _host_take(leaf, takes)
-    return _to_device(arr, leaf.sharding) if isinstance(leaf, jax.Array) else arr
+def _put_back(arrays: list[np.ndarray], shardings: list) -> list:
+    """Host arrays to jax arrays on the given shardings, in one batched `jax.device_put`.
 
-
-def _take_many(flat: dict, ops: dict) -> None:
-    """`_take_all` over many leaves: every take on the host, then one batched `jax.device_put` for all jax leaves.
-
-    One call moves every leaf back to its own sharding (a list of arrays with a list of shardings); if one sharding
-    no longer divides its new shape, the leaves go one by one so that only that leaf is replicated (`_to_device`).
+    If a sharding no longer divides its array's new shape, the arrays go one by one so that only that one is
+    replicated, with a warning (`_to_device`).
     """
-    host = {path: _host_take(flat[path], takes) for path, takes in ops.items()}
-    paths = []
-    for path, arr in host.items():
-        if isinstance(flat[path], jax.Array):
-            paths.append(path)
-        else:
-            flat[path] = arr
-    if not paths:
-        return
-    arrays, shardings = [host[p] for p in paths], [flat[p].sharding for p in paths]
+    if not arrays:
+        return []
     try:
-        moved = jax.device_put(arrays, shardings)
+        return jax.device_put(arrays, shardings)
     except ValueError:
-        moved = [_to_device(a, s) for a, s in zip(arrays, shardings, strict=True)]
-    for p, a in zip(paths, moved, strict=True):
+        return [_to_device(a, s) for a, s in zip(arrays, shardings, strict=True)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sharded leaves: sliced on their devices
+# ----------------------------------------------------------------------------------------------------------------------
+def _on_devices(leaf) -> bool:
+    """A jax array split over several devices by a NamedSharding (or spread over several processes): slice on device.
+
+    Single-device and replicated leaves take the host path: numpy's `take` is faster than a jitted one there, and a
+    replicated leaf is read from one local copy. A leaf not fully addressable (several processes) cannot be read on one
+    host at all.
+    """
+    if not isinstance(leaf, jax.Array):
+        return False
+    sharding = leaf.sharding
+    if not leaf.is_fully_addressable:
+        return isinstance(sharding, jax.sharding.NamedSharding)
+    return (
+        isinstance(sharding, jax.sharding.NamedSharding)
+        and len(sharding.device_set) > 1
+        and not sharding.is_fully_replicated
+    )
+
+
+def _axis_names(entry) -> tuple[str, ...]:
+    if entry is None:
+        return ()
+    return tuple(entry) if isinstance(entry, tuple | list) else (entry,)
+
+
+def _fitting_sharding(sharding, shape: tuple[int, ...], where: str):
+    """The nearest NamedSharding to `sharding` that divides `shape`: minor mesh axes of a dimension dropped first.
+
+    Returns ``(sharding, note)``; `note` describes the change (leaf, old and new spec), or is None when none was needed.
+    """
+    mesh, spec = sharding.mesh, tuple(sharding.spec)
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    changed = []
+    for d, entry in enumerate(entries):
+        names = _axis_names(entry)
+        kept = names
+        while kept and shape[d] % int(np.prod([mesh.shape[n] for n in kept])):
+            kept = kept[:-1]
+        if kept != names:
+            changed.append(d)
+            entries[d] = None if not kept else (kept[0] if len(kept) == 1 else kept)
+    if not changed:
+        return sharding, None
+    new = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*entries), memory_kind=sharding.memory_kind)
+    return new, f"{where} {shape}: {sharding.spec} -> {new.spec} (dimension {', '.join(map(str, changed))})"
+
+
+def _warn_resharded(notes: list[str], mesh) -> None:
+    """One `ReshardWarning` for every leaf whose new width no longer divides its mesh axes."""
+    if not notes:
+        return
+    sizes = ", ".join(f"{n}={mesh.shape[n]}" for n in mesh.axis_names)
+    warnings.warn(
+        f"{len(notes)} pruned leaf/leaves no longer divide their sharding on the mesh ({sizes}) and take the nearest "
+        f"sharding that does: {'; '.join(notes)}. Pass round_to= the mesh axis size to make_plan to keep widths "
+        "divisible.",
+        ReshardWarning,
+        stacklevel=4,
+    )
+
+
+_DEVICE_TAKES: dict[Any, Any] = {}
+
+
+def _device_take(leaf: jax.Array, takes: list[tuple[int, np.ndarray]], where: str, notes: list[str]) -> jax.Array:
+    """Applies takes on the leaf's own devices (one jitted gather per axis), output on the nearest fitting sharding
+    (appending to `notes` when that differs from the leaf's own)."""
+    shape = list(leaf.shape)
+    for axis, idx in takes:
+        shape[axis] = len(idx)
+    out, note = _fitting_sharding(leaf.sharding, tuple(shape), where)
+    if note is not None:
+        notes.append(note)
+    axes = tuple(axis for axis, _ in takes)
+    key = (axes, out)
+    if key not in _DEVICE_TAKES:
+
+        def take(x, *indices):
+            for axis, idx in zip(axes, indices, strict=True):
+                x = jnp.take(x, idx, axis=axis, mode="clip")  # indices are valid: no fill masks
+            return x
+
+        # The kept indices are small host arrays, replicated as inputs; one compile per (axes, sharding, shapes).
+        _DEVICE_TAKES[key] = jax.jit(take, out_shardings=out)
+    indices = [np.asarray(idx, np.int32) for _, idx in takes]
+    return _DEVICE_TAKES[key](leaf, *indices)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Applying takes to leaves
+# ----------------------------------------------------------------------------------------------------------------------
+def _take_many(flat: dict, ops: dict) -> None:
+    """Applies every leaf's takes: sharded leaves on their own devices (`_device_take`, one `ReshardWarning` per
+    mesh); every other take on the host, then all those jax leaves back to their shardings in one batch (numpy leaves
+    stay numpy)."""
+    sharded = {path for path in ops if _on_devices(flat[path])}
+    notes: dict[Any, list[str]] = {}  # per mesh: one warning each
+    for path in sorted(sharded):
+        mesh = flat[path].sharding.mesh
+        flat[path] = _device_take(flat[path], ops[path], "/".join(path), notes.setdefault(mesh, []))
+    for mesh, mesh_notes in notes.items():
+        _warn_resharded(mesh_notes, mesh)
+    paths = []
+    for path, takes in ops.items():
+        if path in sharded:
+            continue
+        leaf = flat[path]
+        flat[path] = _host_take(leaf, takes)
+        if isinstance(leaf, jax.Array):
+            paths.append((path, leaf.sharding))
+    moved = _put_back([flat[p] for p, _ in paths], [s for _, s in paths])
+    for (p, _), a in zip(paths, moved, strict=True):
         flat[p] = a
 
 
@@ -155,7 +267,8 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
     Every producer axis (conv kernel outputs, BN scale/bias/mean/var, dense bias) and consumer axis (the next layer's
     input channels; dense rows after a flatten, `repeat` blocks) of each planned group is sliced with the kept
     indices. Leaves no group touches are shared by reference; jax arrays come back as jax arrays on the same
-    sharding; dtypes are kept.
+    sharding (a leaf sharded over several devices is sliced there, never gathered to the host; `ReshardWarning` when
+    its new width no longer divides the mesh); dtypes are kept.
 
     Args:
       model: A zoo model (or any object with `channel_groups()` and `with_widths()`).
@@ -166,9 +279,10 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
       ``(new_model, new_variables)`` where ``new_model = model.with_widths(plan.new_widths)``.
 
     Raises:
-      TypeError: a model without the protocol, or a plan that is not a PruningPlan.
-      ValueError: variables that do not match the model (missing collection or leaf, wrong axis length), or a plan
-        that does not (unknown group, wrong width).
+      TypeError: a model without the protocol, a plan that is not a PruningPlan, or an abstract
+        (`jax.ShapeDtypeStruct`) or non-array variables leaf (names the path).
+      ValueError: variables that do not match the model (missing collection or leaf, a leaf shape other than the
+        model's), or a plan that does not (made for another model, unknown group, wrong width).
 
     Example:
       >>> import jaxprune as jp
@@ -179,12 +293,17 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
       >>> m2.widths[0], v2["params"]["conv2"]["kernel"].shape
       (32, (3, 3, 32, 64))
     """
+    check_inputs(model, variables, plan=plan, what="prune")
     flat = flatten_variables(variables)
     ops = slicing_ops(model, plan, shapes=_Shapes(flat))
     check_groups(model.channel_groups(), variables, flat=flat)
     _take_many(flat, ops)
     new_model = model.with_widths({n: len(k) for n, k in plan.keep.items() if len(k) < plan.widths[n]})
     return new_model, traverse_util.unflatten_dict(flat)
+
+
+#: Stands in for a sliced jax leaf of an optimizer state until the batched put returns it.
+_PENDING = object()
 
 
 def _key_name(k) -> str | None:
@@ -210,9 +329,11 @@ def prune_like_params(opt_state, model, plan: PruningPlan, *, params: Mapping[st
       A new optimizer state of the same structure; untouched leaves shared by reference.
 
     Raises:
-      ValueError: a non-scalar leaf whose path names no parameter or whose shape differs from it (never a silent
-        pass-through of a leaf that might be stale).
+      TypeError: an abstract (`jax.ShapeDtypeStruct`) or non-array optimizer-state leaf (names the path).
+      ValueError: a plan made for another model, or a non-scalar leaf whose path names no parameter or whose shape
+        differs from it (never a silent pass-through of a leaf that might be stale).
     """
+    check_opt_state(opt_state, model, plan, params, what="prune_like_params")
     if params is None:
         # A traced model (`jaxprune.TracedModel`) knows its variables' shapes; a zoo model is evaluated abstractly.
         own = getattr(model, "abstract_variables", None)
@@ -236,6 +357,20 @@ def prune_like_params(opt_state, model, plan: PruningPlan, *, params: Mapping[st
                 f"optimizer-state leaf {where} has shape {shape} but parameter {'/'.join(p)} has shape {shapes[p]}"
             )
         takes = ops.get(("params", *p))
-        return _take_all(leaf, takes) if takes else leaf
+        if not takes:
+            return leaf
+        if _on_devices(leaf):  # sliced where it lives, never read to the host
+            notes: list[str] = []
+            new = _device_take(leaf, takes, where, notes)
+            _warn_resharded(notes, leaf.sharding.mesh)
+            return new
+        arr = _host_take(leaf, takes)
+        if not isinstance(leaf, jax.Array):
+            return arr
+        pending.append((arr, leaf.sharding))
+        return _PENDING
 
-    return jax.tree_util.tree_map_with_path(visit, opt_state)
+    pending: list = []
+    sliced = jax.tree_util.tree_map_with_path(visit, opt_state)
+    moved = iter(_put_back([a for a, _ in pending], [s for _, s in pending]))  # one batched put, in visit order
+    return jax.tree_util.tree_map(lambda a: next(moved) if a is _PENDING else a, sliced)

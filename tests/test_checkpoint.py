@@ -6,6 +6,7 @@ Variables come from `jaxprune.random_variables` (no compile); only the resume te
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -107,14 +108,18 @@ def test_header_is_readable_json_without_the_arrays(saved):
     with open(saved, "rb") as f:
         assert f.readline() == b"JAXPRUNE-CHECKPOINT\n"
         header = json.loads(f.readline())
+        digest_line = f.readline()
+        payload = f.read()
     assert header == read_checkpoint_header(saved)
-    assert header["version"] == CHECKPOINT_FORMAT_VERSION == 1
+    assert header["version"] == CHECKPOINT_FORMAT_VERSION == 2
     assert header["model"]["widths"] == [8, 8, 8, 32, 32, 32, 48, 64, 64]
     assert header["variables"]["params/stage1_block1_conv2/kernel"] == [[3, 3, 8, 16], "float32"]
     assert header["step"] == 17 and header["has_opt_state"] is True
-    assert header["payload"]["bytes"] == os.path.getsize(saved) - len(b"JAXPRUNE-CHECKPOINT\n") - len(
-        json.dumps(header, sort_keys=True).encode() + b"\n"
-    )
+    assert header["payload"] == {"bytes": len(payload)}
+    # One digest over the magic line, the header line and the payload.
+    line = json.dumps(header, sort_keys=True).encode() + b"\n"
+    expected = hashlib.sha256(b"JAXPRUNE-CHECKPOINT\n" + line + payload).hexdigest()
+    assert digest_line == b"sha256:" + expected.encode() + b"\n"
 
 
 def test_optimizer_state_without_tx_stays_raw_and_train_state_restores_it(saved, adam_state):
@@ -247,15 +252,23 @@ def test_a_process_killed_mid_save_leaves_the_last_good_checkpoint(saved):
 # ----------------------------------------------------------------------------------------------------------------------
 # Bad files and mismatches: each a clear error, never a partial load
 # ----------------------------------------------------------------------------------------------------------------------
+MAGIC = b"JAXPRUNE-CHECKPOINT\n"
+
+
 def _split(path):
+    """(header dict, payload bytes) of a version-2 file."""
     raw = path.read_bytes()
     magic_end = raw.index(b"\n") + 1
     header_end = raw.index(b"\n", magic_end) + 1
-    return raw[:magic_end], json.loads(raw[magic_end:header_end]), raw[header_end:]
+    digest_end = raw.index(b"\n", header_end) + 1
+    return json.loads(raw[magic_end:header_end]), raw[digest_end:]
 
 
-def _rewrite(path, header, payload, magic=b"JAXPRUNE-CHECKPOINT\n"):
-    path.write_bytes(magic + json.dumps(header).encode() + b"\n" + payload)
+def _forge(path, header, payload, *, magic=MAGIC, header_line=None):
+    """Writes a version-2 file whose digest is right for what it holds (a consistent but edited file)."""
+    line = header_line if header_line is not None else json.dumps(header).encode() + b"\n"
+    digest = hashlib.sha256(magic + line + payload).hexdigest().encode()
+    path.write_bytes(magic + line + b"sha256:" + digest + b"\n" + payload)
 
 
 def test_truncated_file_is_an_error(saved):
@@ -266,19 +279,44 @@ def test_truncated_file_is_an_error(saved):
     saved.write_bytes(raw[:30])  # cut inside the header
     with pytest.raises(ValueError, match="truncated or corrupted: its JSON header line never ends"):
         load_checkpoint(saved)
+    saved.write_bytes(raw + b"x")
+    with pytest.raises(ValueError, match="is truncated or has trailing bytes"):
+        load_checkpoint(saved)
 
 
 def test_corrupted_payload_byte_is_an_error(saved):
     raw = bytearray(saved.read_bytes())
     raw[-5000] ^= 0x01
     saved.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match="is corrupted: payload SHA-256"):
+    with pytest.raises(ValueError, match="is corrupted or was modified: its SHA-256 over header and payload"):
+        load_checkpoint(saved)
+
+
+def test_a_changed_header_byte_is_an_error(saved):
+    raw = saved.read_bytes()
+    saved.write_bytes(raw.replace(b'"step": 17', b'"step": 18'))
+    with pytest.raises(ValueError, match=f"checkpoint {saved} is corrupted or was modified"):
+        load_checkpoint(saved)
+
+
+def test_swapped_headers_of_two_checkpoints_are_an_error(saved, tmp_path, pruned):
+    m, v = pruned
+    other = tmp_path / "other.ckpt"
+    save_checkpoint(other, m, v, step=99, metadata={"who": "other"})
+    save_checkpoint(saved, m, v, step=1, metadata={"who": "saved"})
+    h_other, p_other = _split(other)
+    _, p_saved = _split(saved)
+    assert p_other == p_saved  # the same arrays: only the headers differ
+    raw_saved = saved.read_bytes()
+    digest_line = raw_saved.splitlines(keepends=True)[2]
+    saved.write_bytes(MAGIC + json.dumps(h_other, sort_keys=True).encode() + b"\n" + digest_line + p_saved)
+    with pytest.raises(ValueError, match="is corrupted or was modified"):
         load_checkpoint(saved)
 
 
 def test_corrupted_header_and_wrong_magic_are_errors(saved, tmp_path):
-    magic, header, payload = _split(saved)
-    saved.write_bytes(magic + b'{"format": "jaxprune.checkpoint", "vers\n' + payload)
+    header, payload = _split(saved)
+    _forge(saved, header, payload, header_line=b'{"format": "jaxprune.checkpoint", "vers\n')
     with pytest.raises(ValueError, match="its JSON header does not parse"):
         load_checkpoint(saved)
     other = tmp_path / "plan.json"
@@ -286,31 +324,31 @@ def test_corrupted_header_and_wrong_magic_are_errors(saved, tmp_path):
     with pytest.raises(ValueError, match="is not a jaxprune checkpoint"):
         load_checkpoint(other)
     del header["payload"]
-    _rewrite(saved, header, payload)
-    with pytest.raises(ValueError, match="its header has no 'payload' entry"):
+    _forge(saved, header, payload)
+    with pytest.raises(ValueError, match="its header's payload entry is malformed"):
         load_checkpoint(saved)
 
 
 def test_unknown_format_version_is_an_error(saved):
-    _, header, payload = _split(saved)
-    header["version"] = 2
-    _rewrite(saved, header, payload)
-    with pytest.raises(ValueError, match="has format version 2; this jaxprune reads version 1"):
+    header, payload = _split(saved)
+    header["version"] = 3
+    _forge(saved, header, payload)
+    with pytest.raises(ValueError, match="has format version 3; this jaxprune reads versions 1, 2"):
         load_checkpoint(saved)
-    with pytest.raises(ValueError, match="has format version 2"):
+    with pytest.raises(ValueError, match="has format version 3"):
         read_checkpoint_header(saved)
 
 
 def test_config_edited_to_other_widths_is_caught_by_the_shape_check(saved):
-    _, header, payload = _split(saved)
+    header, payload = _split(saved)
     header["model"]["widths"][6] = 64  # claim stage3_block1_conv1 is unpruned
-    _rewrite(saved, header, payload)
+    _forge(saved, header, payload)
     with pytest.raises(
         ValueError, match=r"leaf batch_stats/stage3_block1_bn1/mean has shape \(48,\), the model's widths need \(64,\)"
     ):
         load_checkpoint(saved)
     header["model"]["family"] = "alexnet"
-    _rewrite(saved, header, payload)
+    _forge(saved, header, payload)
     with pytest.raises(ValueError, match="stores a model config that builds no model: unknown model family 'alexnet'"):
         load_checkpoint(saved)
 
@@ -373,3 +411,314 @@ def test_save_takes_a_train_state_alone(tmp_path, model, variables):
 def test_checkpoint_names_are_exported_without_optax():
     assert jp.save_checkpoint is save_checkpoint and jp.load_checkpoint is load_checkpoint
     assert jp.Checkpoint is Checkpoint
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Format version 2: strict headers behind the digest, the previous version, stale temporary files
+# ----------------------------------------------------------------------------------------------------------------------
+def _set(*keys, value):
+    def edit(h):
+        d = h
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+
+    return edit
+
+
+def _drop(key):
+    return lambda h: h.pop(key)
+
+
+def _deep(depth):
+    v = 0
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+_LEAF = "params/stage1_block1_conv2/kernel"
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (_set("step", value=True), "'step' must be an int in"),
+        (_set("step", value=17.0), "'step' must be an int in"),
+        (_set("step", value=-1), "'step' must be an int in"),
+        (_set("step", value=2**62), "'step' must be an int in"),
+        (_set("has_opt_state", value="yes"), "'has_opt_state' must be true or false"),
+        (_set("rng", "impl", value=3), "'rng.impl' must be null or a str"),
+        (_set("rng", "data", value=[True, 1]), "'rng.data' must be a"),
+        (_set("rng", "data", value="abc"), "'rng.data' must be a"),
+        (_set("rng", "data", value=[2**32, 0]), "'rng.data' must be a"),
+        (_set("rng", "extra", value=1), "'rng' must be null or an object with exactly"),
+        (_set("rng", "impl", value="nope"), "'rng' does not make a PRNG key"),
+        (_set("rng", "data", value=[1, 2, 3]), "'rng' does not make a PRNG key"),
+        (_set("variables", _LEAF, value=["x", "float32"]), "must be \\[shape"),
+        (
+            _set("variables", _LEAF, value=[[3, 3, 8, 16], "float64"]),
+            "the header says \\[\\[3, 3, 8, 16\\], 'float64'\\]",
+        ),
+        (lambda h: h["variables"].pop(_LEAF), "leaf table and its arrays differ"),
+        (_set("metadata", value=[1]), "'metadata' must be an object"),
+        (_set("plans", value={"keep": 1}), "'plans' must be a list"),
+        (_set("plans", 0, "keep", value=None), "malformed plan history"),
+        (_set("model", value=[1]), "'model' must be an object"),
+        (_set("model", "widths", value="x"), "builds no model"),
+        (_set("model", "depth", value=None), "builds no model"),
+        (_set("surprise", value=1), "\\['surprise'\\] are unknown"),
+        (_set("payload", "bytes", value=2**62), "is truncated or has trailing bytes"),
+        (_set("payload", "bytes", value=True), "payload entry is malformed"),
+        (_set("payload", "sha256", value="00"), "'payload' must be an object with exactly \\['bytes'\\]"),
+        (_set("version", value=True), "has format version True"),
+        (_set("version", value=2.0), "has format version 2.0"),
+        (_set("has_opt_state", value=False), "disagree on the optimizer state"),
+        (_drop("metadata"), "its header has no 'metadata' entry"),
+        (_set("metadata", "deep", value=_deep(100_000)), "its JSON header does not parse"),
+        (_set("format", value="jaxprune.PruningPlan"), "is not a 'jaxprune.checkpoint' header"),
+    ],
+)
+def test_every_malformed_header_is_a_value_error_naming_the_file(saved, edit, match):
+    header, payload = _split(saved)
+    edit(header)
+    try:
+        line = json.dumps(header).encode() + b"\n"
+    except RecursionError:  # json.dumps itself cannot write it: build the line by hand
+        line = (
+            json.dumps({**header, "metadata": {}})
+            .encode()
+            .replace(b'"metadata": {}', b'"metadata": {"deep": ' + b"[" * 100_000 + b"0" + b"]" * 100_000 + b"}")
+            + b"\n"
+        )
+    _forge(saved, header, payload, header_line=line)
+    with pytest.raises(ValueError, match=match) as info:
+        load_checkpoint(saved)
+    assert str(saved) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        (b'{"format": "jaxprune.checkpoint", "version": NaN}\n', "NaN is not a JSON number"),
+        (b'{"format": "jaxprune.checkpoint", "format": "x"}\n', "key 'format' appears twice"),
+        (b"[1, 2]\n", "is not a 'jaxprune.checkpoint' header"),
+        (b'{"format": "\xff\xfe"}\n', "its JSON header does not parse"),
+    ],
+)
+def test_header_lines_that_are_not_strict_json_are_value_errors(saved, line, match):
+    header, payload = _split(saved)
+    _forge(saved, header, payload, header_line=line)
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(saved)
+    with pytest.raises(ValueError, match=match):
+        read_checkpoint_header(saved)
+
+
+def test_a_garbled_digest_line_is_an_error(saved):
+    raw = saved.read_bytes().split(b"\n", 3)
+    saved.write_bytes(b"\n".join([raw[0], raw[1], b"sha256:" + b"0" * 64, raw[3]]))
+    with pytest.raises(ValueError, match="is corrupted or was modified"):
+        load_checkpoint(saved)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"metadata": {"acc": float("nan")}}, ValueError, "must not hold NaN or infinity"),
+        ({"metadata": {"acc": [1.0, float("inf")]}}, ValueError, "must not hold NaN or infinity"),
+        ({"metadata": {3: "x"}}, TypeError, "keys must be str .* key 3 \\(int\\)"),
+        ({"metadata": {"a": {(1, 2): "x"}}}, TypeError, "metadata\\['a'\\] has key \\(1, 2\\)"),
+        ({"metadata": ["x"]}, TypeError, "metadata must be a mapping"),
+        ({"step": True}, TypeError, "step must be an int \\(not a bool or float\\)"),
+        ({"step": 1.5}, TypeError, "step must be an int \\(not a bool or float\\)"),
+        ({"step": 2**40}, ValueError, "step must be >= 0 and <= 2147483647"),
+    ],
+)
+def test_save_refuses_headers_that_would_not_load_back(tmp_path, pruned, kwargs, error, match):
+    m, v = pruned
+    with pytest.raises(error, match=match):
+        save_checkpoint(tmp_path / "a.ckpt", m, v, **kwargs)
+    assert not os.listdir(tmp_path)
+
+
+def test_a_version_1_checkpoint_still_loads(saved, pruned, plan, adam_state):
+    header, payload = _split(saved)
+    header["version"] = 1
+    header["payload"] = {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    saved.write_bytes(MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
+    tx, st = adam_state
+    ck = load_checkpoint(saved, tx=tx)
+    assert ck.step == 17 and ck.plans == (plan,) and ck.header["version"] == 1
+    assert_trees_equal(ck.variables, pruned[1], "variables")
+    assert_trees_equal(ck.opt_state, st, "opt_state")
+    raw = bytearray(saved.read_bytes())
+    raw[-100] ^= 0x10
+    saved.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="payload SHA-256"):
+        load_checkpoint(saved)
+
+
+def test_stale_temporary_files_are_removed_by_the_next_save(saved, pruned, tmp_path):
+    from jaxprune import _atomic
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()  # an exited process: its temporary files are stale
+    stale = saved.parent / f".tmp-{p.pid}-{_atomic._HOST}-{'ab' * 8}.ckpt"
+    stale.write_bytes(b"half a checkpoint")
+    live = saved.parent / f".tmp-{os.getppid()}-{_atomic._HOST}-{'cd' * 8}.ckpt"  # our parent runs
+    live.write_bytes(b"being written")
+    other_host = saved.parent / f".tmp-{p.pid}-00000000-{'ef' * 8}.ckpt"
+    other_host.write_bytes(b"another host's")
+    legacy_old = saved.parent / f".tmp-{'12' * 8}.ckpt"
+    legacy_old.write_bytes(b"old version")
+    os.utime(legacy_old, (0, 0))
+    legacy_new = saved.parent / f".tmp-{'34' * 8}.ckpt"
+    legacy_new.write_bytes(b"old version, recent")
+    save_checkpoint(saved, *pruned, step=3)
+    left = sorted(os.listdir(saved.parent))
+    assert left == sorted(["pruned.ckpt", live.name, other_host.name, legacy_new.name])
+    assert load_checkpoint(saved).step == 3
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Any changed byte, anywhere: hypothesis
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_bytes(tmp_path_factory, pruned, plan, adam_state):
+    m, v = pruned
+    path = tmp_path_factory.mktemp("orig") / "c.ckpt"
+    save_checkpoint(path, m, v, opt_state=adam_state[1], step=1234, rng=jax.random.key(7), plans=[plan],
+                    metadata={"acc": 0.5})  # fmt: skip
+    return path.read_bytes()
+
+
+def _small_header_biased_offsets(n: int):
+    from hypothesis import strategies as st
+
+    # Half the draws land in the first 8 KiB (magic, header, digest line), the rest anywhere.
+    return st.one_of(st.integers(0, min(n, 8192) - 1), st.integers(0, n - 1))
+
+
+def test_flipped_bytes_anywhere_are_value_errors(saved_bytes, tmp_path_factory):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    path = tmp_path_factory.mktemp("flip") / "c.ckpt"
+    n = len(saved_bytes)
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @given(st.lists(st.tuples(_small_header_biased_offsets(n), st.integers(1, 255)), min_size=1, max_size=3))
+    def check(flips):
+        raw = bytearray(saved_bytes)
+        for at, mask in flips:
+            raw[at] ^= mask
+        if bytes(raw) == saved_bytes:  # two flips of one byte cancelled out: the file is the original
+            return
+        path.write_bytes(bytes(raw))
+        with pytest.raises(ValueError) as info:
+            load_checkpoint(path)
+        assert str(path) in str(info.value)
+
+    check()
+
+
+def test_truncated_files_are_value_errors(saved_bytes, tmp_path_factory):
+    from hypothesis import given, settings
+
+    path = tmp_path_factory.mktemp("cut") / "c.ckpt"
+
+    @settings(max_examples=100, deadline=None, database=None)
+    @given(_small_header_biased_offsets(len(saved_bytes)))
+    def check(cut):
+        path.write_bytes(saved_bytes[:cut])
+        with pytest.raises(ValueError) as info:
+            load_checkpoint(path)
+        assert str(path) in str(info.value)
+
+    check()
+
+
+def test_the_unchanged_file_loads_exactly(saved_bytes, tmp_path, pruned, adam_state):
+    path = tmp_path / "c.ckpt"
+    path.write_bytes(saved_bytes)
+    ck = load_checkpoint(path, tx=adam_state[0])
+    assert ck.step == 1234 and ck.metadata == {"acc": 0.5}
+    assert_trees_equal(ck.variables, pruned[1], "variables")
+    assert_trees_equal(ck.opt_state, adam_state[1], "opt_state")
+    np.testing.assert_array_equal(jax.random.key_data(ck.rng), jax.random.key_data(jax.random.key(7)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# SIGKILL at random moments during saves
+# ----------------------------------------------------------------------------------------------------------------------
+_SAVER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import jax
+    from jaxprune import models
+    from jaxprune.checkpoint import save_checkpoint
+    from jaxprune.utils import abstract_variables
+
+    path, step = sys.argv[1], int(sys.argv[2])
+    m = models.resnet20()
+    shapes = abstract_variables(m)
+    while True:
+        v = jax.tree_util.tree_map(lambda a, s=step: np.full(a.shape, s, a.dtype), shapes)
+        save_checkpoint(path, m, v, step=step, metadata={"step": step})
+        print(step, flush=True)
+        step += 1
+    """
+)
+
+
+def _read_line(proc, bound_s: float = 600.0) -> str:
+    """The child's next stdout line; the bound only catches a hung child (a save takes well under a second)."""
+    import select
+
+    ready, _, _ = select.select([proc.stdout], [], [], bound_s)
+    assert ready, "the saving subprocess printed nothing (hung?)"
+    return proc.stdout.readline()
+
+
+@pytest.mark.slow
+def test_sigkill_during_saves_leaves_the_last_complete_checkpoint(tmp_path):
+    import random
+    import select
+    import signal
+    import time
+
+    rng = random.Random(0)
+    path = tmp_path / "c.ckpt"
+    step, kills, temps_seen, dead = 0, 0, 0, []
+    while kills < 20:
+        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path), str(step)], stdout=subprocess.PIPE, text=True)
+        first = _read_line(proc)
+        assert first.strip() == str(step), first
+        # The child's first save is complete: the previous children's temporary files are gone.
+        assert not [n for n in os.listdir(tmp_path) if any(n.startswith(f".tmp-{pid}-") for pid in dead)]
+        until = time.monotonic() + rng.uniform(0.0, 1.5)  # a random moment: it saves a random number of times
+        last = int(first)
+        while (left := until - time.monotonic()) > 0:
+            if select.select([proc.stdout], [], [], left)[0]:
+                line = proc.stdout.readline()
+                if line.strip():
+                    last = int(line)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        dead.append(proc.pid)
+        rest = proc.stdout.read()
+        for line in rest.split():
+            last = int(line)
+        proc.stdout.close()
+        temps_seen += any(n.startswith(f".tmp-{proc.pid}-") for n in os.listdir(tmp_path))
+        ck = load_checkpoint(path)  # the last complete save, exactly
+        assert ck.step >= last and ck.metadata == {"step": ck.step}
+        for leaf in jax.tree_util.tree_leaves(ck.variables):
+            np.testing.assert_array_equal(np.asarray(leaf), np.full(leaf.shape, ck.step, leaf.dtype))
+        step = ck.step + 1
+    save_checkpoint(path, ck.model, ck.variables, step=step)
+    assert os.listdir(tmp_path) == ["c.ckpt"]  # no temporary file survives the next save
+    print(f"{kills} kills, {temps_seen} of them left a temporary file")

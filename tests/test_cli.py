@@ -18,6 +18,7 @@ from conftest import HANG_TIMEOUT_S
 
 import jaxprune as jp
 from jaxprune import cli, models
+from jaxprune._outdir import RUN_FILE
 from jaxprune.checkpoint import load_checkpoint
 from jaxprune.demo import CHECKPOINT_FILE, checkpoint_file, output_folder, parse_ratios
 
@@ -223,13 +224,14 @@ def test_prune_notes_widths_that_are_not_multiples_of_8(capsys, tmp_path):
     assert code == 0
     assert "note: 21 pruned width(s) not a multiple of 8 (stage1_block1_conv1 = 6," in out and "--round-to 8" in out
     code, out, _ = run(
-        capsys, "prune", "--model", "resnet56", "--preset", "resnet56-B", "--round-to", "8", "--out", str(tmp_path)
-    )
+        capsys, "prune", "--model", "resnet56", "--preset", "resnet56-B", "--round-to", "8", "--out", str(tmp_path),
+        "--overwrite",
+    )  # fmt: skip
     assert code == 0 and "note:" not in out
 
 
 def test_prune_preset_writes_checkpoint_plan_and_comparison(pruned_folder):
-    assert sorted(p.name for p in pruned_folder.iterdir()) == [CHECKPOINT_FILE, "comparison.txt", "plan.json"]
+    assert sorted(p.name for p in pruned_folder.iterdir()) == [RUN_FILE, CHECKPOINT_FILE, "comparison.txt", "plan.json"]
     m = models.resnet56()
     expected = jp.preset("resnet56-B", m, jp.random_variables(m, seed=0))
     plan = jp.PruningPlan.load(pruned_folder / "plan.json")

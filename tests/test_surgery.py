@@ -270,6 +270,24 @@ def test_prune_like_params_slices_every_mirror(zoo, tx):
     assert n_sliced > 0
 
 
+def test_prune_like_params_keeps_each_leaf_kind_and_sharding(zoo):
+    """Sliced jax leaves come back as jax arrays on their sharding (one batched put); numpy leaves stay numpy."""
+    m, v = zoo("resnet20")
+    plan = jp.make_plan(m, v, prune_ratio=0.5)
+    state = optax.sgd(0.1, momentum=0.9).init(v["params"])
+    trace = state[0].trace
+    bn = "stage1_block1_bn1"
+    mixed = (state[0]._replace(trace={**trace, bn: jax.tree_util.tree_map(np.asarray, trace[bn])}), state[1])
+    new = jp.prune_like_params(mixed, m, plan)
+    kept = len(plan.keep["stage1_block1_conv1"])
+    kernel = new[0].trace["stage1_block1_conv1"]["kernel"]
+    assert isinstance(kernel, jax.Array) and kernel.sharding == trace["stage1_block1_conv1"]["kernel"].sharding
+    assert kernel.shape == (3, 3, 16, kept)
+    scale = new[0].trace[bn]["scale"]
+    assert isinstance(scale, np.ndarray) and not isinstance(scale, jax.Array) and scale.shape == (kept,)
+    assert new[0].trace["stem"]["kernel"] is trace["stem"]["kernel"]  # a stream: not sliced, shared
+
+
 def test_prune_like_params_refuses_unknown_leaves(zoo):
     m, v = zoo("resnet20")
     plan = jp.make_plan(m, v, prune_ratio=0.5)
@@ -317,10 +335,17 @@ def test_variables_of_other_widths(zoo):
     m, v = zoo("resnet20")
     small = m.with_widths({"stage1_block1_conv1": 8})
     plan = jp.make_plan(m, v, prune_ratio=0.5)
+    with pytest.raises(ValueError, match=r"prune: variables leaf batch_stats/stage1_block1_bn1/mean has shape \(16,\)"):
+        jp.prune(small, v, plan)  # the variables do not fit the model: said at the door
+    small_v = jp.random_variables(small)
     with pytest.raises(ValueError, match="plan does not match the model"):
-        jp.prune(small, v, plan)
+        jp.prune(small, small_v, plan)
     ident = PruningPlan(keep={"stage2_block1_conv1": (0,)}, widths={"stage2_block1_conv1": 32})
-    with pytest.raises(ValueError, match=r"path params/stage1_block1_conv1/kernel axis 3 has length 16, expected 8"):
+    # Checked at the door, every leaf against the model's abstract variables (jaxprune._checks).
+    with pytest.raises(
+        ValueError,
+        match=r"leaf batch_stats/stage1_block1_bn1/mean has shape \(16,\), the model CifarResNet needs \(8,\)",
+    ):
         jp.prune(small, v, ident)
 
 

@@ -77,7 +77,7 @@ def trace_model(
     Raises:
       TypeError: arguments of the wrong kind.
       ValueError: everything `trace_groups` raises; `fields` naming an unknown group or field, or a field whose
-        value is not the group's width.
+        value is not the group's width; a `policy` that makes a group the trace could not follow prunable.
     """
     kind, fn, variables, module, zoo, nnx_parts = _resolve_target(model_or_fn, variables)
     _check_input(example_input)
@@ -119,13 +119,20 @@ def trace_groups(
     """Discovers a model's channel groups from its jaxpr (docs/design.md §6; paper §3.2-3.3 coupling, found by tracing).
 
     The forward pass is traced with `jax.make_jaxpr` (abstract shapes: nothing is compiled) and every parameter axis
-    is followed through the program: conv_general_dilated (grouped and depthwise: a depthwise conv ties its input
-    and output channels), dot_general, broadcasting elementwise ops (BN statistics and affine terms, biases, gates,
-    residual additions), concatenate (the consumer holds each input group at its offset), contiguous slice and
-    split, pad, channel-last reshape / flatten (`AxisRef.repeat`), transpose, pooling windows, reductions, select,
-    activations, and the sub-programs of jit, custom_jvp / custom_vjp, remat, cond, while and scan. Axes that must
-    share one channel index space are joined; spaces tied to the model's input or output are not groups. A residual
-    stream is one group (its kind is ``stream``).
+    is followed through the program by one rule per primitive (`jaxprune.trace.SUPPORTED_PRIMITIVES`):
+    conv_general_dilated (grouped and depthwise: a depthwise conv ties its input and output channels), dot_general,
+    broadcasting elementwise ops (BN statistics and affine terms, biases, gates, residual additions), concatenate
+    (the consumer holds each input group at its offset), contiguous slice and split, pad, tile, channel-last reshape
+    / flatten (`AxisRef.repeat`; an axis split in two keeps its major part whole, as grouped-query attention's
+    key/value heads), transpose, gather and scatter on other axes, pooling windows, reductions, select, activations,
+    and the sub-programs of jit, custom_jvp / custom_vjp, remat, cond, while and scan. Axes that must share one
+    channel index space are joined; spaces tied to the model's input or output are not groups. A residual stream is
+    one group (its kind is ``stream``). A stage is inferred for conv-filter groups from spatial resolution.
+
+    Tracing never refuses a model for one operation: a group whose channels pass through a primitive without a rule
+    (or one that depends on channel positions: sort, a gather along channels, ...) is not prunable, with the
+    primitive and its source line as the reason (`describe_groups`, `TracedModel.blocked`) and an
+    `UntracedChannelsWarning`.
 
     Args:
       apply_fn: A Flax Linen module, an NNX module, or a function ``(variables, x) -> output``.
@@ -140,9 +147,9 @@ def trace_groups(
 
     Raises:
       TypeError: arguments of the wrong kind.
-      ValueError: a channel group passing through a primitive jaxprune cannot follow (names the primitive and where
-        it occurs), a parameter whose channels reach the output through no channel-preserving path or which is not
-        used, a layout no group can express; errors of the model itself (e.g. an input of the wrong rank).
+      ValueError: a model none of whose groups can be followed (names the first blocking primitive and its source
+        line), a parameter whose channels reach the output through no channel-preserving path or which is not used;
+        errors of the model itself (e.g. an input of the wrong rank).
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxprune as jp

@@ -71,7 +71,8 @@ def format_groups(groups: Sequence[ChannelGroup], *, verbose: bool = False) -> s
 
 
 def describe_groups(groups: Sequence[ChannelGroup], *, verbose: bool = False, file=None) -> None:
-    """Prints channel groups as a table (`format_groups`) to `file` (default: standard output).
+    """Prints channel groups (or a model's, e.g. a `TracedModel`) as a table (`format_groups`) to `file` (default:
+    standard output); a group the trace could not follow shows why under its row.
 
     Example:
       >>> import jaxprune as jp

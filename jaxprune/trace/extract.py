@@ -216,7 +216,9 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
         )
         group_roots.add(r)
 
-    # Every parameter must be accounted for: some axis in a group, or tied to the input/output/a window.
+    # Every parameter must be accounted for: some axis in a group, read by a kernel (e.g. a learnt attention probe:
+    # its channels are its own, never pruned), or tied to the input/output/a window.
+    read = {r for r, mem in members.items() if any((m.path, m.axis) in t.contracted for m in mem)}
     for (path, nodes), is_used in zip(leaves, used, strict=True):
         per_axis = leaf_roots[path]
         big = [a for a, n in enumerate(nodes) if d.size[n] > 1]
@@ -228,7 +230,7 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
                 "the traced function; trace the function that uses these variables (did apply_fn close over other "
                 "variables?) or remove the parameter"
             )
-        if any(r in group_roots or d.fixed[r] is not None for a in big for r in per_axis[a]):
+        if any(r in group_roots or r in read or d.fixed[r] is not None for a in big for r in per_axis[a]):
             continue
         if any(d.taint[r] is not None for a in big for r in per_axis[a]):
             continue  # behind a primitive without a rule: left as it is (the groups involved are not prunable)
@@ -239,8 +241,22 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
         )
     specs.sort(key=lambda s: s.order)
     _unique_names(specs)
+    _infer_stages(specs, t)
     _check_followable(specs)
     return specs
+
+
+def _infer_stages(specs: list[_Spec], t: _Tracer) -> None:
+    """Stages of a traced CNN from spatial resolution: conv-filter groups whose scored kernel writes at the highest
+    resolution are ``stage1``, the next lower ``stage2``, and so on (a stage lies between two downsamplings; a
+    U-Net's decoder joins the encoder stage at its resolution). A model's declaration or policy may rename them."""
+    res = {id(s): t.spatial.get(s.scored) for s in specs if s.kind == "conv" and s.scored is not None}
+    levels = sorted({r for r in res.values() if r is not None}, reverse=True)
+    rank = {r: k + 1 for k, r in enumerate(levels)}
+    for s in specs:
+        r = res.get(id(s))
+        if r is not None:
+            s.stage = f"stage{rank[r]}"
 
 
 class UntracedChannelsWarning(UserWarning):
@@ -269,7 +285,7 @@ def _check_followable(specs: list[_Spec]) -> None:
         f"trace_groups: {len(blocked)} of {len(specs)} channel groups are not prunable because jaxprune cannot follow "
         f"their channels: {lines}",
         UntracedChannelsWarning,
-        stacklevel=4,
+        stacklevel=6,  # trace_model's caller
     )
 
 

@@ -29,9 +29,12 @@ class TracedModel:
     `module` (Linen) or `nnx_module(variables)` (NNX) give a real model at the new widths. Build one with
     `trace_model`.
 
-    The re-run keeps the traced program's constants: a mean over a pruned channel axis (LayerNorm over features)
-    still divides by the traced width, so the re-run equals the masked original, whereas a rebuilt module
-    normalises over the channels that remain.
+    A mean over channels (the statistics of LayerNorm, GroupNorm, RMSNorm, or any ``jnp.mean``) divides by the
+    channels kept, in the pruned re-run (the pruned count) and in the masked reference (the sum of the masks) alike,
+    so pruned = masked = the module rebuilt at the new widths (docs/design.md §6). Other constants computed from a
+    width at trace time keep their traced value: an attention's ``1 / sqrt(head features)`` stays the traced one, so
+    pruning head features gives pruned = masked, while a rebuilt attention module rescales by its new head count.
+    Groups the trace could not follow are not prunable; `blocked` says why.
 
     Attributes:
       kind: ``"linen"`` (a Flax Linen module), ``"nnx"`` (a Flax NNX module) or ``"function"`` (an apply function).
@@ -66,12 +69,19 @@ class TracedModel:
         return {g.name: g.width for g in self.channel_groups()}
 
     @property
+    def float_ratio_kinds(self) -> tuple[str, ...]:
+        """The group kinds a float ratio (and a stage name) reaches: conv filters and hidden dense groups (MLP units,
+        attention heads and head features); only conv filters for a zoo model, as its declaration says (paper §4)."""
+        return ("conv",) if callable(getattr(self._policy, "channel_groups", None)) else ("conv", "fc")
+
+    @property
     def blocked(self) -> dict[str, str]:
         """Group name -> why it is not prunable, for the groups whose channels the trace could not follow."""
         return {s.name: s.blocked for s in self._specs if s.blocked is not None}
 
     def stages(self) -> dict[str, tuple[str, ...]]:
-        """Stage name -> the prunable conv-filter groups a stage ratio reaches (from the policy; empty if none)."""
+        """Stage name -> the prunable conv-filter groups a stage ratio reaches: the declared stages of a zoo model, else
+        inferred from spatial resolution (``stage1`` at the highest, then one per downsampling; empty if none)."""
         return stage_map(self.channel_groups())
 
     def with_widths(self, mapping: Mapping[str, int]) -> TracedModel:
@@ -230,7 +240,8 @@ class TracedModel:
         """A new NNX module holding `variables` (e.g. pruned ones), with feature attributes updated to the new shapes.
 
         `nnx.Linear`, `nnx.Conv` (including depthwise `feature_group_count`), `nnx.BatchNorm`, `nnx.LayerNorm`,
-        `nnx.GroupNorm`, `nnx.RMSNorm` and `nnx.Embed` get their size attributes updated; other modules read their
+        `nnx.GroupNorm`, `nnx.RMSNorm`, `nnx.Embed`, `nnx.LinearGeneral` and `nnx.MultiHeadAttention` (heads, key/value
+        heads, head features) get their size attributes updated; other modules read their
         parameters' shapes at call time.
 
         Raises:

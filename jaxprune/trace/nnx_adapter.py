@@ -116,3 +116,15 @@ def update_sizes(module) -> None:
                     break
         elif isinstance(m, nnx.Embed):
             m.num_embeddings, m.features = (int(s) for s in _value(m.embedding).shape)
+        elif isinstance(m, nnx.LinearGeneral):
+            kshape = tuple(int(s) for s in _value(m.kernel).shape)
+            nb, ni = len(m.batch_axis), len(m.in_features)
+            m.in_features, m.out_features = kshape[nb : nb + ni], kshape[nb + ni :]
+    for _, m in nnx.iter_graph(module):
+        if isinstance(m, nnx.MultiHeadAttention):  # after its projections: heads and head features from their kernels
+            q = tuple(int(s) for s in _value(m.query.kernel).shape)
+            m.in_features, m.num_heads, m.head_dim = q[0], q[-2], q[-1]
+            m.qkv_features = m.num_heads * m.head_dim
+            if getattr(m, "num_kv_heads", None) is not None:
+                m.num_kv_heads = int(_value(m.key.kernel).shape[-2])
+            m.out_features = int(_value(m.out.kernel).shape[-1])

@@ -637,6 +637,7 @@ def _conv_general_dilated(t, f: _Frame, i: int, eqn) -> None:
             path, axes = f.src[rhs]
             if axes[rs[0]] is not None:
                 t.kernels.setdefault((path, axes[rs[0]]), (t.order, 1 if depthwise else 0, "conv"))
+                t.spatial.setdefault((path, axes[rs[0]]), math.prod(oshape[os_[k]] for k in range(2, len(ls))))
             if axes[rs[1]] is not None and not depthwise:
                 t.contracted.add((path, axes[rs[1]]))
 
@@ -656,8 +657,12 @@ def _dot_general(t, f: _Frame, i: int, eqn) -> None:
     rfree = [k for k in range(len(rn)) if k not in rc and k not in rb]
     t.set_out(f, out, tuple([ln[a] for a in lb] + [ln[a] for a in lfree] + [rn[b] for b in rfree]))
     lpd, rpd = t.is_pd(f, lhs), t.is_pd(f, rhs)
-    if lpd and rpd:
+    if lpd and rpd:  # e.g. a learnt probe times a kernel: both sides' contracted axes are read, neither produces
         f.pd.add(out)
+        for v, contr in ((lhs, lc), (rhs, rc)):
+            if not _is_literal(v) and v in f.src:
+                path, axes = f.src[v]
+                t.contracted.update((path, axes[k]) for k in contr if axes[k] is not None)
         return
     for v, free, contr, nodes, pd in ((lhs, lfree, lc, ln, lpd), (rhs, rfree, rc, rn, rpd)):
         if not pd:

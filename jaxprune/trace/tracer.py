@@ -24,6 +24,7 @@ class _Tracer:
         self.kernels: dict[tuple[tuple[str, ...], int], tuple[int, int, str]] = {}  # -> (order, rank, op)
         self.contracted: set[tuple[tuple[str, ...], int]] = set()
         self.first_use: dict[tuple[str, ...], int] = {}
+        self.spatial: dict[tuple[tuple[str, ...], int], int] = {}  # conv kernel axis -> output spatial positions
         self.order = 0
 
     # -- helpers -------------------------------------------------------------------------------------------------

@@ -17,12 +17,13 @@ CPU, several GPUs or a TPU slice. A training batch size that is not a multiple o
 order is reshuffled each epoch, so every example is seen). Evaluation counts every example: its final partial batch is
 padded with masked-out examples (weight 0), so the evaluation batch size must be a multiple of the device count too.
 
-**Multi-host** (TPU pods, several GPU hosts): call ``jax.distributed.initialize()`` in every process before anything
-else; `jax.devices()` is then the global device list and the mesh spans every host. Every process runs the same
-program on the same data (same seed, same order); each feeds its own slice of every global batch
-(`jax.make_array_from_process_local_data`). `prune_state` gathers replicated leaves from a local shard, slices on the
-host and re-shards. Not testable on one machine; the 4-device CPU test (``XLA_FLAGS=
---xla_force_host_platform_device_count=4``) checks the single-process path.
+**Multi-host** (TPU pods, several GPU hosts; docs/scaling.md): call ``jax.distributed.initialize()`` in every process
+before anything else; `jax.devices()` is then the global device list and the mesh spans every host. By default every
+process runs the same program on the same data (same seed, same order) and feeds its own slice of every global batch
+(`shard_batch`). With ``per_process_data=True`` each process holds only its own shard, and global batch i is the
+concatenation of every process's batch i (`shard_local_batch`; shard lengths are checked equal across processes
+first). `prune_state` reads replicated leaves from a local shard, slices on the host and re-shards. Two processes
+with two CPU devices each are tested against one process with four (tests/test_distributed.py).
 
 **Determinism.** Epoch e is shuffled with ``np.random.default_rng([seed, e])`` and step s augments with
 ``jax.random.fold_in(state.rng, s)``, so the data a step sees depends only on (seed, step): a run resumed from a
@@ -38,7 +39,7 @@ from __future__ import annotations
 from jaxprune.train.loop import evaluate, finetune, fit
 from jaxprune.train.optim import paper_sgd, sgd, step_schedule, steps_per_epoch
 from jaxprune.train.parallel import DATA_AXIS as DATA_AXIS
-from jaxprune.train.parallel import data_mesh, shard_batch
+from jaxprune.train.parallel import check_per_process_lengths, data_mesh, shard_batch, shard_local_batch
 from jaxprune.train.pruning import SCHEDULES, NothingPrunedWarning, iterative_prune, prune_state, schedule_ratios
 from jaxprune.train.state import TrainState
 from jaxprune.train.steps import AUGMENTATIONS, cross_entropy_loss, eval_step, train_step
@@ -48,6 +49,7 @@ __all__ = [
     "SCHEDULES",
     "NothingPrunedWarning",
     "TrainState",
+    "check_per_process_lengths",
     "cross_entropy_loss",
     "data_mesh",
     "eval_step",
@@ -60,6 +62,7 @@ __all__ = [
     "schedule_ratios",
     "sgd",
     "shard_batch",
+    "shard_local_batch",
     "step_schedule",
     "steps_per_epoch",
     "train_step",

@@ -18,7 +18,7 @@ from jaxprune._trees import host_array, host_tree
 from jaxprune.data import batches
 from jaxprune.train._checks import _check_bool, _check_int, _check_positive_float, _check_tx, _check_unit
 from jaxprune.train.optim import sgd, steps_per_epoch
-from jaxprune.train.parallel import _check_batch_divisible, _check_mesh, _replicate, shard_batch
+from jaxprune.train.parallel import _check_batch_divisible, _check_mesh, _placement, _replicate
 from jaxprune.train.state import TrainState, _check_state
 from jaxprune.train.steps import _check_augment, _mesh_steps
 
@@ -64,7 +64,15 @@ def _num_classes(model) -> int | None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------------------------------
-def evaluate(state: TrainState, images, labels, *, batch_size: int = 256, mesh: Mesh | None = None) -> dict[str, float]:
+def evaluate(
+    state: TrainState,
+    images,
+    labels,
+    *,
+    batch_size: int = 256,
+    mesh: Mesh | None = None,
+    per_process_data: bool = False,
+) -> dict[str, float]:
     """Test loss and accuracy over every example, data parallel; the last partial batch is padded and masked out.
 
     Args:
@@ -73,21 +81,27 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 256, mesh: 
       labels: (N,) integers in [0, num_classes).
       batch_size: Evaluation batch, a multiple of the mesh's ``"data"`` size.
       mesh: Default `data_mesh()`.
+      per_process_data: `images`/`labels` are this process's own shard (docs/scaling.md); the result covers every
+        process's examples. Needs `jax.distributed` initialised and shards of equal length.
 
     Returns:
-      ``{"loss": mean cross-entropy, "accuracy": fraction correct, "count": N}`` as Python numbers.
+      ``{"loss": mean cross-entropy, "accuracy": fraction correct, "count": N}`` as Python numbers (N summed over
+      processes with `per_process_data`).
 
     Raises:
       TypeError: a state that is not a `TrainState`, integer-less labels.
-      ValueError: bad shapes, labels out of range, no examples, batch size < 1 or not divisible by the devices.
+      ValueError: bad shapes, labels out of range, no examples, batch size < 1 or not divisible by the devices;
+        with `per_process_data`, `jax.distributed` not initialised or shards of different lengths (names them).
     """
     _check_state(state)
     mesh = _check_mesh(mesh)
     batch_size = _check_int(batch_size, "batch_size", minimum=1)
     _check_batch_divisible(batch_size, mesh, "batch_size")
+    per_process_data = _check_bool(per_process_data, "per_process_data")
     x, y = _check_xy(images, labels, "evaluation", _num_classes(state.model))
     if x.shape[0] == 0:
         raise ValueError("evaluate needs at least one example")
+    batch_size, place = _placement(mesh, batch_size, per_process_data, {"evaluation examples": x.shape[0]})
     state = _replicate(state, mesh)
     _, step = _mesh_steps(mesh)
     sums = []
@@ -99,7 +113,7 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 256, mesh: 
             mask[xb.shape[0] :] = 0
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
             yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
-        sums.append(step(state, shard_batch(mesh, xb), shard_batch(mesh, yb), shard_batch(mesh, mask)))
+        sums.append(step(state, place(xb), place(yb), place(mask)))
     sums = host_tree(sums)  # replicated outputs: read from a local shard, also with several processes
     total = {k: float(np.sum([s[k] for s in sums], dtype=np.float64)) for k in ("loss_sum", "correct", "count")}
     return {
@@ -126,6 +140,7 @@ def fit(
     progress: bool = True,
     mesh: Mesh | None = None,
     callback: Callable[[TrainState, dict[str, Any]], None] | None = None,
+    per_process_data: bool = False,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Trains `epochs` epochs with `state.tx`, data parallel, with a progress bar; returns the new state and metrics.
 
@@ -150,6 +165,10 @@ def fit(
       progress: Show a tqdm bar (epoch, loss, accuracy, images/s) on stderr.
       mesh: Default `data_mesh()` over every device.
       callback: Called as ``callback(state, record)`` after each epoch (e.g. to save a checkpoint).
+      per_process_data: `data` is this process's own shard (docs/scaling.md): each process shuffles its shard as
+        above and global batch i is the concatenation, in process order, of every process's batch i of
+        ``batch_size / jax.process_count()`` rows. Needs `jax.distributed` initialised and shards of equal length
+        (checked across processes first). Default False: every process holds the same data.
 
     Returns:
       ``(state, history)``: the trained state (replicated on the mesh) and one dict per epoch with ``epoch``
@@ -160,7 +179,8 @@ def fit(
     Raises:
       TypeError: a state that is not a `TrainState`, data of the wrong kind, options of the wrong kind.
       ValueError: epochs < 1, batch_size < 1 or not divisible by the device count, fewer training examples than a
-        batch, labels outside the model's classes, label_smoothing outside [0, 1), an unknown augmentation.
+        batch, labels outside the model's classes, label_smoothing outside [0, 1), an unknown augmentation; with
+        `per_process_data`, `jax.distributed` not initialised or shards of different lengths (names them).
 
     Example:
       >>> state = TrainState.create(model, variables, paper_sgd(epochs=12, steps_per_epoch=11))  # doctest: +SKIP
@@ -188,7 +208,10 @@ def fit(
     has_test = x_test is not None and y_test is not None and len(x_test) > 0
     if has_test:
         x_test, y_test = _check_xy(x_test, y_test, "test", num_classes)
-    spe = steps_per_epoch(x_train.shape[0], batch_size)
+    per_process_data = _check_bool(per_process_data, "per_process_data")
+    lengths = {"training examples": x_train.shape[0], "test examples": len(x_test) if has_test else 0}
+    local_batch, place = _placement(mesh, batch_size, per_process_data, lengths)
+    spe = steps_per_epoch(x_train.shape[0], local_batch)
 
     state = _replicate(state, mesh)
     step_fn, _ = _mesh_steps(mesh)
@@ -202,13 +225,13 @@ def fit(
             t0 = time.perf_counter()
             skip = offset if epoch == first_epoch else 0
             order = np.random.default_rng([seed, epoch])
-            it = batches(x_train, y_train, batch_size, shuffle=True, seed=order, drop_last=True)
+            it = batches(x_train, y_train, local_batch, shuffle=True, seed=order, drop_last=True)
             metrics = []
             for xb, yb in itertools.islice(it, skip, None):
                 state, m = step_fn(
                     state,
-                    shard_batch(mesh, xb),
-                    shard_batch(mesh, yb),
+                    place(xb),
+                    place(yb),
                     label_smoothing=label_smoothing,
                     augment=augment,
                 )
@@ -227,7 +250,9 @@ def fit(
             }
             last = epoch == first_epoch + epochs - 1
             if has_test and eval_every and ((epoch - first_epoch + 1) % eval_every == 0 or last):
-                ev = evaluate(state, x_test, y_test, batch_size=eval_batch_size, mesh=mesh)
+                ev = evaluate(
+                    state, x_test, y_test, batch_size=eval_batch_size, mesh=mesh, per_process_data=per_process_data
+                )
                 record["test_loss"], record["test_accuracy"] = ev["loss"], ev["accuracy"]
             history.append(record)
             bar.set_description(f"epoch {epoch + 1}/{first_epoch + epochs}")
@@ -282,7 +307,7 @@ def finetune(
       keep_optimizer_state: Carry the optimizer state (momentum) instead of starting it fresh.
       batch_size: As in `fit`.
       **fit_kwargs: `seed`, `augment`, `label_smoothing`, `eval_batch_size`, `eval_every`, `progress`, `mesh`,
-        `callback`, as in `fit`.
+        `callback`, `per_process_data`, as in `fit`.
 
     Returns:
       ``(state, history)`` as `fit`.
