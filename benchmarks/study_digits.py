@@ -159,7 +159,7 @@ def make_point_plan(model, variables, criterion: str, scope: str, budget: float,
     if scope == "global":
         kw["normalize"] = NORMALIZE[criterion]
     if criterion == "taylor":
-        return jp.make_plan(model, variables, scores=taylor, meta={"criterion": "taylor"}, **kw)
+        return jp.make_plan(model, variables, scores=taylor, meta={"scores": "taylor"}, **kw)
     key = jax.random.key(seed) if criterion == "random" else None
     return jp.make_plan(model, variables, criterion=criterion, key=key, **kw)
 
