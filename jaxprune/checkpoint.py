@@ -25,7 +25,11 @@ Writes go to a temporary file in the same folder that is `os.replace`-d over the
 crash mid-save leaves the previous checkpoint intact; temporary files left by killed saves are removed by the next
 save into the folder (`jaxprune._atomic`).
 
-Multi-host: `save_checkpoint` must be called by every process (it gathers arrays that are not fully addressable);
+Sharded and multi-host arrays: ``save_checkpoint(path, ..., format="orbax")`` writes an orbax directory instead (the
+same header, covering a SHA-256 of every file orbax wrote; see `jaxprune._orbax`), which `load_checkpoint` reads
+back onto any sharding; the header's shapes are checked against the rebuilt model before orbax restores an array.
+
+Multi-host, single file: `save_checkpoint` must be called by every process (it gathers arrays that are not fully addressable);
 only process 0 writes. `load_checkpoint` reads on every process and returns host-local arrays; place them with
 `jaxprune.train` (its `fit` replicates the state over the mesh).
 
@@ -189,7 +193,7 @@ def _plain_dict(tree):
 
 def _leaf_table(variables: Mapping[str, Any]) -> dict[str, list]:
     flat = traverse_util.flatten_dict(_plain_dict(variables))
-    return {"/".join(p): [list(np.shape(v)), np.asarray(v).dtype.name] for p, v in sorted(flat.items())}
+    return {"/".join(p): [list(np.shape(v)), _dtype_name(v)] for p, v in sorted(flat.items())}
 
 
 def _rng_header(rng) -> dict[str, Any] | None:
@@ -226,6 +230,7 @@ def save_checkpoint(
     rng=None,
     plans: Sequence[PruningPlan] = (),
     metadata: Mapping[str, Any] | None = None,
+    format: str = "file",
 ) -> None:
     """Writes a checkpoint atomically: a crash at any point leaves the previous file at `path` intact.
 
@@ -242,6 +247,9 @@ def save_checkpoint(
       rng: A PRNG key, typed or raw uint32 (model form only).
       plans: The plan history that produced the model, oldest first (paper §3: the record of what was pruned).
       metadata: Free-form JSON-serializable information (accuracies, command line...).
+      format: ``"file"`` (one file; arrays gathered to the host) or ``"orbax"`` (a directory written by
+        orbax-checkpoint, for sharded and multi-host arrays: every process calls, each writes its shards; layout in
+        `jaxprune._orbax`). Both are read by `load_checkpoint`.
 
     Raises:
       TypeError: a model without `config()`, a non-mapping `variables`, keyword parts given with a train state,
@@ -260,6 +268,8 @@ def save_checkpoint(
       >>> jp.load_checkpoint(path).model.widths[:3]
       (8, 8, 8)
     """
+    if format not in ("file", "orbax"):
+        raise ValueError(f"unknown checkpoint format {format!r}; valid formats: 'file', 'orbax'")
     if _is_train_state(model_or_state):
         if variables is not None or opt_state is not None or step is not None or rng is not None:
             raise TypeError(
@@ -289,6 +299,9 @@ def save_checkpoint(
             raise TypeError(f"plans[{i}] must be a jaxprune.PruningPlan, got {type(p).__name__}")
     config = model.config()
     rebuilt = _models.from_config(config)
+    if format == "orbax":
+        _save_orbax(os.fspath(path), rebuilt, config, variables, opt_state, step, rng, plans, metadata)
+        return
     host_vars = {str(k): host_tree(_plain_dict(v)) for k, v in variables.items()}
     _check_variables(rebuilt, host_vars, what="variables to save")
     _check_plan_history(rebuilt, plans)
@@ -309,13 +322,7 @@ def save_checkpoint(
         "metadata": _checked_metadata(metadata),
         "payload": {"bytes": len(payload)},
     }
-    try:
-        header_bytes = json.dumps(header, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n"
-    except TypeError as e:
-        raise TypeError(f"checkpoint metadata must be JSON-serializable: {e}") from e
-    except ValueError as e:  # allow_nan=False
-        raise ValueError(f"checkpoint metadata must not hold NaN or infinity (JSON has no such numbers): {e}") from e
-    digest = _digest(_MAGIC, header_bytes, payload)
+    header_bytes, digest_line = _encode_header(header, payload)
 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -323,7 +330,7 @@ def save_checkpoint(
         raise FileNotFoundError(f"cannot write checkpoint {path}: folder {folder} does not exist")
     if jax.process_index() != 0:  # every process gathered above; one writes
         return
-    _atomic_write_bytes(path, (_MAGIC, header_bytes, _DIGEST_PREFIX + digest.encode("ascii") + b"\n", payload))
+    _atomic_write_bytes(path, (_MAGIC, header_bytes, digest_line, payload))
 
 
 #: Steps are stored as int32 in a train state (`jaxprune.train.TrainState`).
@@ -338,6 +345,48 @@ def _checked_step(step) -> int:
     if not 0 <= value <= _MAX_STEP:
         raise ValueError(f"step must be >= 0 and <= {_MAX_STEP}, got {value}")
     return value
+
+
+def _encode_header(header: Mapping[str, Any], payload: bytes = b"") -> tuple[bytes, bytes]:
+    """The header line and the digest line (over magic, header line and `payload`)."""
+    try:
+        line = json.dumps(header, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n"
+    except TypeError as e:
+        raise TypeError(f"checkpoint metadata must be JSON-serializable: {e}") from e
+    except ValueError as e:  # allow_nan=False
+        raise ValueError(f"checkpoint metadata must not hold NaN or infinity (JSON has no such numbers): {e}") from e
+    return line, _DIGEST_PREFIX + _digest(_MAGIC, line, payload).encode("ascii") + b"\n"
+
+
+def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, metadata) -> None:
+    from jaxprune import _orbax
+
+    plain = {str(k): _plain_dict(v) for k, v in variables.items()}
+    _check_variables(rebuilt, plain, what="variables to save")
+    _check_plan_history(rebuilt, plans)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write checkpoint {path}: folder {folder} does not exist")
+    if os.path.lexists(path) and not _orbax.is_orbax_dir(path):
+        raise FileExistsError(f"cannot write orbax checkpoint {path}: it exists and is not a jaxprune orbax directory")
+    header = {
+        "format": _FORMAT,
+        "version": CHECKPOINT_FORMAT_VERSION,
+        "model": config,
+        "plans": [p.to_dict() for p in plans],
+        "step": step,
+        "rng": _rng_header(rng),
+        "has_opt_state": opt_state is not None,
+        "metadata": _checked_metadata(metadata),
+    }
+    _encode_header({**header, "variables": {}, "payload": {}})  # metadata errors before any file is written
+
+    def encode(full: Mapping[str, Any]) -> bytes:
+        line, digest = _encode_header(full)
+        return _MAGIC + line + digest
+
+    opt = serialization.to_state_dict(opt_state) if opt_state is not None else None
+    _orbax.write(path, header, plain, opt, encode=encode)
 
 
 def _digest(*parts: bytes) -> str:
@@ -433,7 +482,7 @@ def _key_data_ok(data, depth: int = 0) -> bool:
     return depth > 0 and _is_int(data, 0, 2**32 - 1)
 
 
-def _check_header(header: Mapping[str, Any], path: str) -> None:
+def _check_header(header: Mapping[str, Any], path: str, *, orbax: bool = False) -> None:
     """Strict types of every header field (after the digest: a consistent file can still be malformed)."""
 
     def bad(field: str, what: str):
@@ -476,6 +525,13 @@ def _check_header(header: Mapping[str, Any], path: str) -> None:
     if not isinstance(header["metadata"], dict):
         bad("'metadata'", "must be an object")
     info = header["payload"]
+    if orbax:
+        if not isinstance(info, dict) or set(info) != {"orbax"}:
+            bad("'payload'", "must be an object with exactly ['orbax'] in an orbax directory")
+        from jaxprune import _orbax
+
+        _orbax.check_payload(info["orbax"], bad)
+        return
     keys = {"bytes", "sha256"} if header["version"] == 1 else {"bytes"}
     if not isinstance(info, dict) or set(info) != keys:
         bad("'payload'", f"must be an object with exactly {sorted(keys)}")
@@ -536,9 +592,26 @@ def _read_verified(path: str) -> tuple[dict[str, Any], bytes]:
     return header, payload
 
 
+def _read_orbax_header(path: str) -> dict[str, Any]:
+    from jaxprune import _orbax
+
+    with open(os.path.join(path, _orbax.HEADER_FILE), "rb") as f:
+        header, line = _read_header(f, path)
+        digest_line = f.readline(_DIGEST_LINE_BYTES)
+        trailing = f.read(1)
+    if header["version"] < 2 or trailing or digest_line != _DIGEST_PREFIX + _digest(_MAGIC, line).encode() + b"\n":
+        raise ValueError(f"orbax checkpoint {path} is corrupted or was modified: its header's SHA-256 does not match")
+    _check_header(header, path, orbax=True)
+    return header
+
+
+def _dtype_name(v) -> str:
+    return jnp.dtype(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype).name
+
+
 def _check_leaf_table(path: str, table: Mapping[str, Any], variables: Mapping[str, Any]) -> None:
     flat = traverse_util.flatten_dict(variables) if variables else {}
-    found = {"/".join(p): [list(np.shape(v)), np.asarray(v).dtype.name] for p, v in flat.items()}
+    found = {"/".join(p): [list(np.shape(v)), _dtype_name(v)] for p, v in flat.items()}
     if set(found) != set(table):
         diff = sorted(set(found) ^ set(table))
         raise ValueError(f"checkpoint {path} is corrupted: its header's leaf table and its arrays differ at {diff[:5]}")
@@ -641,7 +714,7 @@ def restore_opt_state(raw, tx, params):
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
 
 
-def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=None) -> Checkpoint:
     """Loads a checkpoint into the model its config describes: a pruned one comes back at its reduced widths.
 
     Everything is checked before anything is returned: magic, format version, payload length and SHA-256, the model
@@ -653,6 +726,8 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoi
       model: If given, the model the caller expects; a checkpoint of another family, depth, number of classes or other
         widths is an error that lists each difference.
       tx: The optax transformation the optimizer state belongs to; with it `Checkpoint.opt_state` is that state.
+      sharding: For an orbax directory: where the arrays go, a `jax.sharding.Sharding` for all or a callable
+        ``(leaf path, shape) -> Sharding``; default the first device. (A single file gives host arrays.)
 
     Returns:
       A `Checkpoint`.
@@ -667,21 +742,14 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoi
       >>> ckpt = load_checkpoint("pruned.ckpt")  # doctest: +SKIP
       >>> logits = ckpt.model.apply(ckpt.variables, x, train=False)  # doctest: +SKIP
     """
-    path = os.fspath(path)
-    header, payload = _read_verified(path)
-    try:
-        body = serialization.msgpack_restore(payload)
-    except Exception as e:  # a valid digest makes this very unlikely; any decoder error means a bad file
-        raise ValueError(
-            f"checkpoint {path} is corrupted: its payload does not decode ({type(e).__name__}: {e})"
-        ) from e
-    if (
-        not isinstance(body, dict)
-        or not isinstance(body.get("variables"), dict)
-        or set(body) - {"variables", "opt_state"}
-    ):
-        raise ValueError(f"checkpoint {path} is corrupted: its payload holds no variables")
+    from jaxprune import _orbax
 
+    path = os.fspath(path)
+    orbax = _orbax.is_orbax_dir(path)
+    if orbax:
+        header = _read_orbax_header(path)
+    else:
+        header, payload = _read_verified(path)
     try:
         stored_model = _models.from_config(header["model"])
     except Exception as e:  # any config that builds no model is a bad file, whatever the error
@@ -692,6 +760,28 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoi
         diff = _config_diff(stored_model.config(), model.config())
         if diff:
             raise ValueError(f"checkpoint {path} holds a different model than expected: " + "; ".join(diff))
+    if orbax:
+        # Every shape is checked against the rebuilt model before orbax reads an array.
+        shapes = {
+            tuple(k.split("/")): jax.ShapeDtypeStruct(tuple(e[0]), jnp.dtype(e[1]))
+            for k, e in header["variables"].items()
+        }
+        _check_variables(stored_model, traverse_util.unflatten_dict(shapes), what=f"variables in checkpoint {path}")
+        variables, raw = _orbax.read(path, header, sharding=sharding)
+        body = {"variables": variables, **({"opt_state": raw} if raw is not None else {})}
+    else:
+        try:
+            body = serialization.msgpack_restore(payload)
+        except Exception as e:  # a valid digest makes this very unlikely; any decoder error means a bad file
+            raise ValueError(
+                f"checkpoint {path} is corrupted: its payload does not decode ({type(e).__name__}: {e})"
+            ) from e
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("variables"), dict)
+            or set(body) - {"variables", "opt_state"}
+        ):
+            raise ValueError(f"checkpoint {path} is corrupted: its payload holds no variables")
 
     variables = _plain_dict(body["variables"])
     _check_leaf_table(path, header["variables"], variables)
