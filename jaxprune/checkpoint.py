@@ -53,7 +53,7 @@ from flax import serialization, traverse_util
 
 from jaxprune import models as _models
 from jaxprune._atomic import atomic_write
-from jaxprune.plan import PruningPlan
+from jaxprune.plan import PruningPlan, model_fingerprint
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -239,8 +239,9 @@ def save_checkpoint(
 
     Args:
       path: The file to write (its folder must exist). Conventionally ``*.ckpt``.
-      model_or_state: A zoo model (anything with `config()` that `jaxprune.models.from_config` rebuilds), or a train
-        state.
+      model_or_state: A zoo model (anything with `config()` that `jaxprune.models.from_config` rebuilds), a user's
+        own model with `channel_groups()` and `with_widths()` (a `jaxprune.trace_model`; the checkpoint keeps its
+        fingerprint and `plans`, and `load_checkpoint(..., model=the unpruned model)` rebuilds it), or a train state.
       variables: ``{"params": ..., "batch_stats": ...}`` when a model is given; must be None with a train state.
       opt_state: An optax state to store (model form only).
       step: The training step (model form only; default 0).
@@ -287,18 +288,21 @@ def save_checkpoint(
                 f"save_checkpoint needs the model's variables as a mapping ('params', 'batch_stats'), got "
                 f"{type(variables).__name__}"
             )
-    if not callable(getattr(model, "config", None)):
+    zoo = callable(getattr(model, "config", None))
+    if not zoo and not (
+        callable(getattr(model, "channel_groups", None)) and callable(getattr(model, "with_widths", None))
+    ):
         raise TypeError(
-            f"{type(model).__name__} has no config(); checkpoints store zoo models (jaxprune.models), which rebuild "
-            "from their config"
+            f"{type(model).__name__} has neither config() (a zoo model, jaxprune.models) nor channel_groups() and "
+            "with_widths() (a traced model, jaxprune.trace_model); a checkpoint cannot say how to rebuild it"
         )
     step = 0 if step is None else _checked_step(step)
     plans = tuple(plans)
     for i, p in enumerate(plans):
         if not isinstance(p, PruningPlan):
             raise TypeError(f"plans[{i}] must be a jaxprune.PruningPlan, got {type(p).__name__}")
-    config = model.config()
-    rebuilt = _models.from_config(config)
+    config = model.config() if zoo else None
+    rebuilt = _models.from_config(config) if zoo else model
     if format == "orbax":
         _save_orbax(os.fspath(path), rebuilt, config, variables, opt_state, step, rng, plans, metadata)
         return
@@ -320,6 +324,7 @@ def save_checkpoint(
         "has_opt_state": opt_state is not None,
         "variables": _leaf_table(host_vars),
         "metadata": _checked_metadata(metadata),
+        "made_for": None if zoo else model_fingerprint(rebuilt, host_vars),
         "payload": {"bytes": len(payload)},
     }
     header_bytes, digest_line = _encode_header(header, payload)
@@ -378,6 +383,7 @@ def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, m
         "rng": _rng_header(rng),
         "has_opt_state": opt_state is not None,
         "metadata": _checked_metadata(metadata),
+        "made_for": None if config is not None else model_fingerprint(rebuilt, plain),
     }
     _encode_header({**header, "variables": {}, "payload": {}})  # metadata errors before any file is written
 
@@ -488,13 +494,19 @@ def _check_header(header: Mapping[str, Any], path: str, *, orbax: bool = False) 
     def bad(field: str, what: str):
         raise ValueError(f"checkpoint {path} has a malformed header: {field} {what}")
 
-    for key in _HEADER_KEYS:
+    keys = _HEADER_KEYS + (("made_for",) if header.get("version", 1) >= 2 else ())
+    for key in keys:
         if key not in header:
             raise ValueError(f"checkpoint {path} is corrupted: its header has no {key!r} entry")
-    extra = sorted(set(header) - set(_HEADER_KEYS))
+    extra = sorted(set(header) - set(keys))
     if extra:
         bad("entries", f"{extra} are unknown")
-    if not isinstance(header["model"], dict):
+    user_model = header.get("made_for") is not None
+    if user_model:
+        fp = header["made_for"]
+        if header["model"] is not None or not isinstance(fp, dict) or not isinstance(fp.get("groups"), dict):
+            bad("'made_for'", "must be null with a model config, or a model fingerprint without one")
+    elif not isinstance(header["model"], dict):
         bad("'model'", "must be an object (a model config)")
     if not isinstance(header["plans"], list) or not all(isinstance(p, dict) for p in header["plans"]):
         bad("'plans'", "must be a list of plan objects")
@@ -642,7 +654,8 @@ def _config_diff(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> list
 def _check_variables(model, variables: Mapping[str, Any], *, what: str) -> None:
     from jaxprune.utils import abstract_variables
 
-    expected = traverse_util.flatten_dict(abstract_variables(model))
+    own = getattr(model, "abstract_variables", None)  # a traced model knows its variables
+    expected = traverse_util.flatten_dict(_plain_dict(own() if callable(own) else abstract_variables(model)))
     found = traverse_util.flatten_dict(_plain_dict(variables)) if variables else {}
     missing = sorted("/".join(p) for p in set(expected) - set(found))
     extra = sorted("/".join(p) for p in set(found) - set(expected))
@@ -661,15 +674,47 @@ def _check_variables(model, variables: Mapping[str, Any], *, what: str) -> None:
 
 
 def _model_name(model) -> str:
+    if not callable(getattr(model, "config", None)):
+        return type(model).__name__
     cfg = model.config()
     depth = cfg.get("depth")
     return f"{cfg.get('family')}{'-' + str(depth) if depth else ''}"
 
 
+def _replay(path: str, header: Mapping[str, Any], model):
+    """A user model's checkpoint: the model at its saved widths, rebuilt from the unpruned `model` by the plans."""
+    if model is None:
+        raise ValueError(
+            f"checkpoint {path} holds a user model (no zoo config): pass the unpruned model it was pruned from as "
+            "model= (e.g. the jaxprune.trace_model of your module); the stored plan history rebuilds the rest"
+        )
+    if not callable(getattr(model, "with_widths", None)):
+        raise TypeError(f"model must have with_widths() (a traced model), got {type(model).__name__}")
+    try:
+        plans = [PruningPlan.from_dict(p) for p in header["plans"]]
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"checkpoint {path} has a malformed plan history: {e}") from e
+    current = model
+    for i, plan in enumerate(plans):
+        try:
+            plan.check_model(current)
+        except ValueError as e:
+            raise ValueError(f"checkpoint {path}: the given model is not the one plan {i} was made for: {e}") from e
+        current = current.with_widths({n: len(k) for n, k in plan.keep.items() if len(k) < plan.widths[n]})
+    fp = header["made_for"]
+    groups = {g.name: int(g.width) for g in current.channel_groups()}
+    if not isinstance(fp, dict) or groups != fp.get("groups"):
+        raise ValueError(
+            f"checkpoint {path}: the given model, pruned by the stored plans, has group widths {groups}; the "
+            f"checkpoint's model had {fp.get('groups') if isinstance(fp, dict) else fp}"
+        )
+    return current
+
+
 def _check_plan_history(model, plans: Sequence[PruningPlan]) -> None:
     if not plans:
         return
-    widths = model.group_widths() if callable(getattr(model, "group_widths", None)) else {}
+    widths = {g.name: int(g.width) for g in model.channel_groups()}
     for name, kept in plans[-1].new_widths.items():
         if name not in widths:
             raise ValueError(f"the last plan names group {name!r}, which the model does not have")
@@ -723,8 +768,10 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=No
 
     Args:
       path: A file written by `save_checkpoint`.
-      model: If given, the model the caller expects; a checkpoint of another family, depth, number of classes or other
-        widths is an error that lists each difference.
+      model: For a zoo model's checkpoint, if given, the model the caller expects; a checkpoint of another family,
+        depth, number of classes or other widths is an error that lists each difference. For a user model's
+        checkpoint (no config), required: the unpruned model the stored plans were made for (they are replayed on
+        it, each checked against the model it was made for).
       tx: The optax transformation the optimizer state belongs to; with it `Checkpoint.opt_state` is that state.
       sharding: For an orbax directory: where the arrays go, a `jax.sharding.Sharding` for all or a callable
         ``(leaf path, shape) -> Sharding``; default the first device. (A single file gives host arrays.)
@@ -750,11 +797,14 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=No
         header = _read_orbax_header(path)
     else:
         header, payload = _read_verified(path)
-    try:
-        stored_model = _models.from_config(header["model"])
-    except Exception as e:  # any config that builds no model is a bad file, whatever the error
-        raise ValueError(f"checkpoint {path} stores a model config that builds no model: {e}") from e
-    if model is not None:
+    if header["model"] is None:
+        stored_model = _replay(path, header, model)
+    else:
+        try:
+            stored_model = _models.from_config(header["model"])
+        except Exception as e:  # any config that builds no model is a bad file, whatever the error
+            raise ValueError(f"checkpoint {path} stores a model config that builds no model: {e}") from e
+    if model is not None and header["model"] is not None:
         if not callable(getattr(model, "config", None)):
             raise TypeError(f"model must be a zoo model with config(), got {type(model).__name__}")
         diff = _config_diff(stored_model.config(), model.config())

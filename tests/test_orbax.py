@@ -275,3 +275,70 @@ def test_arrays_sharded_over_4_host_devices_round_trip_in_fresh_processes(tmp_pa
             [sys.executable, "-c", _SHARDED, what, d], capture_output=True, text=True, env=env, timeout=900
         )
         assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-4000:]
+
+
+# -- a user's own model: a traced Linen module --------------------------------------------------------------------
+_USER_MODEL = textwrap.dedent(
+    """
+    import jax, numpy as np, flax.linen as nn, jaxprune as jp
+
+    class SmallCNN(nn.Module):
+        width: int = 16
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.relu(nn.Conv(self.width, (3, 3), name="c1")(x))
+            x = nn.relu(nn.Conv(32, (3, 3), name="c2")(x))
+            return nn.Dense(10, name="fc")(x.mean(axis=(1, 2)))
+
+    def traced(width=16):
+        m = SmallCNN(width)
+        x = np.linspace(-1, 1, 2 * 8 * 8 * 3, dtype=np.float32).reshape(2, 8, 8, 3)
+        v = m.init(jax.random.key(0), x)
+        return jp.trace_model(m, v, x), v, x
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def user_model():
+    scope: dict = {}
+    exec(_USER_MODEL, scope)  # the same source the fresh process runs
+    tm, v, x = scope["traced"]()
+    plan = jp.make_plan(tm, v, prune_ratio=0.5)
+    tm2, v2 = jp.prune(tm, v, plan)
+    return scope, tm, tm2, v2, plan, x
+
+
+@pytest.mark.parametrize("fmt", ["file", "orbax"])
+def test_a_traced_linen_model_reloads_in_a_fresh_process(tmp_path, user_model, fmt):
+    _, _, tm2, v2, plan, x = user_model
+    path = tmp_path / ("user.ckpt" if fmt == "file" else "user")
+    jp.save_checkpoint(path, tm2, v2, plans=[plan], step=5, format=fmt)
+    out = tmp_path / "logits.npy"
+    code = _USER_MODEL + textwrap.dedent(
+        f"""
+        tm, _, x = traced()
+        ck = jp.load_checkpoint({str(path)!r}, model=tm)  # the unpruned model; the plans rebuild the rest
+        assert ck.step == 5 and ck.plans[0].new_widths == {dict(plan.new_widths)!r}
+        np.save({str(out)!r}, np.asarray(ck.model.apply(ck.variables, x)))
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(out), np.asarray(tm2.apply(v2, x)))  # same program, same bits
+
+
+def test_a_user_model_checkpoint_needs_its_unpruned_model(tmp_path, user_model):
+    scope, tm, tm2, v2, plan, _ = user_model
+    path = tmp_path / "user.ckpt"
+    jp.save_checkpoint(path, tm2, v2, plans=[plan])
+    with pytest.raises(ValueError, match="holds a user model .* pass the unpruned model it was pruned from as model="):
+        jp.load_checkpoint(path)
+    other, _, _ = scope["traced"](width=24)
+    with pytest.raises(ValueError, match="the given model is not the one plan 0 was made for"):
+        jp.load_checkpoint(path, model=other)
+    with pytest.raises(ValueError, match="is not the one plan 0 was made for: plan does not match the model"):
+        jp.load_checkpoint(path, model=tm2)  # already pruned: the plan does not fit it
+    ck = jp.load_checkpoint(path, model=tm)
+    assert_trees_equal(ck.variables, v2)
