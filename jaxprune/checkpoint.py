@@ -53,7 +53,7 @@ from flax import serialization, traverse_util
 
 from jaxprune import models as _models
 from jaxprune._atomic import atomic_write
-from jaxprune.plan import PruningPlan, model_fingerprint
+from jaxprune.plan import PruningPlan, model_fingerprint, strict_json_loads
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -315,16 +315,8 @@ def save_checkpoint(
         body["opt_state"] = serialization.to_state_dict(host_tree(opt_state))
     payload = serialization.msgpack_serialize(body)
     header = {
-        "format": _FORMAT,
-        "version": CHECKPOINT_FORMAT_VERSION,
-        "model": config,
-        "plans": [p.to_dict() for p in plans],
-        "step": step,
-        "rng": _rng_header(rng),
-        "has_opt_state": opt_state is not None,
+        **_header_base(config, rebuilt, host_vars, plans, step, rng, opt_state, metadata),
         "variables": _leaf_table(host_vars),
-        "metadata": _checked_metadata(metadata),
-        "made_for": None if zoo else model_fingerprint(rebuilt, host_vars),
         "payload": {"bytes": len(payload)},
     }
     header_bytes, digest_line = _encode_header(header, payload)
@@ -352,6 +344,21 @@ def _checked_step(step) -> int:
     return value
 
 
+def _header_base(config, rebuilt, variables, plans, step, rng, opt_state, metadata) -> dict[str, Any]:
+    """The header entries both formats share (all but the leaf table and the payload)."""
+    return {
+        "format": _FORMAT,
+        "version": CHECKPOINT_FORMAT_VERSION,
+        "model": config,
+        "plans": [p.to_dict() for p in plans],
+        "step": step,
+        "rng": _rng_header(rng),
+        "has_opt_state": opt_state is not None,
+        "metadata": _checked_metadata(metadata),
+        "made_for": None if config is not None else model_fingerprint(rebuilt, variables),
+    }
+
+
 def _encode_header(header: Mapping[str, Any], payload: bytes = b"") -> tuple[bytes, bytes]:
     """The header line and the digest line (over magic, header line and `payload`)."""
     try:
@@ -374,17 +381,7 @@ def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, m
         raise FileNotFoundError(f"cannot write checkpoint {path}: folder {folder} does not exist")
     if os.path.lexists(path) and not _orbax.is_orbax_dir(path):
         raise FileExistsError(f"cannot write orbax checkpoint {path}: it exists and is not a jaxprune orbax directory")
-    header = {
-        "format": _FORMAT,
-        "version": CHECKPOINT_FORMAT_VERSION,
-        "model": config,
-        "plans": [p.to_dict() for p in plans],
-        "step": step,
-        "rng": _rng_header(rng),
-        "has_opt_state": opt_state is not None,
-        "metadata": _checked_metadata(metadata),
-        "made_for": None if config is not None else model_fingerprint(rebuilt, plain),
-    }
+    header = _header_base(config, rebuilt, plain, plans, step, rng, opt_state, metadata)
     _encode_header({**header, "variables": {}, "payload": {}})  # metadata errors before any file is written
 
     def encode(full: Mapping[str, Any]) -> bytes:
@@ -428,19 +425,6 @@ def _checked_metadata(metadata) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------------------
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _unique_keys(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"key {k!r} appears twice in one object")
-        out[k] = v
-    return out
-
-
 def _read_header(f, path: str) -> tuple[dict[str, Any], bytes]:
     """The parsed header (format and version checked, nothing else yet) and its raw line."""
     magic = f.read(len(_MAGIC))
@@ -450,7 +434,7 @@ def _read_header(f, path: str) -> tuple[dict[str, Any], bytes]:
     if not line.endswith(b"\n"):
         raise ValueError(f"checkpoint {path} is truncated or corrupted: its JSON header line never ends")
     try:
-        header = json.loads(line.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        header = strict_json_loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ValueError(f"checkpoint {path} is corrupted: its JSON header does not parse ({e})") from e
     if not isinstance(header, dict) or header.get("format") != _FORMAT:

@@ -368,7 +368,7 @@ class PruningPlan:
         if not isinstance(text, str):
             raise TypeError(f"plan JSON must be a str, got {type(text).__name__}")
         try:
-            data = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+            data = strict_json_loads(text)
         except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
             raise ValueError(f"plan JSON is malformed: {e}") from e
         return cls.from_dict(data)
@@ -393,6 +393,11 @@ class PruningPlan:
             raise ValueError(f"plan file {os.fspath(path)} is not UTF-8 JSON text ({e})") from e
         except ValueError as e:
             raise ValueError(f"plan file {os.fspath(path)}: {e}") from e
+
+
+def strict_json_loads(text: str):
+    """`json.loads` without NaN/Infinity and without duplicate keys (each a ValueError; plans and checkpoints)."""
+    return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
 
 
 def _no_constant(name: str):
