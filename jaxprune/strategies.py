@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxprune._checks import check_inputs
+from jaxprune._checks import check_touched
 from jaxprune.groups import ChannelGroup, LeafView, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan, model_fingerprint
@@ -256,7 +256,7 @@ def make_plan(
       8
     """
     check_prunable_model(model)
-    check_inputs(model, variables, what="make_plan")
+    check_touched(model, variables, [g.scored.path for g in model.channel_groups() if g.scored], what="make_plan")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
     round_to = _check_positive_int(round_to, "round_to")
