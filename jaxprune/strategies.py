@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxprune import criteria as _criteria
 from jaxprune import global_rank as _global
-from jaxprune._checks import check_inputs
+from jaxprune._checks import check_touched
 from jaxprune.groups import ChannelGroup, LeafView, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan, model_fingerprint
@@ -297,7 +297,7 @@ def make_plan(
       True
     """
     check_prunable_model(model)
-    check_inputs(model, variables, what="make_plan")
+    check_touched(model, variables, [g.scored.path for g in model.channel_groups() if g.scored], what="make_plan")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
     round_to = _check_positive_int(round_to, "round_to")

@@ -293,8 +293,7 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
       >>> m2.widths[0], v2["params"]["conv2"]["kernel"].shape
       (32, (3, 3, 32, 64))
     """
-    check_inputs(model, variables, plan=plan, what="prune")
-    flat = flatten_variables(variables)
+    flat = check_inputs(model, variables, plan=plan, what="prune")  # also flattens
     ops = slicing_ops(model, plan, shapes=_Shapes(flat))
     check_groups(model.channel_groups(), variables, flat=flat)
     _take_many(flat, ops)
