@@ -19,7 +19,7 @@ from jaxprune.data import batches
 from jaxprune.train._checks import _check_bool, _check_int, _check_positive_float, _check_tx, _check_unit
 from jaxprune.train.optim import sgd, steps_per_epoch
 from jaxprune.train.parallel import _check_batch_divisible, _check_mesh, _replicate, shard_batch
-from jaxprune.train.state import TrainState, _check_state
+from jaxprune.train.state import TrainState, _check_state, init_opt_state
 from jaxprune.train.steps import _check_augment, _mesh_steps
 
 
@@ -310,6 +310,6 @@ def finetune(
             )
         opt_state = state.opt_state
     else:
-        opt_state = tx.init(state.params)
+        opt_state = init_opt_state(tx, state.params)
     state = state.replace(tx=tx, opt_state=opt_state)
     return fit(state, data, epochs=epochs, batch_size=batch_size, **fit_kwargs)
