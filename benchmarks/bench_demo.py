@@ -1,7 +1,8 @@
 """Where `jaxprune demo` spends its time from a cold start: CPU and wall seconds and XLA compiles per phase.
 
-Run: ``python benchmarks/bench_demo.py [--full] [--runs N] [--write]`` (with ``--write``, replaces its section of
-docs/benchmarks.md).
+Run: ``python benchmarks/bench_demo.py [--full] [--runs N] [--write] [--readme]`` (``--write`` replaces its section
+of docs/benchmarks.md; ``--readme`` replaces the demo output shown in README.md with this run's, and says what
+produced it).
 
 Each run starts a fresh Python process with no persistent compilation cache (``JAX_COMPILATION_CACHE_DIR`` unset:
 the cold start of a new user) and a new output folder, and calls `jaxprune.run_demo` (``quick=True`` unless
@@ -99,6 +100,7 @@ def child(out: str, quick: bool) -> dict:
         "cpu": end_cpu,
         "accuracy": [n["before"]["test_accuracy"], n["after"]["test_accuracy"]],
         "macs": [n["before"]["macs"], n["after"]["macs"]],
+        "text": result.text,
     }
 
 
@@ -160,6 +162,7 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="the full demo instead of --quick")
     ap.add_argument("--runs", type=int, default=1, help="cold runs (each a fresh process)")
     ap.add_argument("--write", action="store_true", help="write the section of docs/benchmarks.md")
+    ap.add_argument("--readme", action="store_true", help="write the run's output into README.md")
     ap.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -191,6 +194,14 @@ def main() -> None:
         print("wrote", write_section(NAME + ("" if quick else "_full"), body))
     else:
         print(body)
+    if args.readme:
+        readme = (
+            f"Output of `{what}` (written by `python benchmarks/bench_demo.py{'' if quick else ' --full'} --readme`): "
+            f"{best['os_cpu']:.0f} s of CPU and {best['os_wall']:.0f} s wall from a cold start (no compilation cache) "
+            f"on {machine_line()}, load average {best['load'][0]:.1f} (wall time grows with the load of the machine):"
+            f"\n\n```\n{best['text']}\n```"
+        )
+        print("wrote", write_section("demo-output", readme, file="README.md"))
 
 
 if __name__ == "__main__":
