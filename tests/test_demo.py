@@ -269,7 +269,7 @@ def test_interrupt_at_random_moments_exits_130_with_complete_checkpoints(tmp_pat
             if i == 0:  # the first run (cold compile) is stopped once its first checkpoint exists; the others resume
                 _wait_for_file(trained / CHECKPOINT_FILE, proc)
             else:
-                time.sleep(rng.uniform(0.0, 6.0))  # 1000 epochs: the run is still going
+                time.sleep(rng.uniform(0.0, 4.0))  # 1000 epochs: the run is still going
             proc.send_signal(signal.SIGINT)
             _, stderr = proc.communicate(timeout=HANG_S)
         finally:

@@ -88,7 +88,9 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int = 256, mesh: 
     x, y = _check_xy(images, labels, "evaluation", _num_classes(state.model))
     if x.shape[0] == 0:
         raise ValueError("evaluate needs at least one example")
-    state = _replicate(state, mesh)
+    # The step reads the model and its variables only: without the optimizer (static `tx` included) one compiled
+    # step serves a model whatever it is trained or fine-tuned with, and the optimizer state is not copied.
+    state = _replicate(state.replace(opt_state=None, tx=None), mesh)
     _, step = _mesh_steps(mesh)
     sums = []
     for start in range(0, x.shape[0], batch_size):
