@@ -167,6 +167,8 @@ def test_markdown_shows_the_kept_counts_of_a_rounded_scan(r20):
         m, v, data=(x, y), metric="loss", ratios=(0.2, 0.4, 0.6), groups=["stage1_block1_conv1"], round_to=8
     )
     assert s.kept.tolist() == [[16, 8, 8]]  # 12 -> 16 (ties up), 9 -> 8, 6 -> 8
+    # Each distinct network is evaluated once: keeping all 16 is the unpruned network, 40 and 60 % the same one.
+    assert s.values[0, 0] == s.baseline and s.values[0, 1] == s.values[0, 2]
     md = s.to_markdown()
     assert "cells give the filters kept, rounded to multiples of 8" in md
     row = next(line for line in md.splitlines() if line.startswith("| stage1_block1_conv1"))
