@@ -5,8 +5,9 @@ whatever is installed; nothing is downloaded). On the accelerator jax sees it ru
 
 1. the quick tests that exercise numerics (`TEST_FILES`, ``-m "not slow"``), float32 matmuls at
    ``JAX_DEFAULT_MATMUL_PRECISION=highest`` (the tests' tolerances assume exact float32 products; GPUs default to
-   TF32). CPU-only tests are left out: the multi-device and multi-process tests pin ``JAX_PLATFORMS=cpu`` and
-   the CPU conv-path tests skip themselves off CPU;
+   TF32). CPU-only tests are left out: the two that ask for several host devices (`CPU_ONLY_TESTS`) are deselected,
+   the CPU conv-path tests skip themselves off CPU, and the multi-device and multi-process test files (which pin
+   ``JAX_PLATFORMS=cpu``) are not in the list;
 2. inference latency, pruned / original, for VGG-16 -> VGG-16-A and ResNet-56 -> ResNet-56-B at batch 1, 64 and 256
    (`jaxprune.benchmark_many`, interleaved);
 3. XLA's flops (`jaxprune.xla_flops`) against the analytic MACs (`jaxprune.count_macs`) for the same models;
@@ -41,6 +42,12 @@ TEST_FILES = (
     "tests/test_strategies.py",
     "tests/test_latency.py",
 )
+#: CPU-only tests among them: they ask for several host devices (``--xla_force_host_platform_device_count``), which
+#: a process on an accelerator backend does not have. Deselected in the full run.
+CPU_ONLY_TESTS = (
+    "tests/test_surgery.py::test_unshardable_leaf_is_replicated_with_a_warning",
+    "tests/test_scoring.py::test_kernels_on_different_devices",
+)
 #: The smoke run's tests: cheap, and enough to check that pytest runs from the checkout.
 SMOKE_TEST_FILES = ("tests/test_plan.py::test_invariants", "tests/test_plan.py::test_from_json_errors")
 #: (model, preset, label); the smoke run prunes ResNet-20's first stage by half instead (seconds of compile, not
@@ -56,10 +63,12 @@ def _log(msg: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_tests(files, *, timeout: int) -> dict:
+def run_tests(files, *, timeout: int, deselect=()) -> dict:
     """pytest on `files` in a subprocess; returns counts parsed from its summary line and the line itself."""
     env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION="highest")
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *files]
+    for test in deselect:
+        cmd += ["--deselect", test]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -199,7 +208,10 @@ def main(argv=None) -> int:
     repeats, warmup = (1, 0) if smoke else (args.repeats, 3)
 
     _log("phase 1: quick tests")
-    tests = run_tests(SMOKE_TEST_FILES if smoke else TEST_FILES, timeout=240)
+    if smoke:
+        tests = run_tests(SMOKE_TEST_FILES, timeout=240)
+    else:
+        tests = run_tests(TEST_FILES, timeout=240, deselect=CPU_ONLY_TESTS)
     _log(f"tests: {tests['summary']}")
     _log("phase 2: latency")
     entries, pairs = build(smoke)
@@ -212,30 +224,13 @@ def main(argv=None) -> int:
     ok = tests["rc"] == 0
     _log(f"done in {seconds:.0f} s; tests {'passed' if ok else 'FAILED'}; auto path right: {right}")
 
-    if smoke:
-        if not accelerator:
-            body = "\n".join(
-                [
-                    TITLE,
-                    "",
-                    f"No accelerator was available for this run: jax saw only the CPU ({device_line()}). "
-                    "`benchmarks/gpu_check.sh --smoke` ran every phase at toy sizes on CPU instead, to check the script "
-                    f"(tests: {tests['summary']}; latency, XLA flops and conv paths completed in {seconds:.0f} s; "
-                    "figures not recorded, they say nothing about an accelerator). Run `benchmarks/gpu_check.sh` "
-                    "where jax sees a GPU or TPU to fill this section with the device name, the latency ratios of "
-                    "VGG-16-A and ResNet-56-B at batch 1/64/256, XLA flops vs analytic MACs, and whether "
-                    "`conv_impl='auto'` picks the right path there.",
-                ]
-            )
-            write_section(SECTION, body, file=args.out)
-        return 0 if ok else 1
-
-    body = "\n".join(
+    report = "\n".join(
         [
             TITLE,
             "",
             f'Device: {device_line()}; {seconds:.0f} s in all. Quick tests ({len(TEST_FILES)} files, `-m "not slow"`, '
-            f"float32 matmuls at `JAX_DEFAULT_MATMUL_PRECISION=highest`): {tests['summary']}.",
+            f"float32 matmuls at `JAX_DEFAULT_MATMUL_PRECISION=highest`, {len(CPU_ONLY_TESTS)} CPU-only tests "
+            f"deselected): {tests['summary']}.",
             "",
             f"Latency = median ms of one jitted inference forward ({repeats} rounds interleaved, {warmup} warm-up "
             "calls, compile excluded); ratio = pruned / original of the same run; MACs = conv + dense "
@@ -251,8 +246,24 @@ def main(argv=None) -> int:
             *conv,
         ]
     )
-    print(body)
-    write_section(SECTION, body, file=args.out)
+    print(report)  # the smoke run prints it too, so that building it is checked before a real run needs it
+    if not smoke:
+        write_section(SECTION, report, file=args.out)
+    elif not accelerator:
+        body = "\n".join(
+            [
+                TITLE,
+                "",
+                f"No accelerator was available for this run: jax saw only the CPU ({device_line()}). "
+                "`benchmarks/gpu_check.sh --smoke` ran every phase at toy sizes on CPU instead, to check the script "
+                f"(tests: {tests['summary']}; latency, XLA flops and conv paths completed in {seconds:.0f} s; "
+                "figures not recorded, they say nothing about an accelerator). Run `benchmarks/gpu_check.sh` "
+                "where jax sees a GPU or TPU to fill this section with the device name, the latency ratios of "
+                "VGG-16-A and ResNet-56-B at batch 1/64/256, XLA flops vs analytic MACs, and whether "
+                "`conv_impl='auto'` picks the right path there.",
+            ]
+        )
+        write_section(SECTION, body, file=args.out)
     return 0 if ok else 1
 
 

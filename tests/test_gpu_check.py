@@ -47,6 +47,9 @@ def test_smoke_run_passes_on_cpu_and_writes_only_its_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for phase in ("phase 1: quick tests", "phase 2: latency", "phase 3: XLA flops", "phase 4: conv paths"):
         assert phase in proc.stdout
+    # The full run's report is built (and printed) by the smoke run too: its tables have their rows.
+    assert "| ResNet-20 -> ResNet-20 pruned | 0." in proc.stdout and "| ResNet-20 pruned | " in proc.stdout
+    assert "`conv_impl='auto'` resolves to" in proc.stdout
     after = _sections(out.read_text())
     assert "No accelerator was available for this run: jax saw only the CPU" in after["gpu_check"]
     assert "tests: 17 passed" in after["gpu_check"]  # the smoke run's two parametrised test functions
@@ -64,6 +67,17 @@ def test_full_run_refuses_without_an_accelerator():
     assert proc.returncode == 2
     assert "jax sees no accelerator here (backend 'cpu'" in proc.stderr
     assert "pass --smoke to check the script on CPU" in proc.stderr
+
+
+def test_cpu_only_tests_named_by_the_check_exist(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_check
+
+    for test in gpu_check.CPU_ONLY_TESTS + gpu_check.SMOKE_TEST_FILES:
+        file, name = test.split("::")
+        assert f"def {name}(" in (ROOT / file).read_text(), test
+    for file in gpu_check.TEST_FILES:
+        assert (ROOT / file).is_file(), file
 
 
 def test_unknown_option_is_refused():
