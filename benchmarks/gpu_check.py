@@ -157,7 +157,11 @@ def conv_paths(entries, name: str, batch: int, repeats: int, warmup: int) -> tup
         *[f"| {i} | {ms[i]:.3f} |" for i in impls],
         "",
         f"`conv_impl='auto'` resolves to {', '.join(chosen)} here; fastest measured: {best}. Right path: "
-        f"{'yes' if right else '**no**'}.",
+        + (
+            ("yes." if right else "**no**.")
+            if auto_ms is not None
+            else "not decided by this table (auto mixes paths per layer here, as on CPU)."
+        ),
     ]
     return lines, right
 
