@@ -128,3 +128,110 @@ def update_sizes(module) -> None:
             if getattr(m, "num_kv_heads", None) is not None:
                 m.num_kv_heads = int(_value(m.key.kernel).shape[-2])
             m.out_features = int(_value(m.out.kernel).shape[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Surgery on an NNX module (and its optimizer): `jaxprune.prune(module, plan)`
+# ----------------------------------------------------------------------------------------------------------------------
+def _flat(tree, prefix=()):
+    out = {}
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            out.update(_flat(v, (*prefix, str(k))))
+    else:
+        out[prefix] = tree
+    return out
+
+
+def _sliced_rest(rest, variables, ops, changed_widths):
+    """The non-parameter, non-batch-stat state (`rest`) with every custom `nnx.Variable` of channel-shaped state
+    sliced: a leaf takes the slicing of the parameters of its module (and the modules below) that have its shape.
+
+    Raises:
+      ValueError: a leaf whose shape matches several such parameters sliced differently, or none while one of its
+        dimensions is the (unpruned) width of a pruned group: it names the variable, its type and shape.
+    """
+    import numpy as np
+    from flax import nnx
+
+    from jaxprune.surgery import _host_take
+
+    params = {("params", *p): a for p, a in _flat(variables.get("params", {})).items()}
+    params.update({("batch_stats", *p): a for p, a in _flat(variables.get("batch_stats", {})).items()})
+    pure = rest.to_pure_dict()
+    types = {tuple(str(k) for k in path): type(v).__name__ for path, v in nnx.to_flat_state(rest)}
+    out = _flat(_str_keys(pure))
+    for path, leaf in list(out.items()):
+        shape = tuple(np.shape(leaf))
+        if not shape or not hasattr(leaf, "dtype") or jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            continue
+        owner = path[:-1]
+        takes = {
+            tuple((ax, tuple(int(i) for i in idx)) for ax, idx in ops.get(p, ()))
+            for p, a in params.items()
+            if p[1 : 1 + len(owner)] == owner and tuple(np.shape(a)) == shape
+        }
+        where = f"{types.get(path, 'Variable')} {'/'.join(path)} (shape {shape})"
+        if len(takes) > 1:
+            raise ValueError(
+                f"cannot prune the NNX module: {where} has the shape of several parameters of its module that are "
+                "pruned differently; it is not known which channels it holds"
+            )
+        if takes:
+            (take,) = takes
+            if take:
+                out[path] = jax.numpy.asarray(_host_take(leaf, [(ax, np.asarray(idx)) for ax, idx in take]))
+            continue
+        hit = [n for n, w in changed_widths.items() if w in shape]
+        if hit:
+            raise ValueError(
+                f"cannot prune the NNX module: {where} has a dimension of the width of pruned group {hit[0]!r} but "
+                "the shape of no parameter of its module, so it cannot be sliced with them; keep it out of the "
+                "pruned groups (make_plan(..., skip=...)) or give it a parameter's shape"
+            )
+    new = jax.tree_util.tree_map(lambda a: a, rest)
+    if pure:
+        nested: dict = {}
+        for path, leaf in out.items():
+            node = nested
+            for k in path[:-1]:
+                node = node.setdefault(k, {})
+            node[path[-1]] = leaf
+        new.replace_by_pure_dict(_restore_keys(nested, pure))
+    return new
+
+
+def prune_module(module, traced, plan, *, optimizer=None):
+    """``jaxprune.prune(module, plan)`` for an NNX module: a new module of the same classes (the original untouched),
+    its parameters, batch statistics and channel-shaped custom variables sliced, every size attribute updated; with
+    `optimizer`, also a new `nnx.Optimizer` whose optax state is sliced like the parameters."""
+    from flax import nnx
+
+    from jaxprune._models import is_nnx_optimizer
+    from jaxprune.surgery import _prune_variables, prune_like_params, slicing_ops
+
+    if optimizer is not None and not is_nnx_optimizer(optimizer):
+        raise TypeError(f"optimizer must be an nnx.Optimizer, got {type(optimizer).__name__}")
+    variables = nnx_variables(module)
+    _, new_variables = _prune_variables(traced, variables, plan)
+    graphdef, params, stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
+    changed = {n: plan.widths[n] for n, k in plan.keep.items() if len(k) < plan.widths[n]}
+    shapes = {("params", *p): tuple(a.shape) for p, a in _flat(variables["params"]).items()}
+    ops = slicing_ops(traced, plan, shapes=shapes)
+    new_rest = _sliced_rest(rest, variables, ops, changed)
+    new_module = nnx.merge(graphdef, *fill((params, stats, new_rest), new_variables))
+    update_sizes(new_module)
+    if optimizer is None:
+        return new_module
+    state = nnx.as_pure(optimizer.opt_state)
+    sliced = prune_like_params(state, traced, plan, params=variables["params"])
+    new_opt = nnx.clone(optimizer)
+    is_var = lambda v: isinstance(v, nnx.Variable)  # noqa: E731
+    targets = jax.tree_util.tree_leaves(new_opt.opt_state, is_leaf=is_var)
+    values = jax.tree_util.tree_leaves(sliced)
+    if len(targets) != len(values):  # pragma: no cover - as_pure keeps one array per variable
+        raise ValueError("the optimizer state changed structure while it was sliced")
+    for var, value in zip(targets, values, strict=True):
+        if isinstance(var, nnx.Variable):
+            var.set_value(value)
+    return new_module, new_opt
