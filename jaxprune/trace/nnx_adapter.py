@@ -95,6 +95,32 @@ def _value(var):
     return get() if callable(get) else var.value
 
 
+class KeptScale:
+    """An `nnx.MultiHeadAttention` ``attention_fn`` whose query is scaled by `factor` first.
+
+    A pruned attention with fewer query/key head features ``n`` would divide its scores by ``sqrt(n)`` instead of the
+    original ``sqrt(n0)``; scaling the query by ``sqrt(n / n0)`` keeps the original temperature, so the pruned module
+    equals the masked original (docs/design.md §4). Pruned twice, the factors multiply.
+    """
+
+    def __init__(self, fn, factor: float):
+        if isinstance(fn, KeptScale):
+            fn, factor = fn.fn, fn.factor * factor
+        self.fn, self.factor = fn, float(factor)
+
+    def __call__(self, query, key, value, *args, **kwargs):
+        return self.fn(query * jax.numpy.asarray(self.factor, query.dtype), key, value, *args, **kwargs)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, KeptScale) and (self.fn, self.factor) == (other.fn, other.factor)
+
+    def __hash__(self) -> int:
+        return hash((KeptScale, self.fn, self.factor))
+
+    def __repr__(self) -> str:
+        return f"KeptScale({getattr(self.fn, '__name__', self.fn)!r}, {self.factor:.6g})"
+
+
 def update_sizes(module) -> None:
     from flax import nnx
 
@@ -123,6 +149,8 @@ def update_sizes(module) -> None:
     for _, m in nnx.iter_graph(module):
         if isinstance(m, nnx.MultiHeadAttention):  # after its projections: heads and head features from their kernels
             q = tuple(int(s) for s in _value(m.query.kernel).shape)
+            if q[-1] != m.head_dim:  # fewer head features: keep the traced softmax temperature (pruned = masked)
+                m.attention_fn = KeptScale(m.attention_fn, (q[-1] / m.head_dim) ** 0.5)
             m.in_features, m.num_heads, m.head_dim = q[0], q[-2], q[-1]
             m.qkv_features = m.num_heads * m.head_dim
             if getattr(m, "num_kv_heads", None) is not None:
