@@ -144,6 +144,15 @@ def test_nnx_cnn_pruned_is_its_own_class(cnn):
         assert b.conv.kernel[...].shape == (3, 3, cin, w[i])
         assert b.ema[...].shape == (w[i],)
     assert m2.head.in_features == w[2] and m2.head.kernel[...].shape == (w[2], 10)
+
+    def macs(c):  # 3x3 SAME convs on 8x8 (stride 1, 2, 1), then the head on the pooled features
+        return 8 * 8 * c[0] * 9 * 1 + 4 * 4 * c[1] * 9 * c[0] + 4 * 4 * c[2] * 9 * c[1] + c[2] * 10
+
+    before, after = jp.count_macs(m, (1, 8, 8, 1)), jp.count_macs(m2, (1, 8, 8, 1))
+    assert (before.macs, after.macs) == (macs((8, 16, 16)), macs(w)) == (60064, 16208)
+    assert [r.name for r in after.rows if r.kind == "conv"] == ["blocks/0/conv", "blocks/1/conv", "blocks/2/conv"]
+    assert after.row("blocks/1/conv").out_hw == (4, 4) and after.row("blocks/1/bn").params == 2 * w[1]
+    assert before.params == sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(jp.nnx_variables(m)["params"]))
     assert [b.conv.out_features for b in m.blocks] == [8, 16, 16]  # the original's attributes too
     # The module-level helper reaches the same variables as the TracedModel route.
     jax.tree_util.tree_map(np.testing.assert_array_equal, jp.nnx_variables(m2), v2)
@@ -171,6 +180,14 @@ def test_nnx_transformer_block_pruned_is_its_own_class(block):
     assert (a.query.in_features, a.query.out_features, a.out.in_features) == ((16,), (2, 2), (2, 2))
     assert (m2.fc1.out_features, m2.fc2.in_features, m2.ln1.num_features) == (16, 16, 16)
     assert (m.attn.num_heads, m.attn.head_dim, m.fc1.out_features) == (4, 4, 32)
+
+    def macs(qkv, hidden, t=6, d=16):  # q, k, v and out projections, the MLP, the head on the pooled tokens
+        return 3 * t * d * qkv + t * qkv * d + 2 * t * d * hidden + d * 5
+
+    before, after = jp.count_macs(m, (1, 6, 16)), jp.count_macs(m2, (1, 6, 16))
+    # Weight MACs only: the attention scores (activation x activation) are not among them.
+    assert (before.macs, after.macs) == (macs(16, 32), macs(4, 16)) == (12368, 4688)
+    assert after.row("attn/query").out_width == 4 and after.row("ln1").kind == "bn"
 
 
 def _step_fn(tx):
@@ -286,6 +303,13 @@ def test_nnx_make_plan_without_example_input_says_what_to_pass():
         jp.prune(m, jp.PruningPlan(keep={}, widths={}))
     with pytest.raises(TypeError, match="carries its own variables"):
         jp.make_plan(m, jp.nnx_variables(m), prune_ratio=0.5, example_input=jnp.ones((1, 8, 8, 1)))
+
+
+def test_nnx_count_macs_needs_an_input_shape(cnn):
+    with pytest.raises(ValueError, match="input_shape is required for the NNX module CNN"):
+        jp.count_macs(cnn[0])
+    with pytest.raises(ValueError, match="positive ints"):
+        jp.count_macs(cnn[0], (1, 0, 8, 1))
 
 
 def test_nnx_optimizer_of_another_module_names_the_leaf(cnn, block):

@@ -263,3 +263,136 @@ def prune_module(module, traced, plan, *, optimizer=None):
         if isinstance(var, nnx.Variable):
             var.set_value(value)
     return new_module, new_opt
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# MACs of an NNX module: `jaxprune.count_macs(module, input_shape)`
+# ----------------------------------------------------------------------------------------------------------------------
+def _size(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out
+
+
+def _sub_jaxprs(eqn):
+    """The sub-programs of `eqn` whose inputs are `eqn`'s own (jit, custom_jvp / custom_vjp, remat), as open jaxprs."""
+    for v in eqn.params.values():
+        j = getattr(v, "jaxpr", v) if hasattr(v, "consts") else v
+        if hasattr(j, "eqns") and len(j.invars) == len(eqn.invars):
+            yield j
+
+
+def _weight_calls(jaxpr, sources, out):
+    """Appends ``(kind, kernel path, lhs aval, rhs aval, out aval, eqn params)`` for every conv / dot_general whose
+    right-hand operand is computed from one parameter only (a weight MAC); `sources` maps a var to its parameters."""
+
+    def src(v):
+        return frozenset() if hasattr(v, "val") else sources.get(v, frozenset())
+
+    for eqn in jaxpr.eqns:
+        ins = [src(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if name in ("conv_general_dilated", "dot_general") and len(ins) == 2:
+            if ins[1] and not ins[0] and len(ins[1]) == 1:
+                (path,) = ins[1]
+                kind = "conv" if name == "conv_general_dilated" else "dense"
+                out.append((kind, path, eqn.invars[0].aval, eqn.invars[1].aval, eqn.outvars[0].aval, eqn.params))
+        else:
+            for sub in _sub_jaxprs(eqn):
+                _weight_calls(sub, dict(zip(sub.invars, ins, strict=True)), out)
+        union = frozenset().union(*ins) if ins else frozenset()
+        if union and all(ins):  # computed from parameters only (a cast, a reshape of a kernel)
+            for v in eqn.outvars:
+                sources[v] = union
+    return out
+
+
+def count_rows(module, input_shape, dtype=None):
+    """`jaxprune.flops.MacRow` s of an NNX module at `input_shape` (abstract: `jax.make_jaxpr`, nothing compiled).
+
+    A conv or dense row per convolution / contraction of an activation with one parameter (its kernel, possibly cast
+    or reshaped: `nnx.Conv`, `nnx.Linear`, `nnx.LinearGeneral`, the projections of `nnx.MultiHeadAttention`), named
+    after the kernel's module, in call order; a conv costs out elements x kernel taps x input channels per group, a
+    contraction out elements x contracted size. Products of two activations (attention scores) are not weight MACs
+    and get no row. Every other module owning parameters (norms, embeddings) gets a ``bn`` / ``other`` row with its
+    parameter count and 0 MACs.
+    """
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxprune.flops import MacRow
+
+    graphdef, state = nnx.split(module)
+    params = _flat(_str_keys(nnx.state(module, nnx.Param).to_pure_dict()))
+    pure = state.to_pure_dict()
+    x = jax.ShapeDtypeStruct(tuple(input_shape), dtype or jnp.float32)
+
+    def run(p, inp):
+        st = jax.tree_util.tree_map(lambda a: a, state)
+        st.replace_by_pure_dict(_restore_keys(p, pure))
+        return nnx.merge(graphdef, st)(inp)
+
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(_shape(a), a.dtype), _str_keys(pure))
+    closed = jax.make_jaxpr(run)(abstract, x)
+    leaves = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    paths = [tuple(str(k.key) for k in p) for p, _ in leaves]
+    sources = {v: frozenset([p]) for v, p in zip(closed.jaxpr.invars, paths, strict=False) if p in params}
+    rows, seen = [], set()
+    for kind, path, lhs, rhs, out, prm in _weight_calls(closed.jaxpr, sources, []):
+        owner = path[:-1]
+        seen.add(owner)
+        own = sum(_size(a.shape) for p, a in params.items() if p[:-1] == owner)
+        if kind == "conv":
+            lspec, rspec, ospec = prm["dimension_numbers"]
+            taps = tuple(int(rhs.shape[d]) for d in rspec[2:])
+            macs = _size(out.shape) * int(rhs.shape[rspec[1]]) * _size(taps)
+            row = MacRow(
+                name="/".join(owner),
+                kind="conv",
+                in_width=int(lhs.shape[lspec[1]]),
+                out_width=int(out.shape[ospec[1]]),
+                out_hw=tuple(int(out.shape[d]) for d in ospec[2:4]) if len(ospec) == 4 else None,
+                macs=macs,
+                params=own,
+                weights=_size(rhs.shape),
+                kernel_size=taps if len(taps) == 2 else None,
+            )
+        else:
+            (lc, rc), (_lb, rb) = prm["dimension_numbers"]
+            contracted = _size([lhs.shape[d] for d in lc])
+            free = _size([rhs.shape[d] for d in range(len(rhs.shape)) if d not in rc and d not in rb])
+            row = MacRow(
+                name="/".join(owner),
+                kind="dense",
+                in_width=contracted,
+                out_width=free,
+                out_hw=None,
+                macs=_size(out.shape) * contracted,
+                params=own,
+                weights=_size(rhs.shape),
+            )
+        rows.append(row)
+    others: dict[tuple[str, ...], int] = {}
+    for p, a in params.items():
+        if p[:-1] not in seen:
+            others[p[:-1]] = others.get(p[:-1], 0) + _size(a.shape)
+    for owner, n in others.items():
+        mod = _module_at(module, owner)
+        kind = "bn" if isinstance(mod, nnx.BatchNorm | nnx.LayerNorm | nnx.RMSNorm | nnx.GroupNorm) else "other"
+        rows.append(MacRow("/".join(owner), kind, 0, 0, None, 0, n, 0))
+    return tuple(rows)
+
+
+def _shape(a):
+    return tuple(int(d) for d in getattr(a, "shape", ()))
+
+
+def _module_at(module, path):
+    node = module
+    for k in path:
+        try:
+            node = node[int(k)] if k.isdigit() else getattr(node, k)
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return None
+    return node
