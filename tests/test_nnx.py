@@ -190,6 +190,27 @@ def test_nnx_transformer_block_pruned_is_its_own_class(block):
     assert after.row("attn/query").out_width == 4 and after.row("ln1").kind == "bn"
 
 
+class UpNet(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(2, 8, (3, 3), rngs=rngs)
+        self.up = nnx.ConvTranspose(8, 6, (2, 2), strides=(2, 2), rngs=rngs)
+        self.out = nnx.Linear(6, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.relu(self.up(nnx.relu(self.conv(x)))))
+
+
+def test_nnx_conv_transpose_sizes_follow_the_kernel():
+    m = _randomized(lambda: UpNet(nnx.Rngs(0)), seed=6)
+    x = jax.random.normal(jax.random.key(2), (1, 4, 4, 2))
+    ratios, tm = _all_half(m, x)
+    assert sorted(ratios) == ["conv", "up"]
+    plan = jp.make_plan(m, prune_ratio=ratios, example_input=x)
+    m2, _ = _check_pruned(m, x, tm, plan, UpNet)
+    assert (m2.up.in_features, m2.up.out_features, m2.up.kernel_shape) == (4, 3, (2, 2, 4, 3))
+    assert (m2.conv.out_features, m2.out.in_features) == (4, 3)
+
+
 def _step_fn(tx):
     @nnx.jit
     def step(model, opt, x, y):

@@ -134,6 +134,10 @@ def update_sizes(module) -> None:
                 groups = kshape[-1] // max(1, m.out_features // m.feature_group_count)
             m.feature_group_count = groups
             m.in_features, m.out_features, m.kernel_shape = kshape[-2] * groups, kshape[-1], kshape
+        elif isinstance(m, nnx.ConvTranspose):
+            kshape = tuple(int(s) for s in _value(m.kernel).shape)
+            cin, cout = (kshape[-1], kshape[-2]) if m.transpose_kernel else (kshape[-2], kshape[-1])
+            m.in_features, m.out_features, m.kernel_shape = cin, cout, kshape
         elif isinstance(m, nnx.BatchNorm | nnx.LayerNorm | nnx.RMSNorm | nnx.GroupNorm):
             for attr in ("scale", "bias", "mean", "var"):
                 v = getattr(m, attr, None)
