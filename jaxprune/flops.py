@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxprune._models import is_nnx_module
 from jaxprune._table import text_table
 from jaxprune.models import VGG, CifarResNet, ImageNetResNet, default_input_shape
 from jaxprune.models.base import check_prunable_model
@@ -314,7 +315,10 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
 
     Args:
       model: A zoo model (or any Linen module with the prunable-model protocol whose convs are
-        `jaxprune.models.Conv` or `flax.linen.Conv` and whose dense layers are `flax.linen.Dense`).
+        `jaxprune.models.Conv` or `flax.linen.Conv` and whose dense layers are `flax.linen.Dense`), or a Flax NNX
+        module: counted from its jaxpr (a row per conv / contraction of an activation with a kernel, named after the
+        kernel's module; activation-by-activation products such as attention scores are not weight MACs and get no
+        row; norms and other parameter owners get 0-MAC rows), at an `input_shape` of any rank (required).
       input_shape: NHWC input shape; MACs are for the whole batch (use batch 1, the default, for per-image figures).
         None means the model's own (`jaxprune.models.default_input_shape`).
       exclude_projections: Leave the 1x1 projection-shortcut convs out of MACs and params (rows too), as the paper
@@ -336,9 +340,11 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
       >>> r.macs, r.params, r.params_no_bn
       (313463808, 14987722, 14978250)
     """
-    check_prunable_model(model)
     if not isinstance(exclude_projections, bool):
         raise TypeError(f"exclude_projections must be a bool, got {type(exclude_projections).__name__}")
+    if is_nnx_module(model):  # counted from its jaxpr, at any input rank
+        return _count_nnx(model, input_shape, exclude_projections)
+    check_prunable_model(model)
     shape = _check_input_shape(model, input_shape)
     key = _model_key(model)
     if key is None:
@@ -359,6 +365,30 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
         exclude_projections=exclude_projections,
         excluded=excluded,
         model_label=_label(model),
+    )
+
+
+def _count_nnx(module, input_shape, exclude_projections: bool) -> MacReport:
+    from jaxprune.trace.nnx_adapter import count_rows
+
+    if input_shape is None:
+        raise ValueError(f"input_shape is required for the NNX module {type(module).__name__} (e.g. (1, H, W, C))")
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
+        raise TypeError(f"input_shape must be a tuple of ints, got {type(input_shape).__name__}")
+    if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in input_shape):
+        raise ValueError(f"input_shape must hold positive ints, got {tuple(input_shape)!r}")
+    shape = tuple(int(d) for d in input_shape)
+    rows = count_rows(module, shape)
+    excluded: tuple[str, ...] = ()
+    if exclude_projections:
+        excluded = tuple(r.name for r in rows if r.is_projection)
+        rows = tuple(r for r in rows if not r.is_projection)
+    return MacReport(
+        rows=rows,
+        input_shape=shape,
+        exclude_projections=exclude_projections,
+        excluded=excluded,
+        model_label=type(module).__name__,
     )
 
 

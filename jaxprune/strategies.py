@@ -17,6 +17,7 @@ import numpy as np
 from jaxprune import criteria as _criteria
 from jaxprune import global_rank as _global
 from jaxprune._checks import check_touched
+from jaxprune._models import as_prunable
 from jaxprune.groups import ChannelGroup, LeafView, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan, model_fingerprint
@@ -219,7 +220,7 @@ def plan_from_scores(
 
 def make_plan(
     model,
-    variables: Mapping[str, Any],
+    variables: Mapping[str, Any] | None = None,
     *,
     prune_ratio=None,
     strategy: str = "independent",
@@ -236,12 +237,15 @@ def make_plan(
     target_macs: float | None = None,
     target_params: float | None = None,
     input_shape: Sequence[int] | None = None,
+    example_input=None,
 ) -> PruningPlan:
     """Decides which filters every reached group keeps (paper §3.1-3.2, design.md §1, §3).
 
     Args:
-      model: A zoo model (or any object with `channel_groups()` and `with_widths()`).
-      variables: Its variables (`params` at least; only the scored kernels are read).
+      model: A zoo model (or any object with `channel_groups()` and `with_widths()`, e.g. a `TracedModel`), or a Flax
+        NNX module: ``make_plan(module, prune_ratio=..., example_input=x)`` traces it (`trace_model`) and scores its
+        own variables; ``prune(module, plan)`` then reuses that trace.
+      variables: Its variables (`params` at least; only the scored kernels are read). None for an NNX module.
       prune_ratio: Fraction of filters removed: a float for every conv-filter group, or a mapping from group or stage
         names (`stage1`...) to ratios; a group name overrides its stage. Streams and `fc1` only when named. With
         `scope="global"` one float: the fraction of all reached filters removed (at most
@@ -273,6 +277,7 @@ def make_plan(
       target_params: The same for the fraction of parameters kept (every `params` leaf); with `target_macs`, both
         must hold.
       input_shape: NHWC shape at which MACs are counted for `target_macs` (default: the model's own).
+      example_input: For an NNX module: an example input (array or `jax.ShapeDtypeStruct`) to trace it with.
 
     Returns:
       A `PruningPlan` naming every reached group with a ratio > 0 (global scope: every reached group). With a
@@ -296,6 +301,7 @@ def make_plan(
       >>> plan.meta["kept_macs"] == jp.count_macs(m.with_widths(plan.new_widths)).macs <= 0.5 * jp.count_macs(m).macs
       True
     """
+    model, variables = as_prunable(model, variables, example_input, what="make_plan")  # an NNX module: traced
     check_prunable_model(model)
     check_touched(model, variables, [g.scored.path for g in model.channel_groups() if g.scored], what="make_plan")
     if strategy not in STRATEGIES:
