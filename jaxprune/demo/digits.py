@@ -284,7 +284,7 @@ def train_to_folder(
     progress: bool = True,
     log=None,
 ) -> StepOutcome:
-    """Trains a zoo model on the digits data with the paper's recipe; a checkpoint after every epoch (paper.md §7).
+    """Trains a zoo model on the digits data with the paper's recipe; a checkpoint after every epoch (docs/paper.md §7).
 
     SGD with momentum 0.9 and weight decay 1e-4, lr divided by 10 at 50 % and 75 % of training
     (`jaxprune.train.paper_sgd`). ``out/checkpoint.ckpt`` is rewritten atomically after each epoch: Ctrl-C leaves
@@ -348,7 +348,7 @@ def finetune_to_folder(
     progress: bool = True,
     log=None,
 ) -> StepOutcome:
-    """Fine-tunes a checkpoint's (pruned) model on the digits data (paper.md §7: retraining after pruning).
+    """Fine-tunes a checkpoint's (pruned) model on the digits data (docs/paper.md §7: retraining after pruning).
 
     The paper retrains pruned networks at a constant lr of 0.001 for 40 epochs; on the digits data a few epochs at
     `Recipe.finetune_lr`, divided by 10 at 50 % and 75 % of the fine-tuning, recover the accuracy (same SGD as

@@ -64,7 +64,7 @@ def report_text(
     exclude_projections: bool = False,
     xla: bool = False,
 ) -> str:
-    """The per-layer MAC and parameter table of a zoo model or of a checkpoint's model (paper.md §3 conventions).
+    """The per-layer MAC and parameter table of a zoo model or of a checkpoint's model (docs/paper.md §3 conventions).
 
     Args:
       model: A zoo model name (``resnet56``...); exactly one of `model` and `checkpoint`.
@@ -227,7 +227,7 @@ def prune_to_folder(
 
 
 def _unaligned_note(plan) -> str:
-    """A line naming pruned widths that are not multiples of 8 (XLA:CPU runs them slowly; perf-notes.md, 2)."""
+    """A line naming pruned widths that are not multiples of 8 (XLA:CPU runs them slowly; docs/perf-notes.md, 2)."""
     from jaxprune.flops import WIDTH_MULTIPLE
 
     odd = {g: w for g, w in plan.new_widths.items() if w != plan.widths[g] and w % WIDTH_MULTIPLE}

@@ -146,7 +146,7 @@ def sensitivity(
 
     For every scanned group and every ratio, the group's lowest-scoring filters are pruned as
     ``make_plan(model, variables, prune_ratio={group: ratio}, scores=...)`` would (same rounding, same selection,
-    design.md §1) and every other group is left intact; the network is evaluated without retraining.
+    docs/design.md §1) and every other group is left intact; the network is evaluated without retraining.
 
     Two paths:
 
@@ -154,7 +154,7 @@ def sensitivity(
       the labels of that batch: ``metric="accuracy"`` (fraction of ``argmax(logits) == y``, the default),
       ``metric="loss"`` (mean softmax cross-entropy) or any jax-traceable ``metric(logits, y) -> scalar`` (say
       `higher_is_better`). One jitted forward of the *original-shape* network takes the channel masks as traced
-      inputs (the masking reference, design.md §4), vmapped over `chunk` masks at a time, so the whole scan costs one
+      inputs (the masking reference, docs/design.md §4), vmapped over `chunk` masks at a time, so the whole scan costs one
       compile plus ``ceil((distinct networks + 1) / chunk)`` calls, whatever the groups and ratios (ratios that keep
       the same filters of a group, and a ratio that keeps all of them, are one network); later scans of the
       same model object and metric reuse the compile. With `batch_size`, ``x`` is split into batches and the
@@ -175,7 +175,7 @@ def sensitivity(
       higher_is_better: For a callable metric or `evaluate` (default True); fixed for the named metrics.
       ratios: Prune ratios, strictly increasing, each in [0, 1).
       groups: Group names to scan; default every group a float ratio reaches (the prunable conv-filter groups,
-        design.md §3). Name `fc1` or an ImageNet stream to scan it.
+        docs/design.md §3). Name `fc1` or an ImageNet stream to scan it.
       criterion: Which filters go first: one of `ALL_CRITERIA` (`l1` is the paper's). Activation criteria are
         computed from `activation_data`, default the images of `data`.
       key: PRNG key for ``criterion="random"``.

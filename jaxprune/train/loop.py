@@ -159,7 +159,7 @@ def fit(
       batch_size: Global batch, a multiple of the mesh's ``"data"`` size; each epoch takes
         ``len(x_train) // batch_size`` full batches.
       seed: Data-order seed, an int >= 0.
-      augment: None, ``"cifar"`` (pad-4 crop + flip, paper.md §7), ``"crop"`` (no flip), or a hashable callable
+      augment: None, ``"cifar"`` (pad-4 crop + flip, docs/paper.md §7), ``"crop"`` (no flip), or a hashable callable
         ``f(key, images) -> images`` traced inside the step.
       label_smoothing: In [0, 1).
       eval_batch_size: Default `batch_size`.
@@ -293,7 +293,7 @@ def finetune(
     batch_size: int = 128,
     **fit_kwargs,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Retrains (a pruned) state at the paper's constant fine-tuning rate: paper.md §7 (lr 0.001, same optimizer).
+    """Retrains (a pruned) state at the paper's constant fine-tuning rate: docs/paper.md §7 (lr 0.001, same optimizer).
 
     The optimizer becomes `tx`, by default ``sgd(lr)`` (momentum 0.9, weight decay 1e-4, constant rate). With
     `keep_optimizer_state` the state's optimizer state is carried over as it is (after `prune_state` it is already
