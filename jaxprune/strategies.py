@@ -415,7 +415,9 @@ def make_plan(
             normed, reached, max_ratio=max_ratio, round_to=round_to, min_keep=min_keep, budgets=budgets
         )
         meta = {**meta, "normalize": normalize, **_global.budget_meta(budgets, kept)}
-        return PruningPlan(keep={n: select_top(normed[n], k) for n, k in kept.items()}, widths=reached, meta=meta)
+        return PruningPlan(
+            keep={n: select_top(normed[n], k) for n, k in kept.items()}, widths=reached, meta=meta, made_for=made_for
+        )
     if strategy == "independent":
         if extra:
             scores = {g.name: _criteria.score_group(flat, g, criterion=criterion) for g in groups if g.name in ratios}

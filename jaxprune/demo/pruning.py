@@ -154,7 +154,6 @@ def prune_to_folder(
     import jax
 
     from jaxprune.flops import compare, count_macs
-    from jaxprune.plan import PruningPlan
     from jaxprune.presets import available as preset_names
     from jaxprune.presets import preset as make_preset
     from jaxprune.strategies import STRATEGIES, make_plan
@@ -198,7 +197,7 @@ def prune_to_folder(
             skip=tuple(skip),
             round_to=round_to,
         )
-    plan = PruningPlan(keep=plan.keep, widths=plan.widths, meta={**plan.meta, "source": source})
+    plan = dataclasses.replace(plan, meta={**plan.meta, "source": source})  # keeps made_for: the plan stays bound
     new_m, new_v = prune(m, variables, plan)
     shape = tuple(count_macs(m).input_shape)
     before, after = count_macs(m, shape), count_macs(new_m, shape)
