@@ -134,6 +134,24 @@ WORKER = textwrap.dedent(
     if role == "job":
         result["replicated"] = pipeline(whole(), False, os.path.join(out, "replicated", "model.ckpt"))
         result["per_process"] = pipeline(shard(pid), True, os.path.join(out, "per_process", "model.ckpt"))
+        # Surgery on variables sharded across both processes (FSDP-style, output channels over all 4 devices): sliced
+        # on device, then compared with the host path on the whole arrays.
+        mesh = train.data_mesh()
+        def place(a):
+            d = a.ndim - 1
+            spec = PartitionSpec(*[("data" if i == d and a.shape[d] % 4 == 0 else None) for i in range(a.ndim)])
+            return jax.make_array_from_callback(a.shape, NamedSharding(mesh, spec), lambda idx: a[idx])
+        sharded = jax.tree_util.tree_map(place, variables)
+        plan = jp.make_plan(model, variables, prune_ratio={"stage1": 0.5})
+        _, on_device = jp.prune(model, sharded, plan)
+        _, on_host = jp.prune(model, variables, plan)
+        k = on_device["params"]["stage1_block1_conv1"]["kernel"]
+        result["sharded_prune"] = {
+            "equal": all(np.array_equal(host_tree(a), b) for a, b in zip(
+                jax.tree_util.tree_leaves(on_device), jax.tree_util.tree_leaves(on_host), strict=True)),
+            "shape": list(k.shape), "spec": str(k.sharding.spec), "fully_addressable": k.is_fully_addressable,
+            "local_shards": sorted(tuple(sh.data.shape) for sh in k.addressable_shards),
+        }
         try:  # process 1 drops two training images: both processes refuse before any step
             train.fit(train.TrainState.create(model, variables, TX), shard(pid, N - 2 * pid)[:2], epochs=1,
                       batch_size=BATCH, progress=False, per_process_data=True)
@@ -304,6 +322,19 @@ def test_one_checkpoint_written_by_process_zero_and_restored_everywhere(runs, mo
         assert count == 22  # every test image of both shards, counted once
         _close(loss, r["hist"][-1]["test_loss"], "restored test loss")
         assert accuracy == r["hist"][-1]["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_variables_sharded_across_processes_are_pruned_on_device(runs):
+    p0, p1, _, _ = runs
+    for p in (p0, p1):
+        assert p["sharded_prune"] == {
+            "equal": True,  # every leaf, gathered afterwards, equals the host path on the whole arrays
+            "shape": [3, 3, 16, 8],
+            "spec": "P(None, None, None, 'data')",
+            "fully_addressable": False,
+            "local_shards": [[3, 3, 16, 2], [3, 3, 16, 2]],  # this process's two devices hold 2 of the 8 filters each
+        }
 
 
 @pytest.mark.slow
