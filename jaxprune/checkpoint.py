@@ -291,9 +291,12 @@ def save_checkpoint(
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write checkpoint {path}: folder {folder} does not exist")
-    if jax.process_index() != 0:  # every process gathered above; one writes
-        return
-    _atomic_write_bytes(path, (_MAGIC, header_bytes, digest_line, payload))
+    if jax.process_index() == 0:  # every process gathered above; one writes
+        _atomic_write_bytes(path, (_MAGIC, header_bytes, digest_line, payload))
+    if jax.process_count() > 1:  # no process returns (and reads the file) before process 0 has written it
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jaxprune.save_checkpoint {path}")
 
 
 #: Steps are stored as int32 in a train state (`jaxprune.train.TrainState`).
