@@ -243,7 +243,7 @@ def report_text(
     exclude_projections: bool = False,
     xla: bool = False,
 ) -> str:
-    """The per-layer MAC and parameter table of a zoo model or of a checkpoint's model (paper.md §3 conventions).
+    """The per-layer MAC and parameter table of a zoo model or of a checkpoint's model (docs/paper.md §3 conventions).
 
     Args:
       model: A zoo model name (``resnet56``...); exactly one of `model` and `checkpoint`.
@@ -406,7 +406,7 @@ def prune_to_folder(
 
 
 def _unaligned_note(plan) -> str:
-    """A line naming pruned widths that are not multiples of 8 (XLA:CPU runs them slowly; perf-notes.md, 2)."""
+    """A line naming pruned widths that are not multiples of 8 (XLA:CPU runs them slowly; docs/perf-notes.md, surprise 2)."""
     from jaxprune.flops import WIDTH_MULTIPLE
 
     odd = {g: w for g, w in plan.new_widths.items() if w != plan.widths[g] and w % WIDTH_MULTIPLE}
@@ -679,7 +679,7 @@ def train_to_folder(
     progress: bool = True,
     log=None,
 ) -> StepOutcome:
-    """Trains a zoo model on the digits data with the paper's recipe; a checkpoint after every epoch (paper.md §7).
+    """Trains a zoo model on the digits data with the paper's recipe; a checkpoint after every epoch (docs/paper.md §7).
 
     SGD with momentum 0.9 and weight decay 1e-4, lr divided by 10 at 50 % and 75 % of training
     (`jaxprune.train.paper_sgd`). ``out/checkpoint.ckpt`` is rewritten atomically after each epoch: Ctrl-C leaves
@@ -751,7 +751,7 @@ def finetune_to_folder(
     progress: bool = True,
     log=None,
 ) -> StepOutcome:
-    """Fine-tunes a checkpoint's (pruned) model on the digits data (paper.md §7: retraining after pruning).
+    """Fine-tunes a checkpoint's (pruned) model on the digits data (docs/paper.md §7: retraining after pruning).
 
     The paper retrains pruned networks at a constant lr of 0.001 for 40 epochs; on the digits data a few epochs at
     `Recipe.finetune_lr`, divided by 10 at 50 % and 75 % of the fine-tuning, recover the accuracy (same SGD as

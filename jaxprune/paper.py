@@ -1,9 +1,9 @@
 """Li et al. 2017 Tables 1 and 2 reproduced from the model zoo and the presets, without training.
 
-This module owns the paper's printed values (paper.md §1, §2) and puts them beside our own counts: `table1` for the
+This module owns the paper's printed values (docs/paper.md §1, §2) and puts them beside our own counts: `table1` for the
 12 Table 1 models (MACs, parameters, pruned %), `table2` for VGG-16 per layer. Our counts come from
 `jaxprune.count_macs` (abstract evaluation) on the networks that `jaxprune.preset` builds from random variables
-(selection does not change counts), so everything runs in seconds. Conventions (paper.md §3): FLOP = conv + dense
+(selection does not change counts), so everything runs in seconds. Conventions (docs/paper.md §3): FLOP = conv + dense
 MACs; parameters = conv + dense weights and biases without BN; ResNet-34 leaves out its three 1x1 projection convs;
 Table 2 counts weights only. It does not train, time or prune variables.
 """
@@ -29,7 +29,7 @@ __all__ = [
     "table2",
 ]
 
-#: Table 1 as printed (paper.md §1), scratch-train rows left out: (model, preset or None, zoo base, error %,
+#: Table 1 as printed (docs/paper.md §1), scratch-train rows left out: (model, preset or None, zoo base, error %,
 #: FLOP, FLOP pruned %, parameters, params pruned %). Numbers are kept as printed strings to know their precision.
 TABLE1_PRINTED: tuple[tuple[str, str | None, str, str, str, str | None, str, str | None], ...] = (
     ("VGG-16", None, "vgg16", "6.75", "3.13e8", None, "1.5e7", None),
@@ -46,7 +46,7 @@ TABLE1_PRINTED: tuple[tuple[str, str | None, str, str, str, str | None, str, str
     ("ResNet-34-pruned-C", "resnet34-C", "resnet34", "27.52", "3.37e9", "7.5", "2.01e7", "7.2"),
 )
 
-#: Table 2 as printed (paper.md §2): (layer, our layer name, w x h, #maps, FLOP, #params, #maps A, FLOP% A).
+#: Table 2 as printed (docs/paper.md §2): (layer, our layer name, w x h, #maps, FLOP, #params, #maps A, FLOP% A).
 TABLE2_PRINTED: tuple[tuple[str, str, str, int, str, str, int, str], ...] = (
     ("Conv_1", "conv1", "32x32", 64, "1.8E+06", "1.7E+03", 32, "50%"),
     ("Conv_2", "conv2", "32x32", 64, "3.8E+07", "3.7E+04", 64, "50%"),
@@ -67,7 +67,7 @@ TABLE2_PRINTED: tuple[tuple[str, str, str, int, str, str, int, str], ...] = (
 
 CONVENTION = (
     "FLOP = conv + dense multiply-accumulates (1 per MAC); params = conv + dense weights and biases, no BN; "
-    "ResNet-34 without its three 1x1 projection convs (paper.md §3); inputs 1x32x32x3 (CIFAR), 1x224x224x3 (ImageNet)"
+    "ResNet-34 without its three 1x1 projection convs (docs/paper.md §3); inputs 1x32x32x3 (CIFAR), 1x224x224x3 (ImageNet)"
 )
 
 
@@ -174,10 +174,10 @@ def _table1() -> tuple[Table1Row, ...]:
 
 
 def table1() -> list[Table1Row]:
-    """Table 1 of Li et al. (paper.md §1) reproduced: our MACs, parameters and pruned % beside the printed values.
+    """Table 1 of Li et al. (docs/paper.md §1) reproduced: our MACs, parameters and pruned % beside the printed values.
 
     Our counts are exact (`jaxprune.count_macs` of the networks `jaxprune.preset` builds); every pruned % lies
-    within 0.1 percentage point of the paper's (paper.md §4, §9). Runs in seconds; no training.
+    within 0.1 percentage point of the paper's (docs/paper.md §4, §9). Runs in seconds; no training.
 
     Returns:
       The 12 rows (the scratch-train rows have no counts of their own), in the paper's order.
@@ -252,7 +252,7 @@ def format_table1() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Table2Row:
-    """One VGG-16 layer of Table 2 (paper.md §2): our counts beside the printed values.
+    """One VGG-16 layer of Table 2 (docs/paper.md §2): our counts beside the printed values.
 
     Attributes:
       layer: The paper's label (``Conv_1`` ... ``Conv_13``, ``Linear``).
@@ -315,7 +315,7 @@ def _table2() -> tuple[Table2Row, ...]:
 
 
 def table2() -> list[Table2Row]:
-    """Table 2 of Li et al. (VGG-16 on CIFAR-10, per layer; paper.md §2) reproduced beside the printed values.
+    """Table 2 of Li et al. (VGG-16 on CIFAR-10, per layer; docs/paper.md §2) reproduced beside the printed values.
 
     Our MACs and weights (no biases) print as the paper's values at its precision; the pruned-A columns follow
     `jaxprune.preset("vgg16-A", ...)`.

@@ -5,7 +5,7 @@ This module owns the single-group sensitivity scan (`sensitivity`), the activati
 the paper does by hand after looking at the curves: choosing per-stage ratios and a skip list, or the ratios that
 reach a MACs or parameter budget (`suggest_ratios`). It returns tables, never plots (`jaxprune.viz` draws them), and
 it never slices variables itself: the physical path calls `jaxprune.prune`, the fast path uses the masking reference
-(`jaxprune.masking`, design.md §4) with the masks as traced inputs, so one compile serves every group and ratio.
+(`jaxprune.masking`, docs/design.md §4) with the masks as traced inputs, so one compile serves every group and ratio.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def _check_criterion_any(criterion) -> None:
 
 
 def _scan_groups(model, groups) -> list[ChannelGroup]:
-    """The groups a scan covers: those a float ratio reaches (design.md §3), or the named prunable ones."""
+    """The groups a scan covers: those a float ratio reaches (docs/design.md §3), or the named prunable ones."""
     all_groups = list(model.channel_groups())
     by_name = {g.name: g for g in all_groups}
     prunable = [g.name for g in all_groups if g.prunable and g.scored is not None]
@@ -549,7 +549,7 @@ def sensitivity(
 
     For every scanned group and every ratio, the group's lowest-scoring filters are pruned as
     ``make_plan(model, variables, prune_ratio={group: ratio}, scores=...)`` would (same rounding, same selection,
-    design.md §1) and every other group is left intact; the network is evaluated without retraining.
+    docs/design.md §1) and every other group is left intact; the network is evaluated without retraining.
 
     Two paths:
 
@@ -557,7 +557,7 @@ def sensitivity(
       the labels of that batch: ``metric="accuracy"`` (fraction of ``argmax(logits) == y``, the default),
       ``metric="loss"`` (mean softmax cross-entropy) or any jax-traceable ``metric(logits, y) -> scalar`` (say
       `higher_is_better`). One jitted forward of the *original-shape* network takes the channel masks as traced
-      inputs (the masking reference, design.md §4), vmapped over `chunk` masks at a time, so the whole scan costs one
+      inputs (the masking reference, docs/design.md §4), vmapped over `chunk` masks at a time, so the whole scan costs one
       compile plus ``ceil((groups x ratios + 1) / chunk)`` calls, whatever the groups and ratios; later scans of the
       same model object and metric reuse the compile. With `batch_size`, ``x`` is split into batches and the
       per-batch metrics are averaged weighted by batch size, which is exact for per-example means such as accuracy
@@ -577,7 +577,7 @@ def sensitivity(
       higher_is_better: For a callable metric or `evaluate` (default True); fixed for the named metrics.
       ratios: Prune ratios, strictly increasing, each in [0, 1).
       groups: Group names to scan; default every group a float ratio reaches (the prunable conv-filter groups,
-        design.md §3). Name `fc1` or an ImageNet stream to scan it.
+        docs/design.md §3). Name `fc1` or an ImageNet stream to scan it.
       criterion: Which filters go first: one of `ALL_CRITERIA` (`l1` is the paper's). Activation criteria are
         computed from `activation_data`, default the images of `data`.
       key: PRNG key for ``criterion="random"``.

@@ -1,6 +1,6 @@
 """Strategies: the only place that turns ratios into counts and counts into kept index sets.
 
-This module owns the rounding rule (design.md §1), the meaning of ratio mappings (design.md §3 "What a ratio
+This module owns the rounding rule (docs/design.md §1), the meaning of ratio mappings (docs/design.md §3 "What a ratio
 reaches"), and the independent and greedy strategies (paper §3.2). It reads scores from `jaxprune.scoring` and returns
 a `PruningPlan`; it never touches variables beyond reading kernels.
 """
@@ -42,7 +42,7 @@ def _check_positive_int(v, what: str) -> int:
 
 
 def kept_count(width: int, prune_ratio: float, *, round_to: int = 1, min_keep: int = 1) -> int:
-    """Number of filters a group of `width` keeps at `prune_ratio` (design.md §1).
+    """Number of filters a group of `width` keeps at `prune_ratio` (docs/design.md §1).
 
     keep = floor(width * (1 - p)) (`int(n*(1-p))` as the paper's code does, without its float error: 10 filters at
     p = 0.8 keep 2, not 1, also for float32 or computed ratios such as 1 - 0.7); then, if `round_to` > 1, the nearest
@@ -78,7 +78,7 @@ def select_top(scores: np.ndarray, k: int) -> tuple[int, ...]:
 
 
 def resolve_ratios(model, prune_ratio, *, skip: Iterable[str] = ()) -> dict[str, float]:
-    """Maps a float or a {group or stage name: ratio} mapping to a ratio per group (design.md §3).
+    """Maps a float or a {group or stage name: ratio} mapping to a ratio per group (docs/design.md §3).
 
     A float, and a stage name, reach the prunable conv-filter groups only (never a stream, never `fc1`); streams and
     `fc1` are reached only when named. A group name overrides its stage. Groups not reached, and groups in `skip`,
@@ -194,7 +194,7 @@ def make_plan(
     min_keep: int = 1,
     meta: Mapping[str, Any] | None = None,
 ) -> PruningPlan:
-    """Decides which filters every reached group keeps (paper §3.1-3.2, design.md §1, §3).
+    """Decides which filters every reached group keeps (paper §3.1-3.2, docs/design.md §1, §3).
 
     Args:
       model: A zoo model (or any object with `channel_groups()` and `with_widths()`).

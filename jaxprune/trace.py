@@ -1,4 +1,4 @@
-"""Channel coupling discovered from a jaxpr, for any Flax Linen or NNX model (design.md §6).
+"""Channel coupling discovered from a jaxpr, for any Flax Linen or NNX model (docs/design.md §6).
 
 This module owns `trace_groups`: it traces a model's forward pass with `jax.make_jaxpr` and follows every parameter's
 axes through the primitives, joining the axes that must share one channel index space in a union-find over the
@@ -1502,7 +1502,7 @@ class TracedModel:
     x, *, masks=None)`, which re-runs the traced program at the model's current widths (the jaxpr's shape parameters
     rewritten from the traced channel spaces; one jitted program per width configuration) and, with `masks`, zeroes
     the masked channels wherever channels are mixed (contractions, reductions): the masking reference for a traced
-    model (design.md §4). `prune(traced, variables, plan)` returns a new `TracedModel` and the sliced variables;
+    model (docs/design.md §4). `prune(traced, variables, plan)` returns a new `TracedModel` and the sliced variables;
     `module` (Linen) or `nnx_module(variables)` (NNX) give a real model at the new widths. Build one with
     `trace_model`.
 
@@ -1635,7 +1635,7 @@ class TracedModel:
           x: Input; another shape than the traced example re-traces the original model at that shape (cached).
           train: Must be False: the traced program is the inference forward pass.
           masks: Optional group name -> 0/1 vector: the 0-channels are zeroed wherever channels are mixed
-            (contractions, reductions), so they contribute nothing, as if removed (the masking reference, design.md
+            (contractions, reductions), so they contribute nothing, as if removed (the masking reference, docs/design.md
             §4); groups not named are not masked.
 
         Raises:
@@ -2002,7 +2002,7 @@ def trace_model(
 def trace_groups(
     apply_fn, variables: Mapping[str, Any] | None, example_input, *, policy=None
 ) -> tuple[ChannelGroup, ...]:
-    """Discovers a model's channel groups from its jaxpr (design.md §6; paper §3.2-3.3 coupling, found by tracing).
+    """Discovers a model's channel groups from its jaxpr (docs/design.md §6; paper §3.2-3.3 coupling, found by tracing).
 
     The forward pass is traced with `jax.make_jaxpr` (abstract shapes: nothing is compiled) and every parameter axis
     is followed through the program: conv_general_dilated (grouped and depthwise: a depthwise conv ties its input

@@ -1,6 +1,6 @@
 """Training, fine-tuning and evaluation with optax, data parallel over every device; pruning a whole train state.
 
-This module owns the training loop of the paper's recipe (paper.md §7): SGD with momentum 0.9 and weight decay 1e-4
+This module owns the training loop of the paper's recipe (docs/paper.md §7): SGD with momentum 0.9 and weight decay 1e-4
 (added to the gradient, as PyTorch's `SGD(weight_decay=)` does, on every parameter), the learning rate divided by 10 at
 50 % and 75 % of training, fine-tuning at a constant 0.001; softmax cross-entropy with optional label smoothing; the
 `TrainState` pytree; `prune_state` (one call prunes params, batch statistics, optimizer state and model) and
@@ -130,14 +130,14 @@ def _check_augment(augment):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Optimizers (paper.md §7)
+# Optimizers (docs/paper.md §7)
 # ----------------------------------------------------------------------------------------------------------------------
 def step_schedule(
     learning_rate: float, total_steps: int, *, boundaries: Sequence[float] = (0.5, 0.75), factor: float = 0.1
 ) -> optax.Schedule:
     """The paper's step schedule: `learning_rate`, multiplied by `factor` at each fraction of training in `boundaries`.
 
-    The reference recipe (paper.md §7): lr 0.1 divided by 10 at epochs 80 and 120 of 160, i.e. at 50 % and 75 %.
+    The reference recipe (docs/paper.md §7): lr 0.1 divided by 10 at epochs 80 and 120 of 160, i.e. at 50 % and 75 %.
     A boundary at fraction b takes effect from step ``round(b * total_steps)``.
 
     Args:
@@ -181,7 +181,7 @@ def sgd(
     nesterov: bool = False,
     weight_decay: float = 1e-4,
 ) -> optax.GradientTransformation:
-    """SGD with momentum and coupled weight decay, as the paper's (PyTorch) recipe: paper.md §7.
+    """SGD with momentum and coupled weight decay, as the paper's (PyTorch) recipe: docs/paper.md §7.
 
     ``chain(add_decayed_weights(weight_decay), trace(momentum, nesterov), scale_by_learning_rate(schedule))``: the
     decay is added to the gradient of every parameter before momentum, like ``torch.optim.SGD(weight_decay=)``. A
@@ -233,7 +233,7 @@ def paper_sgd(
     weight_decay: float = 1e-4,
     boundaries: Sequence[float] = (0.5, 0.75),
 ) -> optax.GradientTransformation:
-    """The baseline training optimizer of paper.md §7: `sgd` with `step_schedule` over ``epochs * steps_per_epoch``.
+    """The baseline training optimizer of docs/paper.md §7: `sgd` with `step_schedule` over ``epochs * steps_per_epoch``.
 
     Args:
       epochs: Epochs of the whole run, >= 1.
@@ -443,7 +443,7 @@ def _eval_step(state: TrainState, images, labels, mask=None):
 #: One jitted SGD step: ``train_step(state, images, labels, masks=None, *, label_smoothing=0.0, augment=None)``
 #: returns ``(new_state, {"loss", "accuracy"})`` (batch means; the loss is the label-smoothed cross-entropy without the
 #: weight-decay term, which lives in the optimizer). Batch norm runs in training mode and its running statistics are
-#: updated. `masks` (group name -> 0/1 vector, traced) trains the masked original model (design.md §4).
+#: updated. `masks` (group name -> 0/1 vector, traced) trains the masked original model (docs/design.md §4).
 #: `label_smoothing` and `augment` are static. It computes wherever its inputs live; `fit` places them on the mesh.
 train_step = jax.jit(_train_step, static_argnames=("label_smoothing", "augment"))
 
@@ -649,7 +649,7 @@ def fit(
       batch_size: Global batch, a multiple of the mesh's ``"data"`` size; each epoch takes
         ``len(x_train) // batch_size`` full batches.
       seed: Data-order seed, an int >= 0.
-      augment: None, ``"cifar"`` (pad-4 crop + flip, paper.md §7), ``"crop"`` (no flip), or a hashable callable
+      augment: None, ``"cifar"`` (pad-4 crop + flip, docs/paper.md §7), ``"crop"`` (no flip), or a hashable callable
         ``f(key, images) -> images`` traced inside the step.
       label_smoothing: In [0, 1).
       eval_batch_size: Default `batch_size`.
@@ -773,7 +773,7 @@ def finetune(
     batch_size: int = 128,
     **fit_kwargs,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Retrains (a pruned) state at the paper's constant fine-tuning rate: paper.md §7 (lr 0.001, same optimizer).
+    """Retrains (a pruned) state at the paper's constant fine-tuning rate: docs/paper.md §7 (lr 0.001, same optimizer).
 
     The optimizer becomes `tx`, by default ``sgd(lr)`` (momentum 0.9, weight decay 1e-4, constant rate). With
     `keep_optimizer_state` the state's optimizer state is carried over as it is (after `prune_state` it is already
@@ -903,7 +903,7 @@ def iterative_prune(
     batch_size: int = 128,
     **fit_kwargs,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Prune → fine-tune → prune …: one round per schedule entry, carrying the optimizer state (paper.md §7).
+    """Prune → fine-tune → prune …: one round per schedule entry, carrying the optimizer state (docs/paper.md §7).
 
     Round r makes a plan on the current (already pruned) model with ``prune_ratio=schedule[r]`` — a fraction of the
     *current* filters, a float or a {group or stage: ratio} mapping as `jaxprune.make_plan` takes — prunes the whole

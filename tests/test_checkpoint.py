@@ -160,7 +160,7 @@ def test_pruned_checkpoint_loads_in_a_fresh_process_with_no_user_code(saved, pru
     assert out["plans"][0]["stage3_block1_conv1"] == 48
     want = np.asarray(jax.jit(lambda v, x: m.apply(v, x, train=False))(v, x))
     got = np.asarray(out["logits"], np.float32)
-    # Same program on the same machine: equal to float32 tolerance (design.md §4).
+    # Same program on the same machine: equal to float32 tolerance (docs/design.md §4).
     assert np.max(np.abs(got - want)) <= 1e-5 * max(1.0, float(np.max(np.abs(want))))
 
 

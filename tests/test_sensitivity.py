@@ -275,7 +275,7 @@ def test_stage_mode_reproduces_the_resnet56_b_preset(zoo):
     assert all(d <= 0.01 for d in s.predicted_drop.values())
     plan = jp.make_plan(m, v, **s.plan_kwargs())
     assert plan.new_widths == jp.preset("resnet56-B", m, v).new_widths
-    # Exact counts from count_macs: the paper's ResNet-56-B (paper.md §10).
+    # Exact counts from count_macs: the paper's ResNet-56-B (docs/paper.md §10).
     assert jp.count_macs(m.with_widths(plan.new_widths)).macs == 90_907_264
     assert s.macs_fraction == pytest.approx(90_907_264 / 125_485_696)
     assert "stage1: ratio 0.6 for 7 of 9 groups" in s.explanation
