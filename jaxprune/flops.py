@@ -46,7 +46,7 @@ ROW_KINDS = ("conv", "dense", "bn", "other")
 #: Words in a 1x1 conv's module name that mark it as a projection shortcut (the zoo uses ``stage{s}_block1_shortcut``).
 PROJECTION_WORDS = ("shortcut", "proj", "downsample")
 
-#: `cost_report` warns (`WidthAlignmentWarning`) when a pruned width is not a multiple of this (docs/perf-notes.md, 2).
+#: `cost_report` warns (`WidthAlignmentWarning`) when a pruned width is not a multiple of this (docs/perf-notes.md, surprise 2).
 WIDTH_MULTIPLE = 8
 
 

@@ -65,7 +65,7 @@ PAD_MULTIPLE = 16
 #: `auto` pads only when the zero filters add at most 1/this of the real ones (56 -> 64 adds 8 = 56/7).
 _AUTO_PAD_MAX_EXTRA_INV = 7
 
-#: `auto` uses im2col when the output has at most this many pixels (2x2) and the kernel is spatial (perf-notes 1).
+#: `auto` uses im2col when the output has at most this many pixels (2x2) and the kernel is spatial (docs/perf-notes.md, surprise 1).
 _AUTO_IM2COL_MAX_PIXELS = 4
 
 #: ... or when the matmul depth kh * kw * c_in is at most this (a 3x3 kernel over an RGB input: 27).
