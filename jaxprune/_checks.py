@@ -75,7 +75,6 @@ def check_inputs(model, variables: Mapping[str, Any], *, plan=None, what: str) -
         included), or a plan made for another model (names both).
     """
     from jaxprune.groups import flatten_variables
-    from jaxprune.plan import PruningPlan
 
     if not isinstance(variables, Mapping):
         raise TypeError(
@@ -97,7 +96,9 @@ def check_inputs(model, variables: Mapping[str, Any], *, plan=None, what: str) -
                     f"{what}: variables leaf {_path(p)} has shape {tuple(leaf.shape)}, the model "
                     f"{type(model).__name__} needs {want}"
                 )
-    if isinstance(plan, PruningPlan):  # the variables fit the model: does the plan?
+    # The variables fit the model: does the plan? (A `PruningPlan`, read by its method: plan imports this module.
+    # Anything else is refused, with its type named, by the plan validation that follows.)
+    if callable(getattr(plan, "check_model", None)):
         plan.check_model(model, flat=flat)
     return flat
 
@@ -143,15 +144,13 @@ def check_opt_state(opt_state, model, plan, params, *, what: str) -> None:
       TypeError: an optimizer-state leaf that is abstract or neither an array nor a Python number (names the path).
       ValueError: a plan made for another model (names both).
     """
-    from jaxprune.plan import PruningPlan
-
     for p, leaf in jax.tree_util.tree_leaves_with_path(opt_state):
         if isinstance(leaf, bool | int | float | complex):
             continue
         kind = _leaf_kind(leaf)
         if kind is not None:
             raise TypeError(f"{what}: optimizer-state leaf {jax.tree_util.keystr(p)} is {kind}")
-    if isinstance(plan, PruningPlan):
+    if callable(getattr(plan, "check_model", None)):  # a PruningPlan (plan imports this module); others refused later
         if isinstance(params, Mapping) and "params" in params:
             params = params["params"]
         plan.check_model(model, {"params": params} if isinstance(params, Mapping) else None)
