@@ -358,6 +358,15 @@ def test_nnx_plan_of_another_module_is_refused(cnn, block):
         jp.prune(cnn[0], jp.nnx_variables(cnn[0]), cnn[3])
 
 
+def test_nnx_attention_head_sizes_must_stay_tied(block):
+    m, x, _, _ = block
+    plan = jp.make_plan(m, prune_ratio={"attn/query:2": 0.5, "attn/value:2": 0.75}, example_input=x)
+    with pytest.raises(
+        ValueError, match=r"MultiHeadAttention attn holds one head size.*'attn/query:2'.*'attn/value:2'"
+    ):
+        jp.prune(m, plan)
+
+
 def test_nnx_optimizer_of_another_module_names_the_leaf(cnn, block):
     m, _, _, plan = cnn
     other = nnx.Optimizer(block[0], optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)

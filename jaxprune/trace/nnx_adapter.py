@@ -233,6 +233,38 @@ def _sliced_rest(rest, variables, ops, changed_widths):
     return new
 
 
+def _check_head_sizes(module, traced, plan) -> None:
+    """An `nnx.MultiHeadAttention` holds one head size for query/key and value: their head-feature groups must keep
+    the same count (each its own channels).
+
+    Raises:
+      ValueError: a plan keeping different counts; names the module, both groups and their counts.
+    """
+    from flax import nnx
+
+    kept = {g.name: len(plan.keep[g.name]) if g.name in plan.keep else g.width for g in traced.channel_groups()}
+    for path, m in nnx.iter_graph(module):
+        if not isinstance(m, nnx.MultiHeadAttention):
+            continue
+        at = ("params", *(str(k) for k in path))
+        owners = {}
+        for g in traced.channel_groups():
+            for ref in g.axes:
+                if (
+                    ref.path[:-2] == at
+                    and ref.path[-2:] in (("query", "kernel"), ("value", "kernel"))
+                    and ref.axis == 2
+                ):
+                    owners.setdefault(ref.path[-2], g.name)
+        q, v = owners.get("query"), owners.get("value")
+        if q is not None and v is not None and q != v and kept[q] != kept[v]:
+            raise ValueError(
+                f"cannot prune the NNX module: nnx.MultiHeadAttention {'/'.join(at[1:])} holds one head size, but the "
+                f"plan keeps {kept[q]} query/key head features (group {q!r}) and {kept[v]} value head features (group "
+                f"{v!r}); give both groups the same ratio"
+            )
+
+
 def prune_module(module, traced, plan, *, optimizer=None):
     """``jaxprune.prune(module, plan)`` for an NNX module: a new module of the same classes (the original untouched),
     its parameters, batch statistics and channel-shaped custom variables sliced, every size attribute updated; with
@@ -245,7 +277,8 @@ def prune_module(module, traced, plan, *, optimizer=None):
     if optimizer is not None and not is_nnx_optimizer(optimizer):
         raise TypeError(f"optimizer must be an nnx.Optimizer, got {type(optimizer).__name__}")
     variables = nnx_variables(module)
-    _, new_variables = _prune_variables(traced, variables, plan)
+    _, new_variables = _prune_variables(traced, variables, plan)  # checks the plan against the module first
+    _check_head_sizes(module, traced, plan)
     graphdef, params, stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
     changed = {n: plan.widths[n] for n, k in plan.keep.items() if len(k) < plan.widths[n]}
     shapes = {("params", *p): tuple(a.shape) for p, a in _flat(variables["params"]).items()}
