@@ -2,7 +2,7 @@
 
 This module only counts; it never prunes. `count_macs` traces the model abstractly (`jax.eval_shape` of `init` with a
 `flax.linen.intercept_methods` hook on every conv, dense and BatchNorm call), so it costs milliseconds, needs no
-variables and works for any widths. Its figures follow the paper's convention (paper.md §3): one FLOP per
+variables and works for any widths. Its figures follow the paper's convention (docs/paper.md §3): one FLOP per
 multiply-accumulate, conv and dense layers only (BN, ReLU, pooling and residual additions are not counted).
 `xla_flops` asks XLA instead (`cost_analysis()` of the jitted inference forward), which counts 2 per MAC over in-bounds
 kernel taps and adds BN, ReLU, pooling and bias work. Every printed number comes with its convention.
@@ -46,7 +46,7 @@ ROW_KINDS = ("conv", "dense", "bn", "other")
 #: Words in a 1x1 conv's module name that mark it as a projection shortcut (the zoo uses ``stage{s}_block1_shortcut``).
 PROJECTION_WORDS = ("shortcut", "proj", "downsample")
 
-#: `cost_report` warns (`WidthAlignmentWarning`) when a pruned width is not a multiple of this (perf-notes.md, 2).
+#: `cost_report` warns (`WidthAlignmentWarning`) when a pruned width is not a multiple of this (docs/perf-notes.md, surprise 2).
 WIDTH_MULTIPLE = 8
 
 
@@ -54,7 +54,7 @@ class WidthAlignmentWarning(UserWarning):
     """A pruned width that is not a multiple of 8 (issued by `cost_report`).
 
     On XLA:CPU such widths can make the pruned model no faster, or slower, than the original: ResNet-56-B's 6/22/57
-    ran x1.05-1.07 of ResNet-56 (perf-notes.md, surprise 2). Prune with ``round_to=8``.
+    ran x1.05-1.07 of ResNet-56 (docs/perf-notes.md, surprise 2). Prune with ``round_to=8``.
     """
 
 
@@ -104,7 +104,7 @@ class MacRow:
 
 @dataclasses.dataclass(frozen=True)
 class MacReport:
-    """Analytic per-layer cost of one model at one input shape (paper.md §3 conventions).
+    """Analytic per-layer cost of one model at one input shape (docs/paper.md §3 conventions).
 
     Attributes:
       rows: Per-layer rows in call order (`MacRow`); left-out projection convs are not among them.
@@ -276,7 +276,7 @@ def _trace_rows(model, shape: tuple[int, ...]) -> tuple[MacRow, ...]:
         if out.ndim != 4:
             raise ValueError(f"layer {name!r}: expected an NHWC conv output, got shape {out.shape}")
         kh, kw, cin_g, cout = kernel_shape
-        # One MAC per output element per kernel tap and input channel of its group (paper.md §3).
+        # One MAC per output element per kernel tap and input channel of its group (docs/paper.md §3).
         macs = _size(out.shape) * kh * kw * cin_g
         rows.append(
             MacRow(
@@ -306,7 +306,7 @@ _ROWS_CACHE: dict[tuple[str, tuple[int, ...]], tuple[MacRow, ...]] = {}
 
 
 def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_projections: bool = False) -> MacReport:
-    """Analytic MACs and parameters per layer, from the model's configuration and the input shape (paper.md §3).
+    """Analytic MACs and parameters per layer, from the model's configuration and the input shape (docs/paper.md §3).
 
     The model is traced abstractly (`jax.eval_shape` of ``model.init`` with a `flax.linen.intercept_methods` hook on
     every conv, dense and BatchNorm call): no compile, no variables, milliseconds, any widths. A conv costs
@@ -322,7 +322,7 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
       input_shape: NHWC input shape; MACs are for the whole batch (use batch 1, the default, for per-image figures).
         None means the model's own (`jaxprune.models.default_input_shape`).
       exclude_projections: Leave the 1x1 projection-shortcut convs out of MACs and params (rows too), as the paper
-        does for ResNet-34 (paper.md §3). Their BNs stay in `.params`.
+        does for ResNet-34 (docs/paper.md §3). Their BNs stay in `.params`.
 
     Returns:
       A `MacReport`: `.rows`, `.macs` (conv + dense MACs, the paper's FLOP), `.params` (every `params` leaf),
@@ -487,7 +487,7 @@ def _flops_of(cost) -> float:
 def xla_flops(model, variables: Mapping[str, Any], input_shape: Sequence[int] | None = None) -> float:
     """XLA's FLOP count of the compiled inference forward: ``jax.jit(f).lower(...).compile().cost_analysis()``.
 
-    Convention (perf-notes.md, surprise 4): 2 FLOPs per MAC over in-bounds kernel taps only (zero padding is
+    Convention (docs/perf-notes.md, surprise 4): 2 FLOPs per MAC over in-bounds kernel taps only (zero padding is
     skipped), plus BN (about 3 per element), ReLU, pooling and bias adds. For VGG-16 on the plain `lax.conv` path it
     is about 0.79 x 2 * `count_macs(...).macs`, so a saving measured here differs from the paper's (e.g. 30.0 % vs
     34.2 % for VGG-16-A).

@@ -1,6 +1,6 @@
 """Strategies: the only place that turns ratios into counts and counts into kept index sets.
 
-This module owns the rounding rule (design.md §1), the meaning of ratio mappings (design.md §3 "What a ratio
+This module owns the rounding rule (docs/design.md §1), the meaning of ratio mappings (docs/design.md §3 "What a ratio
 reaches"), and the independent and greedy strategies (paper §3.2). It reads scores from `jaxprune.scoring` and returns
 a `PruningPlan`; it never touches variables beyond reading kernels.
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxprune import criteria as _criteria
 from jaxprune import global_rank as _global
-from jaxprune._checks import check_inputs
+from jaxprune._checks import check_touched
 from jaxprune._models import as_prunable
 from jaxprune.groups import ChannelGroup, LeafView, kept_indices
 from jaxprune.models.base import check_prunable_model
@@ -58,7 +58,7 @@ def _check_skip(skip) -> tuple[str, ...]:
 
 
 def kept_count(width: int, prune_ratio: float, *, round_to: int = 1, min_keep: int = 1) -> int:
-    """Number of filters a group of `width` keeps at `prune_ratio` (design.md §1).
+    """Number of filters a group of `width` keeps at `prune_ratio` (docs/design.md §1).
 
     keep = floor(width * (1 - p)) (`int(n*(1-p))` as the paper's code does, without its float error: 10 filters at
     p = 0.8 keep 2, not 1, also for float32 or computed ratios such as 1 - 0.7); then, if `round_to` > 1, the nearest
@@ -105,7 +105,7 @@ def select_top(scores: np.ndarray, k: int) -> tuple[int, ...]:
 
 
 def resolve_ratios(model, prune_ratio, *, skip: Iterable[str] = ()) -> dict[str, float]:
-    """Maps a float or a {group or stage name: ratio} mapping to a ratio per group (design.md §3).
+    """Maps a float or a {group or stage name: ratio} mapping to a ratio per group (docs/design.md §3).
 
     A float, and a stage name, reach the prunable conv-filter groups only (never a stream, never `fc1`); streams and
     `fc1` are reached only when named. On a traced model outside the zoo a float also reaches the hidden dense
@@ -239,7 +239,7 @@ def make_plan(
     input_shape: Sequence[int] | None = None,
     example_input=None,
 ) -> PruningPlan:
-    """Decides which filters every reached group keeps (paper §3.1-3.2, design.md §1, §3).
+    """Decides which filters every reached group keeps (paper §3.1-3.2, docs/design.md §1, §3).
 
     Args:
       model: A zoo model (or any object with `channel_groups()` and `with_widths()`, e.g. a `TracedModel`), or a Flax
@@ -303,7 +303,7 @@ def make_plan(
     """
     model, variables = as_prunable(model, variables, example_input, what="make_plan")  # an NNX module: traced
     check_prunable_model(model)
-    check_inputs(model, variables, what="make_plan")
+    check_touched(model, variables, [g.scored.path for g in model.channel_groups() if g.scored], what="make_plan")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
     round_to = _check_positive_int(round_to, "round_to")
@@ -415,7 +415,9 @@ def make_plan(
             normed, reached, max_ratio=max_ratio, round_to=round_to, min_keep=min_keep, budgets=budgets
         )
         meta = {**meta, "normalize": normalize, **_global.budget_meta(budgets, kept)}
-        return PruningPlan(keep={n: select_top(normed[n], k) for n, k in kept.items()}, widths=reached, meta=meta)
+        return PruningPlan(
+            keep={n: select_top(normed[n], k) for n, k in kept.items()}, widths=reached, meta=meta, made_for=made_for
+        )
     if strategy == "independent":
         if extra:
             scores = {g.name: _criteria.score_group(flat, g, criterion=criterion) for g in groups if g.name in ratios}

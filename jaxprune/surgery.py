@@ -343,8 +343,7 @@ def _prune_nnx(module, plan, extra, *, example_input, optimizer):
 
 
 def _prune_variables(model, variables: Mapping[str, Any], plan: PruningPlan):
-    check_inputs(model, variables, plan=plan, what="prune")
-    flat = flatten_variables(variables)
+    flat = check_inputs(model, variables, plan=plan, what="prune")  # also flattens
     ops = slicing_ops(model, plan, shapes=_Shapes(flat))
     check_groups(model.channel_groups(), variables, flat=flat)
     _take_many(flat, ops)

@@ -3,7 +3,7 @@
 Shipped models: the traced groups contain exactly the declared ones. User-style models defined here (DenseNet-like
 concatenation, MobileNet-like depthwise-separable block, squeeze-excitation, two-branch Inception-like block, an MLP,
 an NNX CNN, an nn.scan/nn.remat stack with cond and custom_vjp, a GLU split): each traces, prunes at random ratios,
-and the pruned model (re-run jaxpr, and the rebuilt module) equals the masked original within design.md §4's
+and the pruned model (re-run jaxpr, and the rebuilt module) equals the masked original within docs/design.md §4's
 tolerance. Tracing is abstract (`jax.make_jaxpr` on `jax.ShapeDtypeStruct`s): nothing is compiled for it.
 """
 

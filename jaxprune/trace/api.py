@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,7 @@ from jaxprune.trace.model import TracedModel
 from jaxprune.trace.policy import _apply_policy
 
 
-def _resolve_target(model_or_fn, variables):
+def _resolve_target(model_or_fn, variables, apply_kwargs=None):
     """(kind, apply fn, variables, module, zoo model, nnx parts) for a Linen module, an NNX module or a function."""
     if _nnx.is_module(model_or_fn):
         graphdef, states = _nnx.split(model_or_fn)
@@ -29,11 +30,18 @@ def _resolve_target(model_or_fn, variables):
     variables = _check_variables(variables)
     if _linen.is_module(model_or_fn):
         module = model_or_fn
-        return "linen", _linen.apply_fn(module), variables, module, _linen.zoo_of(module), None
+        return "linen", _linen.apply_fn(module, apply_kwargs), variables, module, _linen.zoo_of(module), None
     if callable(model_or_fn):
         owner = getattr(model_or_fn, "__self__", None) or getattr(getattr(model_or_fn, "func", None), "__self__", None)
         zoo = owner if callable(getattr(owner, "channel_groups", None)) else None
-        return "function", model_or_fn, variables, None, zoo, None
+        fn = model_or_fn
+        if apply_kwargs:
+            kw = dict(apply_kwargs)
+
+            def fn(v, x, _f=model_or_fn, _kw=kw):
+                return _f(v, x, **_kw)
+
+        return "function", fn, variables, None, zoo, None
     raise TypeError(
         f"expected a flax Linen module, an NNX module or an apply function (variables, x) -> output, got "
         f"{type(model_or_fn).__name__}"
@@ -56,6 +64,8 @@ def trace_model(
     *,
     policy=None,
     fields: Mapping[str, str | tuple[str, int]] | None = None,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    train_kwargs: Mapping[str, Any] | None = None,
 ) -> TracedModel:
     """Traces a model and returns a `TracedModel` that `make_plan`, `prune` and `mask_dropped` accept.
 
@@ -69,7 +79,16 @@ def trace_model(
         else every traced group), a model with `channel_groups()`, a mapping ``{group name: prunable}``, or a
         callable ``group -> bool | ChannelGroup`` (rename, re-kind, re-score, or set prunability).
       fields: For a Linen module whose widths are constructor fields: group name -> field name, or
-        ``(field name, index)`` for a tuple field. `with_widths` (hence `prune`) then rebuilds the module.
+        ``(field name, index)`` for a tuple field; `TracedModel.module` then rebuilds the module through them. None
+        (a Linen module outside the zoo): found by re-tracing ``init`` abstractly with each int field (tuple entry,
+        field of a held submodule such as an ``nn.Sequential``'s layers) doubled; a group whose filter count doubles
+        with a field is set by it, derived widths (``num_filters * 2**i``) included.
+      apply_kwargs: Keyword arguments of the traced (inference) call, ``module.apply(variables, x, **apply_kwargs)``
+        or ``fn(variables, x, **apply_kwargs)``. Default: ``{"train": False}`` when the module's ``__call__`` (or the
+        function) takes a ``train`` argument, else none.
+      train_kwargs: Keyword arguments of the training call that ``TracedModel.apply(..., train=True, mutable=...,
+        rngs=...)`` makes (``mutable`` and ``rngs`` are added to them). Default: `apply_kwargs` with ``train=True``
+        when `apply_kwargs` has ``train=False``; else None, and ``apply(train=True)`` raises.
 
     Returns:
       A `TracedModel`.
@@ -79,7 +98,15 @@ def trace_model(
       ValueError: everything `trace_groups` raises; `fields` naming an unknown group or field, or a field whose
         value is not the group's width; a `policy` that makes a group the trace could not follow prunable.
     """
-    kind, fn, variables, module, zoo, nnx_parts = _resolve_target(model_or_fn, variables)
+    apply_kwargs = _check_kwargs(apply_kwargs, "apply_kwargs")
+    if train_kwargs is not None:
+        train_kwargs = _check_kwargs(train_kwargs, "train_kwargs")
+    if apply_kwargs is None:
+        takes = _linen.takes_train(model_or_fn) if _linen.is_module(model_or_fn) else _fn_takes_train(model_or_fn)
+        apply_kwargs = {"train": False} if takes and not _nnx.is_module(model_or_fn) else {}
+    if train_kwargs is None and apply_kwargs.get("train", None) is False:
+        train_kwargs = {**apply_kwargs, "train": True}
+    kind, fn, variables, module, zoo, nnx_parts = _resolve_target(model_or_fn, variables, apply_kwargs)
     _check_input(example_input)
     trace = _analyze(fn, variables, example_input)
     if policy is None and zoo is not None:
@@ -92,10 +119,16 @@ def trace_model(
         zoo = None  # a bare function is re-run from its jaxpr; a zoo policy still names its groups
     fields = dict(fields or {})
     norm_fields: dict[str, tuple] = {}
+    rebuild = None
     if fields:
         if kind != "linen" or zoo is not None:
             raise ValueError("fields= is for Linen modules outside the zoo (zoo models rebuild themselves)")
         norm_fields = _linen.check_fields(module, fields, trace.specs, trace.dims)
+        why = {s.name: "not in fields=" for s in trace.specs if s.name not in norm_fields}
+        rebuild = (module, _linen.user_fields(norm_fields), why, example_input, apply_kwargs)
+    elif kind == "linen" and zoo is None:
+        found, why = _linen.discover_fields(module, example_input, apply_kwargs, trace.specs, trace.dims)
+        rebuild = (module, found, why, example_input, apply_kwargs)
     tm = TracedModel(
         trace=trace,
         specs=trace.specs,
@@ -107,10 +140,32 @@ def trace_model(
         fields=norm_fields,
         nnx_parts=nnx_parts,
         zoo=zoo,
+        call=None if kind == "nnx" else (module.apply if kind == "linen" else model_or_fn),
+        apply_kwargs=apply_kwargs,
+        train_kwargs=None if kind == "nnx" else train_kwargs,
+        rebuild=rebuild,
     )
     tm._policy = policy
     check_groups(tm.channel_groups(), abstract)
     return tm
+
+
+def _check_kwargs(kwargs, what: str) -> dict[str, Any] | None:
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise TypeError(f"{what} must be a mapping of keyword-argument names to values, got {kwargs!r}")
+    bad = sorted({"mutable", "rngs"} & set(kwargs))
+    if bad:
+        raise ValueError(f"{what} must not hold {bad}: TracedModel.apply takes mutable= and rngs= itself")
+    return dict(kwargs)
+
+
+def _fn_takes_train(fn) -> bool:
+    try:
+        return "train" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def trace_groups(

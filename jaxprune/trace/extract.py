@@ -83,15 +83,19 @@ def _check_variables(variables) -> dict:
     return plain
 
 
-def _analyze(fn: Callable, variables: dict, example_input) -> _Trace:
-    """Traces `fn(variables, x)` abstractly and builds the dimension classes (no groups yet)."""
+def _analyze(fn: Callable, variables: dict, example_input, *, fixed_outputs: int | None = None) -> _Trace:
+    """Traces `fn(variables, x)` abstractly and builds the dimension classes (no groups yet).
+
+    `fixed_outputs`: only the first this many output leaves are the model's output (their channels fixed); the others
+    (a training step's updated batch statistics) follow the channels of what computes them. None: every output leaf.
+    """
     abs_vars = jax.tree_util.tree_map(_abstract, variables)
     abs_x = jax.tree_util.tree_map(_abstract, example_input)
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(abs_vars, abs_x)
-    return _analyze_jaxpr(closed, out_shape, abs_vars, abs_x)
+    return _analyze_jaxpr(closed, out_shape, abs_vars, abs_x, fixed_outputs=fixed_outputs)
 
 
-def _analyze_jaxpr(closed, out_shape, abs_vars, abs_x) -> _Trace:
+def _analyze_jaxpr(closed, out_shape, abs_vars, abs_x, *, fixed_outputs: int | None = None) -> _Trace:
     var_leaves, _ = jax.tree_util.tree_flatten_with_path(abs_vars)
     x_leaves = jax.tree_util.tree_leaves(abs_x)
     in_tree = jax.tree_util.tree_structure((abs_vars, abs_x))
@@ -114,7 +118,7 @@ def _analyze_jaxpr(closed, out_shape, abs_vars, abs_x) -> _Trace:
         src.append(None)
         pd.append(False)
     top = t.frame(jaxpr, closed.consts, nodes, src, pd, ())
-    for v in jaxpr.outvars:
+    for v in jaxpr.outvars if fixed_outputs is None else jaxpr.outvars[:fixed_outputs]:
         for n in t.nodes(top, v):
             d.mark_fixed(n, "the model's output")
     used = _used_invars(jaxpr)

@@ -4,8 +4,14 @@ rebuilt at new widths through the constructor fields that set them)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from fractions import Fraction
 from typing import Any
+
+import jax
+import jax.numpy as jnp
 
 from jaxprune.trace.dims import _Dims
 from jaxprune.trace.extract import _materialize, _Spec
@@ -17,9 +23,71 @@ def is_module(obj) -> bool:
     return isinstance(obj, nn.Module)
 
 
-def apply_fn(module):
-    """The pure function the tracing core sees."""
-    return lambda v, x: module.apply(v, x)
+def apply_fn(module, kwargs: Mapping[str, Any] | None = None):
+    """The pure function the tracing core sees: ``module.apply(v, x, **kwargs)``."""
+    kwargs = dict(kwargs or {})
+    return lambda v, x: module.apply(v, x, **kwargs)
+
+
+def takes_train(module) -> bool:
+    """Whether the module's ``__call__`` has a ``train`` parameter (flax-examples style)."""
+    try:
+        params = inspect.signature(type(module).__call__).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+    return "train" in params
+
+
+def train_call(call: Callable, kwargs: Mapping[str, Any], mutable: tuple[str, ...], rng_names: tuple[str, ...]):
+    """``f(v, (x, rngs))`` for the training program: ``call(v, x, **kwargs, mutable=..., rngs=...)``, the output
+    ``(out, updates)`` when collections are mutable (Flax's convention), else ``out``."""
+    kwargs = dict(kwargs)
+
+    def f(v, xr):
+        x, keys = xr
+        kw = dict(kwargs)
+        if mutable:
+            kw["mutable"] = list(mutable)
+        if rng_names:
+            kw["rngs"] = dict(zip(rng_names, keys, strict=True))
+        return call(v, x, **kw)
+
+    return f
+
+
+_UNBOUND = re.compile(r"unbound axis name:? ['\"]?([A-Za-z_]\w*)")
+
+
+def unbound_axis(err: NameError) -> str | None:
+    """The axis name of a ``NameError: unbound axis name: X`` (a collective naming an axis no transform binds)."""
+    m = _UNBOUND.search(str(err))
+    return m.group(1) if m else None
+
+
+def bind_axes(fn: Callable, names: tuple[str, ...]) -> Callable:
+    """``fn(v, (x, rngs))`` with each axis in `names` bound by a size-1 `jax.vmap` over the input batch.
+
+    A BatchNorm with ``axis_name='batch'`` averages its batch statistics over that axis; under `jax.jit` on a data mesh
+    the program is already global (the batch mean is over the whole global batch), so a size-1 axis binds the name
+    with the same result: ``pmean`` over it is the identity.
+    """
+    if not names:
+        return fn
+
+    def g(v, xr):
+        x, keys = xr
+
+        def inner(xx):
+            return fn(v, (xx, keys))
+
+        f = inner
+        for name in reversed(names):
+            f = jax.vmap(f, axis_name=name, axis_size=1)
+        xx = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (1,) * len(names) + jnp.shape(a)), x)
+        out = f(xx)
+        return jax.tree_util.tree_map(lambda a: jnp.reshape(a, jnp.shape(a)[len(names) :]), out)
+
+    return g
 
 
 def zoo_of(module):
@@ -74,17 +142,150 @@ def check_fields(module, fields: Mapping[str, Any], specs: list[_Spec], dims: _D
     return out
 
 
-def rebuild(module, fields: Mapping[str, tuple], changed: Mapping[str, int]):
-    """The module with the changed groups' fields set to their new widths; None when a changed group has no field."""
-    if any(n not in fields for n in changed):
-        return None
-    updates: dict[str, Any] = {}
-    for name, width in changed.items():
-        field, idx, scale = fields[name]
-        if idx is None:
-            updates[field] = width * scale
+# -- the module rebuilt at new widths -------------------------------------------------------------------------------
+#: A field spec: group name -> (path, coefficient, repeat): the group's scored kernel axis counts
+#: ``coefficient * value`` filters, ``repeat`` per channel, where ``value`` is the field at `path` (attribute names and
+#: tuple indices from the root module, e.g. ``("num_filters",)`` or ``("layers", 2, "features")``).
+_MAX_PROBES = 64
+
+
+def user_fields(checked: Mapping[str, tuple]) -> dict[str, tuple]:
+    """`check_fields`'s result as field specs (the field's value is the kernel's filter count)."""
+    out = {}
+    for name, (field, idx, scale) in checked.items():
+        out[name] = ((field,) if idx is None else (field, idx), Fraction(1), scale)
+    return out
+
+
+def _path_str(module, path) -> str:
+    out = type(module).__name__
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else f".{step}"
+    return out
+
+
+def _candidates(obj, path=(), depth=0):
+    """(path, int value) of every int constructor field, tuple entry and field of a held submodule."""
+    import flax.linen as nn
+
+    if depth > 4:
+        return
+    for f in dataclasses.fields(obj):
+        if f.name in ("parent", "name"):
+            continue
+        val = getattr(obj, f.name, None)
+        if isinstance(val, int) and not isinstance(val, bool):
+            yield (*path, f.name), val
+        elif isinstance(val, tuple | list):
+            for i, e in enumerate(val):
+                if isinstance(e, int) and not isinstance(e, bool):
+                    yield (*path, f.name, i), e
+                elif isinstance(e, nn.Module):
+                    yield from _candidates(e, (*path, f.name, i), depth + 1)
+        elif isinstance(val, nn.Module):
+            yield from _candidates(val, (*path, f.name), depth + 1)
+
+
+def _set(obj, path, value):
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(head, int):
+        seq = list(obj)
+        seq[head] = _set(obj[head], rest, value)
+        return type(obj)(seq)
+    return obj.clone(**{head: _set(getattr(obj, head), rest, value)})
+
+
+def _init_shapes(module, example_input, apply_kwargs) -> dict[tuple[str, ...], tuple[int, ...]]:
+    from flax import traverse_util
+
+    kw = dict(apply_kwargs)
+    abs_v = jax.eval_shape(lambda k, x: module.init(k, x, **kw), jax.random.key(0), example_input)
+    return {tuple(str(p) for p in k): tuple(a.shape) for k, a in traverse_util.flatten_dict(dict(abs_v)).items()}
+
+
+def discover_fields(module, example_input, apply_kwargs, specs: list[_Spec], dims: _Dims) -> tuple[dict, dict]:
+    """Which constructor field sets which group's width, found by re-tracing the module's ``init`` (abstractly, with
+    `jax.eval_shape`) with each int field (and tuple entry, and field of a held submodule) doubled: a group whose
+    scored kernel's filter count doubles with it is set by that field, as ``coefficient * field`` (``num_filters *
+    2**i`` gives coefficient ``2**i``). Returns (field specs, group name -> why no field sets it)."""
+    base = _init_shapes(module, example_input, apply_kwargs)
+    kernels = {}
+    for s in specs:
+        g = _materialize(s, dims, {})
+        if g.scored is not None and g.scored.offset is None and g.scored.path in base:
+            kernels[s.name] = (g.scored.path, g.scored.axis, g.scored.repeat)
+    found: dict[str, list] = {n: [] for n in kernels}
+    odd: dict[str, list] = {n: [] for n in kernels}
+    for k, (path, value) in enumerate(_candidates(module)):
+        if k >= _MAX_PROBES or value <= 0:
+            break
+        try:
+            probe = _init_shapes(_set(module, path, 2 * value), example_input, apply_kwargs)
+        except Exception:
+            continue
+        if set(probe) != set(base) or any(len(probe[k]) != len(base[k]) for k in base):
+            continue  # the field changes the architecture (layers added or removed), not widths
+        for name, (kpath, axis, repeat) in kernels.items():
+            if kpath not in probe or len(probe[kpath]) != len(base[kpath]):
+                continue
+            k0, k1 = base[kpath][axis], probe[kpath][axis]
+            if k1 == k0:
+                continue
+            if k1 == 2 * k0:
+                found[name].append((path, Fraction(k0, value), repeat))
+            else:
+                odd[name].append(path)
+    fields, why = {}, {}
+    for name in [s.name for s in specs]:
+        if name not in kernels:
+            why[name] = "its kernel's filters are shared with other groups"
+        elif len(found[name]) == 1 and not odd[name]:
+            fields[name] = found[name][0]
+        elif found[name] or odd[name]:
+            paths = [_path_str(module, p) for p, *_ in found[name]] + [_path_str(module, p) for p in odd[name]]
+            why[name] = f"its width changes with several fields or not in proportion to one: {', '.join(paths)}"
         else:
-            cur = list(updates.get(field, getattr(module, field)))
-            cur[idx] = width * scale
-            updates[field] = type(getattr(module, field))(cur)
-    return module.clone(**updates)
+            why[name] = f"no int constructor field of {type(module).__name__} sets it"
+    return fields, why
+
+
+def rebuild(module, fields: Mapping[str, tuple], why: Mapping[str, str], widths, traced, kernel_of) -> Any:
+    """The module with the fields of the groups whose width differs from the traced one set to produce the new widths.
+
+    Raises:
+      ValueError: a changed group that no field sets (names it, its kernel and why), or a field whose groups' kept
+        counts no single value produces (names the field and the values each group would need).
+    """
+    changed = [n for n in widths if widths[n] != traced[n]]
+    tail = "; the pruned model still runs and trains as a TracedModel (TracedModel.apply, jaxprune.train.fit)"
+    unmapped = [n for n in changed if n not in fields]
+    if unmapped:
+        detail = "; ".join(
+            f"{n} (kernel {'/'.join(kernel_of.get(n, ()))}): {why.get(n, 'not in fields=')}" for n in unmapped
+        )
+        raise ValueError(
+            f"cannot rebuild {type(module).__name__}: pruned groups {unmapped} have no constructor field that sets "
+            f"their width ({detail}){tail}"
+        )
+    by_path: dict[tuple, dict[str, Fraction]] = {}
+    for name, (path, coef, repeat) in fields.items():
+        by_path.setdefault(tuple(path), {})[name] = Fraction(widths[name] * repeat) / coef
+    out = module
+    for path, need in by_path.items():
+        if not any(n in changed for n in need):
+            continue
+        values = set(need.values())
+        if len(values) != 1 or next(iter(values)).denominator != 1:
+            field = _path_str(module, path)
+            parts = ", ".join(
+                f"{n} ({fields[n][1]} x {path[-1]}: kept {widths[n]}, needs {path[-1]} = {float(v):g})"
+                for n, v in need.items()
+            )
+            raise ValueError(
+                f"cannot rebuild {type(module).__name__}: field {field} sets groups {sorted(need)}, and no single "
+                f"value of it produces their kept counts: {parts}{tail}"
+            )
+        out = _set(out, path, int(next(iter(values))))
+    return out

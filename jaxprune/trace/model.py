@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,15 @@ from jaxprune.groups import ChannelGroup
 from jaxprune.models.base import checked_widths, stage_map
 from jaxprune.trace import linen as _linen
 from jaxprune.trace import nnx_adapter as _nnx
-from jaxprune.trace.extract import _abstract, _analyze, _check_variables, _materialize, _Spec, _Trace
+from jaxprune.trace.extract import (
+    UntracedChannelsWarning,
+    _abstract,
+    _analyze,
+    _check_variables,
+    _materialize,
+    _Spec,
+    _Trace,
+)
 from jaxprune.trace.policy import _apply_policy
 from jaxprune.trace.runner import _Runner
 
@@ -40,7 +49,25 @@ class TracedModel:
       kind: ``"linen"`` (a Flax Linen module), ``"nnx"`` (a Flax NNX module) or ``"function"`` (an apply function).
     """
 
-    def __init__(self, *, trace, specs, sizes, fn, variables_abstract, kind, module, fields, nnx_parts, zoo):
+    def __init__(
+        self,
+        *,
+        trace,
+        specs,
+        sizes,
+        fn,
+        variables_abstract,
+        kind,
+        module,
+        fields,
+        nnx_parts,
+        zoo,
+        call=None,
+        apply_kwargs=None,
+        train_kwargs=None,
+        programs=None,
+        rebuild=None,
+    ):
         self._trace: _Trace = trace
         self._specs: list[_Spec] = specs
         self._sizes: dict[int, int] = dict(sizes)
@@ -55,6 +82,18 @@ class TracedModel:
         self._retraced: dict[Any, tuple[_Trace, dict[int, int]]] = {}
         self._policy = None
         self._compiled: dict[Any, Any] = {}
+        # The training route: the raw call (``module.apply`` or the apply function), the keyword arguments of the
+        # traced inference call and of a training call (None: the trace had no ``train`` argument), and the traced
+        # training programs, shared by every width configuration of one trace.
+        self._call = call
+        self._apply_kwargs = dict(apply_kwargs or {})
+        self._train_kwargs = None if train_kwargs is None else dict(train_kwargs)
+        self._programs: dict[Any, _Trace] = {} if programs is None else programs
+        self._program_sizes: dict[Any, dict[int, int]] = {}
+        # A Linen module outside the zoo: (traced module, field specs, group -> why no field sets it, example input);
+        # `module` rebuilds it at the current widths on first use.
+        self._rebuild = rebuild
+        self._built: Any = None
 
     # -- the model protocol ----------------------------------------------------------------------------------
     def channel_groups(self) -> tuple[ChannelGroup, ...]:
@@ -104,8 +143,8 @@ class TracedModel:
         module = self._module
         if self._zoo is not None:
             module = module.with_widths(changed)
-        elif self.kind == "linen" and module is not None:
-            module = _linen.rebuild(module, self._fields, changed)
+        elif self._rebuild is not None:
+            module = None  # rebuilt from the traced module on first use of `module`
         new = TracedModel(
             trace=self._trace,
             specs=self._specs,
@@ -117,29 +156,50 @@ class TracedModel:
             fields=self._fields,
             nnx_parts=self._nnx,
             zoo=self._zoo,
+            call=self._call,
+            apply_kwargs=self._apply_kwargs,
+            train_kwargs=self._train_kwargs,
+            programs=self._programs,
+            rebuild=self._rebuild,
         )
         new._policy = self._policy
         return new
 
     @property
     def module(self):
-        """The model at the current widths: the Linen module (a zoo model, or one rebuilt through `fields`).
+        """The model at the current widths: a zoo model, or the user's Linen module rebuilt through the constructor
+        fields that set its widths (`trace_model`'s `fields`, else found by re-tracing with each int field changed).
 
         Raises:
-          ValueError: when no module can be rebuilt (an apply function, an NNX model: use `nnx_module(variables)`,
-            or a Linen model with a pruned group that `fields` does not map); `apply` always works.
+          ValueError: when no module can be rebuilt: an apply function, an NNX model (use `nnx_module(variables)`),
+            or a Linen model with a pruned group that no field sets or whose field no single value fits (names the
+            group, its kernel and the field); `apply` (and `jaxprune.train`) always work.
         """
         if self.kind == "nnx":
             raise ValueError("an NNX traced model rebuilds its module from variables: use nnx_module(variables)")
-        if self._module is None:
-            if self.kind == "function":
-                raise ValueError("this model was traced from an apply function; run it with TracedModel.apply")
-            unmapped = [s.name for s in self._specs if s.root in self._sizes and s.name not in self._fields]
-            raise ValueError(
-                f"pruned groups {unmapped} have no constructor field (trace_model(..., fields={{group: field}})); "
-                "run the pruned model with TracedModel.apply"
-            )
-        return self._module
+        if self._module is not None:
+            return self._module
+        if self.kind == "function" or self._rebuild is None:
+            raise ValueError("this model was traced from an apply function; run it with TracedModel.apply")
+        if self._built is None:
+            base, fields, why, example, kwargs = self._rebuild
+            traced = {s.name: self._trace.dims.size[s.root] for s in self._specs}
+            kernel_of = {}
+            for g in self.channel_groups():
+                if g.scored is not None:
+                    kernel_of[g.name] = g.scored.path
+            module = _linen.rebuild(base, fields, why, self.group_widths(), traced, kernel_of)
+            want = {tuple(k): tuple(a.shape) for k, a in _flat(self.abstract_variables()).items()}
+            got = _linen._init_shapes(module, example, kwargs)
+            for path, shape in want.items():
+                if got.get(path) != shape:
+                    raise ValueError(
+                        f"cannot rebuild {type(base).__name__}: the rebuilt module's {'/'.join(path)} has shape "
+                        f"{got.get(path)}, the pruned variables {shape} (a field sets a width that is not a group's); "
+                        "the pruned model still runs and trains as a TracedModel (TracedModel.apply, jaxprune.train.fit)"
+                    )
+            self._built = module
+        return self._built
 
     def abstract_variables(self) -> dict[str, Any]:
         """`jax.ShapeDtypeStruct` leaves of the variables at the current widths."""
@@ -150,27 +210,120 @@ class TracedModel:
         return _unflatten(flat)
 
     # -- running ----------------------------------------------------------------------------------------------
-    def apply(self, variables: Mapping[str, Any], x, *, train: bool = False, masks: Mapping[str, Any] | None = None):
-        """Runs the traced program at the current widths (inference only).
+    def apply(
+        self,
+        variables: Mapping[str, Any],
+        x,
+        *,
+        train: bool = False,
+        masks: Mapping[str, Any] | None = None,
+        mutable=False,
+        rngs: Mapping[str, Any] | None = None,
+    ):
+        """Runs the traced program at the current widths: the inference pass, or the training pass with `train=True`.
+
+        The inference pass is the program traced by `trace_model` (with its `apply_kwargs`, e.g. ``train=False``).
+        ``train=True``, `mutable` or `rngs` run the model's training call instead (``module.apply(variables, x,
+        **train_kwargs, mutable=..., rngs=...)``, traced once per input shape and collections, at the traced widths,
+        and re-run at the current ones): BatchNorm on batch statistics, updated running averages returned, dropout
+        drawing from `rngs`. A collective over a named axis that no transform binds (a BatchNorm with
+        ``axis_name='batch'``) is bound by a size-1 `jax.vmap`: under `jax.jit` the program is global, so its batch
+        statistics are those of the whole batch.
 
         Args:
           variables: Variables at the current widths (e.g. from `jaxprune.prune`).
           x: Input; another shape than the traced example re-traces the original model at that shape (cached).
-          train: Must be False: the traced program is the inference forward pass.
+          train: Run the training call (needs `train_kwargs`, set by `trace_model` when the model takes ``train``).
           masks: Optional group name -> 0/1 vector: the 0-channels are zeroed wherever channels are mixed
             (contractions, reductions), so they contribute nothing, as if removed (the masking reference, docs/design.md
             §4); groups not named are not masked.
+          mutable: As in Flax: False, a collection name, a sequence of them, or True (every collection of
+            `variables` but ``params``); then the result is ``(output, updated collections)``.
+          rngs: As in Flax: PRNG stream name -> key (e.g. ``{"dropout": key}``).
 
         Raises:
-          ValueError: `train=True`, variables that do not match the current widths, a mask for an unknown group or
-            of the wrong length.
+          ValueError: `train=True` on a model traced without a ``train`` argument (no `train_kwargs`), variables that
+            do not match the current widths, a mask for an unknown group or of the wrong length, a training pass in
+            which a pruned group's channels cannot be followed.
+          TypeError: `mutable` or `rngs` of the wrong kind.
         """
-        if train:
-            raise ValueError(
-                "a TracedModel runs the traced inference program only (train=False); train the rebuilt module instead"
-            )
         variables = _check_variables(variables)
-        trace, sizes = self._trace_for(x)
+        mutable = _check_mutable(mutable, variables)
+        if rngs is not None and not isinstance(rngs, Mapping):
+            raise TypeError(f"rngs must be a mapping from PRNG stream names to keys, got {type(rngs).__name__}")
+        rngs = dict(rngs or {})
+        if not isinstance(train, bool):
+            raise TypeError(f"train must be a bool, got {type(train).__name__} {train!r}")
+        if not train and not mutable and not rngs:
+            trace, sizes = self._trace_for(x)
+            return self._run(trace, sizes, (variables, x), masks)
+        if train and self._train_kwargs is None:
+            raise ValueError(
+                f"train=True: this {self.kind} TracedModel was traced without a `train` argument, so it has no "
+                "training call; trace it with trace_model(..., apply_kwargs={'train': False}) (a model taking "
+                "`train`) or give trace_model(..., train_kwargs={...}), the keyword arguments of its training call"
+            )
+        if self._call is None:
+            raise ValueError(
+                f"a {self.kind} TracedModel has no training call; train=True needs a Linen module or an apply function"
+            )
+        kwargs = self._train_kwargs if train else self._apply_kwargs
+        names = tuple(sorted(rngs))
+        keys = [rngs[n] for n in names]
+        trace, sizes = self._program_for(kwargs, mutable, names, x, keys)
+        return self._run(trace, sizes, (variables, (x, keys)), masks)
+
+    def _program_for(self, kwargs, mutable, names, x, keys) -> tuple[_Trace, dict[int, int]]:
+        abs_xr = jax.tree_util.tree_map(_abstract, (x, keys))
+        key = (
+            tuple(sorted(kwargs.items(), key=lambda kv: kv[0])),
+            mutable,
+            names,
+            tuple((a.shape, str(a.dtype)) for a in jax.tree_util.tree_leaves(abs_xr)),
+        )
+        try:
+            hash(key)
+        except TypeError:
+            key = (repr(key[0]), *key[1:])
+        if key not in self._programs:
+            self._programs[key] = self._trace_program(kwargs, mutable, names, abs_xr)
+        if key not in self._program_sizes:
+            trace = self._programs[key]
+            new = {s.name: s for s in trace.specs}
+            sizes = {}
+            for s in self._specs:
+                if s.root not in self._sizes:
+                    continue
+                t = new.get(s.name)
+                if t is None:
+                    raise ValueError(f"the training pass has no group {s.name!r}: it cannot run at the pruned widths")
+                if t.blocked is not None:
+                    raise ValueError(f"the training pass cannot follow pruned group {s.name!r}: {t.blocked}")
+                sizes[t.root] = self._sizes[s.root]
+            self._program_sizes[key] = sizes
+        return self._programs[key], self._program_sizes[key]
+
+    def _trace_program(self, kwargs, mutable, names, abs_xr) -> _Trace:
+        fn = _linen.train_call(self._call, kwargs, mutable, names)
+        axes: tuple[str, ...] = ()
+        while True:
+            g = _linen.bind_axes(fn, axes)
+            try:
+                out = jax.eval_shape(g, self._abstract, abs_xr)
+                break
+            except NameError as err:
+                name = _linen.unbound_axis(err)
+                if name is None or name in axes or len(axes) >= 4:
+                    raise
+                axes = (*axes, name)
+        fixed = len(jax.tree_util.tree_leaves(out[0])) if mutable else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UntracedChannelsWarning)  # the inference trace already warned
+            trace = _analyze(g, self._abstract, abs_xr, fixed_outputs=fixed)
+        _apply_policy(trace.specs, trace.dims, self._policy)
+        return trace
+
+    def _run(self, trace: _Trace, sizes: Mapping[int, int], args, masks):
         root_of = {s.name: s.root for s in trace.specs}
         mroot: dict[int, Any] = {}
         if masks:
@@ -183,7 +336,7 @@ class TracedModel:
                 if tuple(jnp.shape(m)) != (widths[name],):
                     raise ValueError(f"mask for group {name!r} must have shape ({widths[name]},), got {jnp.shape(m)}")
                 mroot[root_of[name]] = m
-        leaves, tree = jax.tree_util.tree_flatten((variables, x))
+        leaves, tree = jax.tree_util.tree_flatten(args)
         if tree != trace.in_tree:
             raise ValueError(
                 f"variables and input do not match the traced structure: expected {trace.in_tree}, got {tree}"
@@ -260,6 +413,28 @@ class TracedModel:
     def __repr__(self) -> str:
         gs = self.channel_groups()
         return f"TracedModel(kind={self.kind!r}, {len(gs)} groups, {sum(g.prunable for g in gs)} prunable)"
+
+
+def _check_mutable(mutable, variables) -> tuple[str, ...]:
+    if mutable is False or mutable is None:
+        return ()
+    if mutable is True:
+        return tuple(k for k in variables if k != "params")
+    if isinstance(mutable, str):
+        return (mutable,)
+    if isinstance(mutable, list | tuple) and all(isinstance(m, str) for m in mutable):
+        return tuple(mutable)
+    raise TypeError(f"mutable must be a bool, a collection name or a sequence of names, got {mutable!r}")
+
+
+def _flat(tree, prefix=()) -> dict[tuple[str, ...], Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, (*prefix, str(k))))
+        else:
+            out[(*prefix, str(k))] = v
+    return out
 
 
 def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:

@@ -253,6 +253,16 @@ def _squeeze(t, f: _Frame, i: int, eqn) -> None:
     t.copy_src(f, v, out, keep)
 
 
+def _stack(t, f: _Frame, i: int, eqn) -> None:
+    """``stack`` (jax's own primitive): the inputs share every axis; the new axis is not a channel axis."""
+    n = list(t.nodes(f, eqn.invars[0]))
+    for v in eqn.invars[1:]:
+        for a, b in zip(n, t.nodes(f, v), strict=True):
+            t.d.unify(a, b)
+    n.insert(eqn.params["axis"] % (len(n) + 1), t.d.new(len(eqn.invars), fixed="a stacked axis"))
+    t.set_out(f, eqn.outvars[0], tuple(n))
+
+
 def _transpose(t, f: _Frame, i: int, eqn) -> None:
     v, out = eqn.invars[0], eqn.outvars[0]
     perm = tuple(eqn.params["permutation"])
@@ -689,6 +699,16 @@ def _reduce_axes(t, f: _Frame, i: int, eqn) -> None:
     _reduce(t, f, i, eqn, eqn.params["axes"], eqn.invars[:1], eqn.outvars)
 
 
+def _psum(t, f: _Frame, i: int, eqn) -> None:
+    """``psum`` over positional axes (what a named axis bound by `jax.vmap` becomes): a sum over those axes."""
+    axes = eqn.params["axes"]
+    if any(isinstance(a, str) for a in axes) or eqn.params.get("axis_index_groups") is not None:
+        t.generic(f, i, eqn, "a collective over a named axis")
+        return
+    for v, o in zip(eqn.invars, eqn.outvars, strict=True):
+        _reduce(t, f, i, eqn, tuple(int(a) for a in axes), [v], [o])
+
+
 def _reduce_general(t, f: _Frame, i: int, eqn) -> None:
     n = len(eqn.outvars)
     _reduce(t, f, i, eqn, eqn.params["dimensions"], eqn.invars[:n], eqn.outvars)
@@ -711,6 +731,7 @@ RULES: dict = {
     **dict.fromkeys(_CALLS, _call),
     **dict.fromkeys(_REDUCE, _reduce_axes),
     "reduce": _reduce_general,
+    "psum": _psum,
     **dict.fromkeys(_CUMULATIVE, _cumulative),
     **dict.fromkeys(_WINDOW, _window),
     "reduce_window": _window,
@@ -720,6 +741,7 @@ RULES: dict = {
     "cond": _cond,
     "broadcast_in_dim": _broadcast_in_dim,
     "squeeze": _squeeze,
+    "stack": _stack,
     "transpose": _transpose,
     "reshape": _reshape,
     "rev": _rev,
