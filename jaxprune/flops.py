@@ -378,7 +378,7 @@ def _count_nnx(module, input_shape, exclude_projections: bool) -> MacReport:
     if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in input_shape):
         raise ValueError(f"input_shape must hold positive ints, got {tuple(input_shape)!r}")
     shape = tuple(int(d) for d in input_shape)
-    rows = count_rows(module, shape)
+    rows = tuple(MacRow(**r) for r in count_rows(module, shape))
     excluded: tuple[str, ...] = ()
     if exclude_projections:
         excluded = tuple(r.name for r in rows if r.is_projection)

@@ -319,14 +319,27 @@ def prune(model, variables, plan: PruningPlan | None = None, *, example_input=No
 
 
 def _prune_nnx(module, plan, extra, *, example_input, optimizer):
-    from jaxprune.trace.nnx_adapter import prune_module
+    """`prune` of an NNX module: its trace's variables sliced, the module rebuilt as its own classes, the
+    optimizer's optax state sliced like the parameters."""
+    from jaxprune.trace import nnx_adapter as _nnx
 
     if extra is not None:
         raise TypeError("prune takes an NNX module as prune(module, plan): the module carries its own variables")
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"prune(module, plan): plan must be a jaxprune.PruningPlan, got {type(plan).__name__}")
-    traced, _ = as_prunable(module, None, example_input, what="prune")
-    return prune_module(module, traced, plan, optimizer=optimizer)
+    if optimizer is not None:
+        _nnx.check_optimizer(optimizer)
+    traced, variables = as_prunable(module, None, example_input, what="prune")
+    _, new_variables = _prune_variables(traced, variables, plan)  # checks the plan against the module first
+    _nnx.check_head_sizes(module, traced, plan)
+    shapes = {p: tuple(np.shape(a)) for p, a in flatten_variables(variables).items()}
+    ops = slicing_ops(traced, plan, shapes=shapes)
+    changed = {n: plan.widths[n] for n, k in plan.keep.items() if len(k) < plan.widths[n]}
+    new_module = _nnx.rebuild(module, variables, new_variables, ops, changed)
+    if optimizer is None:
+        return new_module
+    state = prune_like_params(_nnx.optimizer_state(optimizer), traced, plan, params=variables["params"])
+    return new_module, _nnx.with_optimizer_state(optimizer, state)
 
 
 def _prune_variables(model, variables: Mapping[str, Any], plan: PruningPlan):

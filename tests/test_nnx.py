@@ -333,6 +333,40 @@ def test_nnx_count_macs_needs_an_input_shape(cnn):
         jp.count_macs(cnn[0], (1, 0, 8, 1))
 
 
+def test_nnx_optimizer_state_sliced_like_the_params(cnn):
+    m, _, _, plan = cnn
+    opt = nnx.Optimizer(m, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)
+    for var in jax.tree_util.tree_leaves(opt.opt_state, is_leaf=lambda v: isinstance(v, nnx.Variable)):
+        a = var.get_value()
+        if a.ndim:  # a distinct momentum per element, to follow through the slicing
+            var.set_value(jnp.arange(a.size, dtype=a.dtype).reshape(a.shape))
+    before = nnx.as_pure(opt.opt_state)
+    _, opt2 = jp.prune(m, plan, optimizer=opt)
+    via_fn = jp.prune_like_params(before, m, plan)  # the plain-function route takes the NNX module too
+    got = nnx.as_pure(opt2.opt_state)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, via_fn)
+    keep = np.array(plan.keep["blocks/2/conv"])
+    head = got[0].trace["head"]["kernel"]
+    np.testing.assert_array_equal(head, np.asarray(before[0].trace["head"]["kernel"])[keep])  # the head's rows
+    assert before[0].trace["head"]["kernel"].shape == (16, 10)  # the original optimizer is untouched
+
+
+def test_nnx_plan_of_another_module_is_refused(cnn, block):
+    with pytest.raises(ValueError, match="plan does not match the model"):
+        jp.prune(block[0], cnn[3])
+    with pytest.raises(TypeError, match=r"prune\(module, plan\)"):
+        jp.prune(cnn[0], jp.nnx_variables(cnn[0]), cnn[3])
+
+
+def test_nnx_attention_head_sizes_must_stay_tied(block):
+    m, x, _, _ = block
+    plan = jp.make_plan(m, prune_ratio={"attn/query:2": 0.5, "attn/value:2": 0.75}, example_input=x)
+    with pytest.raises(
+        ValueError, match=r"MultiHeadAttention attn holds one head size.*'attn/query:2'.*'attn/value:2'"
+    ):
+        jp.prune(m, plan)
+
+
 def test_nnx_optimizer_of_another_module_names_the_leaf(cnn, block):
     m, _, _, plan = cnn
     other = nnx.Optimizer(block[0], optax.sgd(0.1, momentum=0.9), wrt=nnx.Param)

@@ -186,8 +186,6 @@ def _sliced_rest(rest, variables, ops, changed_widths):
     import numpy as np
     from flax import nnx
 
-    from jaxprune.surgery import _host_take
-
     params = {("params", *p): a for p, a in _flat(variables.get("params", {})).items()}
     params.update({("batch_stats", *p): a for p, a in _flat(variables.get("batch_stats", {})).items()})
     pure = rest.to_pure_dict()
@@ -212,7 +210,10 @@ def _sliced_rest(rest, variables, ops, changed_widths):
         if takes:
             (take,) = takes
             if take:
-                out[path] = jax.numpy.asarray(_host_take(leaf, [(ax, np.asarray(idx)) for ax, idx in take]))
+                arr = np.asarray(leaf)
+                for ax, idx in take:
+                    arr = arr.take(np.asarray(idx, np.int64), axis=ax)
+                out[path] = jax.numpy.asarray(arr)
             continue
         hit = [n for n, w in changed_widths.items() if w in shape]
         if hit:
@@ -233,40 +234,86 @@ def _sliced_rest(rest, variables, ops, changed_widths):
     return new
 
 
-def prune_module(module, traced, plan, *, optimizer=None):
-    """``jaxprune.prune(module, plan)`` for an NNX module: a new module of the same classes (the original untouched),
-    its parameters, batch statistics and channel-shaped custom variables sliced, every size attribute updated; with
-    `optimizer`, also a new `nnx.Optimizer` whose optax state is sliced like the parameters."""
+def check_head_sizes(module, traced, plan) -> None:
+    """An `nnx.MultiHeadAttention` holds one head size for query/key and value: their head-feature groups must keep
+    the same count (each its own channels).
+
+    Raises:
+      ValueError: a plan keeping different counts; names the module, both groups and their counts.
+    """
     from flax import nnx
 
-    from jaxprune._models import is_nnx_optimizer
-    from jaxprune.surgery import _prune_variables, prune_like_params, slicing_ops
+    kept = {g.name: len(plan.keep[g.name]) if g.name in plan.keep else g.width for g in traced.channel_groups()}
+    for path, m in nnx.iter_graph(module):
+        if not isinstance(m, nnx.MultiHeadAttention):
+            continue
+        at = ("params", *(str(k) for k in path))
+        owners = {}
+        for g in traced.channel_groups():
+            for ref in g.axes:
+                if (
+                    ref.path[:-2] == at
+                    and ref.path[-2:] in (("query", "kernel"), ("value", "kernel"))
+                    and ref.axis == 2
+                ):
+                    owners.setdefault(ref.path[-2], g.name)
+        q, v = owners.get("query"), owners.get("value")
+        if q is not None and v is not None and q != v and kept[q] != kept[v]:
+            raise ValueError(
+                f"cannot prune the NNX module: nnx.MultiHeadAttention {'/'.join(at[1:])} holds one head size, but the "
+                f"plan keeps {kept[q]} query/key head features (group {q!r}) and {kept[v]} value head features (group "
+                f"{v!r}); give both groups the same ratio"
+            )
 
-    if optimizer is not None and not is_nnx_optimizer(optimizer):
-        raise TypeError(f"optimizer must be an nnx.Optimizer, got {type(optimizer).__name__}")
-    variables = nnx_variables(module)
-    _, new_variables = _prune_variables(traced, variables, plan)
+
+def rebuild(module, variables, new_variables, ops, changed_widths):
+    """A new module of `module`'s classes holding `new_variables` (its pruned params and batch stats), its other
+    state sliced (`_sliced_rest`) and every size attribute updated; `module` is untouched.
+
+    Args:
+      module: The unpruned NNX module.
+      variables: Its `nnx_variables`.
+      new_variables: The pruned ones.
+      ops: The slicing (`jaxprune.surgery.slicing_ops`): leaf path -> [(axis, kept indices)].
+      changed_widths: Pruned group -> unpruned width.
+    """
+    from flax import nnx
+
     graphdef, params, stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
-    changed = {n: plan.widths[n] for n, k in plan.keep.items() if len(k) < plan.widths[n]}
-    shapes = {("params", *p): tuple(a.shape) for p, a in _flat(variables["params"]).items()}
-    ops = slicing_ops(traced, plan, shapes=shapes)
-    new_rest = _sliced_rest(rest, variables, ops, changed)
+    new_rest = _sliced_rest(rest, variables, ops, changed_widths)
     new_module = nnx.merge(graphdef, *fill((params, stats, new_rest), new_variables))
     update_sizes(new_module)
-    if optimizer is None:
-        return new_module
-    state = nnx.as_pure(optimizer.opt_state)
-    sliced = prune_like_params(state, traced, plan, params=variables["params"])
-    new_opt = nnx.clone(optimizer)
-    is_var = lambda v: isinstance(v, nnx.Variable)  # noqa: E731
-    targets = jax.tree_util.tree_leaves(new_opt.opt_state, is_leaf=is_var)
-    values = jax.tree_util.tree_leaves(sliced)
+    return new_module
+
+
+def check_optimizer(optimizer) -> None:
+    """Raises TypeError unless `optimizer` is an `nnx.Optimizer`."""
+    from flax import nnx
+
+    if not isinstance(optimizer, nnx.Optimizer):
+        raise TypeError(f"optimizer must be an nnx.Optimizer, got {type(optimizer).__name__}")
+
+
+def optimizer_state(optimizer):
+    """The optax state of an `nnx.Optimizer` as plain arrays (`nnx.as_pure`)."""
+    from flax import nnx
+
+    return nnx.as_pure(optimizer.opt_state)
+
+
+def with_optimizer_state(optimizer, state):
+    """A copy of `optimizer` (step, tx, wrt kept) holding the optax `state` (same structure, e.g. sliced)."""
+    from flax import nnx
+
+    new = nnx.clone(optimizer)
+    targets = jax.tree_util.tree_leaves(new.opt_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    values = jax.tree_util.tree_leaves(state)
     if len(targets) != len(values):  # pragma: no cover - as_pure keeps one array per variable
         raise ValueError("the optimizer state changed structure while it was sliced")
     for var, value in zip(targets, values, strict=True):
         if isinstance(var, nnx.Variable):
             var.set_value(value)
-    return new_module, new_opt
+    return new
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -313,7 +360,7 @@ def _weight_calls(jaxpr, sources, out):
 
 
 def count_rows(module, input_shape, dtype=None):
-    """`jaxprune.flops.MacRow` s of an NNX module at `input_shape` (abstract: `jax.make_jaxpr`, nothing compiled).
+    """The `jaxprune.flops.MacRow` fields (dicts) of an NNX module at `input_shape` (abstract: `jax.make_jaxpr`, nothing compiled).
 
     A conv or dense row per convolution / contraction of an activation with one parameter (its kernel, possibly cast
     or reshaped: `nnx.Conv`, `nnx.Linear`, `nnx.LinearGeneral`, the projections of `nnx.MultiHeadAttention`), named
@@ -324,8 +371,6 @@ def count_rows(module, input_shape, dtype=None):
     """
     import jax.numpy as jnp
     from flax import nnx
-
-    from jaxprune.flops import MacRow
 
     graphdef, state = nnx.split(module)
     params = _flat(_str_keys(nnx.state(module, nnx.Param).to_pure_dict()))
@@ -351,7 +396,7 @@ def count_rows(module, input_shape, dtype=None):
             lspec, rspec, ospec = prm["dimension_numbers"]
             taps = tuple(int(rhs.shape[d]) for d in rspec[2:])
             macs = _size(out.shape) * int(rhs.shape[rspec[1]]) * _size(taps)
-            row = MacRow(
+            row = dict(
                 name="/".join(owner),
                 kind="conv",
                 in_width=int(lhs.shape[lspec[1]]),
@@ -366,7 +411,7 @@ def count_rows(module, input_shape, dtype=None):
             (lc, rc), (_lb, rb) = prm["dimension_numbers"]
             contracted = _size([lhs.shape[d] for d in lc])
             free = _size([rhs.shape[d] for d in range(len(rhs.shape)) if d not in rc and d not in rb])
-            row = MacRow(
+            row = dict(
                 name="/".join(owner),
                 kind="dense",
                 in_width=contracted,
@@ -384,7 +429,9 @@ def count_rows(module, input_shape, dtype=None):
     for owner, n in others.items():
         mod = _module_at(module, owner)
         kind = "bn" if isinstance(mod, nnx.BatchNorm | nnx.LayerNorm | nnx.RMSNorm | nnx.GroupNorm) else "other"
-        rows.append(MacRow("/".join(owner), kind, 0, 0, None, 0, n, 0))
+        rows.append(
+            dict(name="/".join(owner), kind=kind, in_width=0, out_width=0, out_hw=None, macs=0, params=n, weights=0)
+        )
     return tuple(rows)
 
 
