@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         "XLA's flops (`jaxprune.xla_flops`, batch 1) on the two paths: the im2col matmuls multiply the zero-padded "
         "taps too (a 3x3 conv at a 2x2 output: 9 taps per pixel against 4 in bounds), the padded path its zero "
         "filters, so the default path reads higher than plain `lax.conv`, whose convention skips padding "
-        "(perf-notes.md, surprise 4). `count_macs` does not depend on the path.",
+        "(docs/perf-notes.md, surprise 4). `count_macs` does not depend on the path.",
         "",
         "| model | MACs | XLA flops, lax.conv | / (2 x MACs) | XLA flops, default path | / (2 x MACs) |",
         "|---|---|---|---|---|---|",

@@ -14,7 +14,7 @@ What it does, per network:
 2. Prunes with the preset in jaxprune (`jaxprune.preset` + `jaxprune.prune`) and with Torch-Pruning's `MetaPruner`
    using the paper's criterion, ``MagnitudeImportance(p=1, group_reduction="first", normalizer=None)`` (per-filter L1
    of the pruned conv alone; the default group-normalised importance agrees on only 62-75 % of filters,
-   perf-notes.md surprise 3) and, per layer, the preset's ratio written as the exact kept count
+   docs/perf-notes.md surprise 3) and, per layer, the preset's ratio written as the exact kept count
    (1 - kept / width, exact in binary for these widths); every other layer is in ``ignored_layers``.
 3. Checks: kept filters identical per pruned layer (recovered from the pruned torch weights), logits of the two
    pruned networks within 1e-4 * max(1, max|logit|).

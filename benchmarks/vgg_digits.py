@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
     pruned = train.prune_state(state, plan)
     t_prune = time.perf_counter() - t
     acc_pruned = train.evaluate(pruned, data.x_test, data.y_test, batch_size=args.batch_size)["accuracy"]
-    # The masking reference (design.md §4): the unpruned network with the removed channels zeroed after BN. Its
+    # The masking reference (docs/design.md §4): the unpruned network with the removed channels zeroed after BN. Its
     # accuracy equals the pruned network's, so what pruning does to accuracy is the pruning, not the surgery.
     fwd = jp.masked_forward(state.model)
     masks = jp.plan_masks(state.model, plan)
@@ -197,7 +197,7 @@ fewer conv + FC parameters (the paper: 34.2 % and 64.0 %). `prune_state` (weight
 {1e3 * r["t_prune"]:.0f} ms; fine-tuning {r["t_ft"]:.0f} s. Accuracy change after fine-tuning:
 {100 * (r["acc_tuned"] - r["acc"]):+.2f} points (the paper, on CIFAR-10: 93.25 % -> 93.40 %). Right after pruning,
 before any retraining, the network is {"at chance (10 classes: 10 %)" if r["acc_pruned"] < 0.15 else "degraded"};
-the masking reference (the unpruned network with the removed channels' post-BN outputs zeroed, design.md §4) scores
+the masking reference (the unpruned network with the removed channels' post-BN outputs zeroed, docs/design.md §4) scores
 {100 * r["acc_masked"]:.2f} %, so that is what removing these filters does, BN shifts included, in seven layers at once,
 not the surgery. The paper retrains VGG-16-A too; here {len(r["ft_history"])} epochs of fine-tuning
 {"restore the unpruned accuracy" if r["acc_tuned"] >= r["acc"] - 0.005 else "recover most of it"} (test accuracy

@@ -116,7 +116,7 @@ def _write_run(folder: str, run: Mapping[str, Any]) -> None:
 
 def _refusal(out: str, folder: str, found: Mapping[str, Any] | None) -> FileExistsError:
     if found is None:
-        who = "not written by a jaxprune command"
+        who = "no record of the run that wrote it"
     else:
         who = f"written by '{found.get('command_line', found.get('command', '?'))}'"
     holds_checkpoint = any("checkpoint.ckpt" in files for _, _, files in os.walk(folder))

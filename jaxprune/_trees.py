@@ -51,7 +51,9 @@ def plain_dict(tree):
 
 
 def model_name(model) -> str:
-    """A zoo model's short name from its config, e.g. ``resnet_cifar-20``."""
+    """A zoo model's short name from its config, e.g. ``resnet_cifar-20``; other models' class name."""
+    if not callable(getattr(model, "config", None)):
+        return type(model).__name__
     cfg = model.config()
     depth = cfg.get("depth")
     return f"{cfg.get('family')}{'-' + str(depth) if depth else ''}"
@@ -61,7 +63,8 @@ def check_variables(model, variables: Mapping[str, Any], *, what: str) -> None:
     """Raises ValueError naming the first missing, unexpected or wrongly shaped leaf of `variables` for `model`."""
     from jaxprune.utils import abstract_variables
 
-    expected = traverse_util.flatten_dict(abstract_variables(model))
+    own = getattr(model, "abstract_variables", None)  # a traced model knows its variables
+    expected = traverse_util.flatten_dict(plain_dict(own() if callable(own) else abstract_variables(model)))
     found = traverse_util.flatten_dict(plain_dict(variables)) if variables else {}
     missing = sorted("/".join(p) for p in set(expected) - set(found))
     extra = sorted("/".join(p) for p in set(found) - set(expected))

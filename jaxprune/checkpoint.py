@@ -25,7 +25,11 @@ Writes go to a temporary file in the same folder that is `os.replace`-d over the
 crash mid-save leaves the previous checkpoint intact; temporary files left by killed saves are removed by the next
 save into the folder (`jaxprune._atomic`).
 
-Multi-host: `save_checkpoint` must be called by every process (it gathers arrays that are not fully addressable);
+Sharded and multi-host arrays: ``save_checkpoint(path, ..., format="orbax")`` writes an orbax directory instead (the
+same header, covering a SHA-256 of every file orbax wrote; see `jaxprune._orbax`), which `load_checkpoint` reads
+back onto any sharding; the header's shapes are checked against the rebuilt model before orbax restores an array.
+
+Multi-host, single file: `save_checkpoint` must be called by every process (it gathers arrays that are not fully addressable);
 only process 0 writes. `load_checkpoint` reads on every process and returns host-local arrays; place them with
 `jaxprune.train` (its `fit` replicates the state over the mesh).
 
@@ -52,7 +56,7 @@ from jaxprune._atomic import atomic_write
 from jaxprune._trees import check_variables as _check_variables
 from jaxprune._trees import host_array, host_tree
 from jaxprune._trees import plain_dict as _plain_dict
-from jaxprune.plan import PruningPlan
+from jaxprune.plan import PruningPlan, model_fingerprint, strict_json_loads
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -155,7 +159,7 @@ def _is_train_state(obj) -> bool:
 
 def _leaf_table(variables: Mapping[str, Any]) -> dict[str, list]:
     flat = traverse_util.flatten_dict(_plain_dict(variables))
-    return {"/".join(p): [list(np.shape(v)), np.asarray(v).dtype.name] for p, v in sorted(flat.items())}
+    return {"/".join(p): [list(np.shape(v)), _dtype_name(v)] for p, v in sorted(flat.items())}
 
 
 def _rng_header(rng) -> dict[str, Any] | None:
@@ -192,6 +196,7 @@ def save_checkpoint(
     rng=None,
     plans: Sequence[PruningPlan] = (),
     metadata: Mapping[str, Any] | None = None,
+    format: str = "file",
 ) -> None:
     """Writes a checkpoint atomically: a crash at any point leaves the previous file at `path` intact.
 
@@ -200,14 +205,18 @@ def save_checkpoint(
 
     Args:
       path: The file to write (its folder must exist). Conventionally ``*.ckpt``.
-      model_or_state: A zoo model (anything with `config()` that `jaxprune.models.from_config` rebuilds), or a train
-        state.
+      model_or_state: A zoo model (anything with `config()` that `jaxprune.models.from_config` rebuilds), a user's
+        own model with `channel_groups()` and `with_widths()` (a `jaxprune.trace_model`; the checkpoint keeps its
+        fingerprint and `plans`, and `load_checkpoint(..., model=the unpruned model)` rebuilds it), or a train state.
       variables: ``{"params": ..., "batch_stats": ...}`` when a model is given; must be None with a train state.
       opt_state: An optax state to store (model form only).
       step: The training step (model form only; default 0).
       rng: A PRNG key, typed or raw uint32 (model form only).
       plans: The plan history that produced the model, oldest first (paper §3: the record of what was pruned).
       metadata: Free-form JSON-serializable information (accuracies, command line...).
+      format: ``"file"`` (one file; arrays gathered to the host) or ``"orbax"`` (a directory written by
+        orbax-checkpoint, for sharded and multi-host arrays: every process calls, each writes its shards; layout in
+        `jaxprune._orbax`). Both are read by `load_checkpoint`.
 
     Raises:
       TypeError: a model without `config()`, a non-mapping `variables`, keyword parts given with a train state,
@@ -226,6 +235,8 @@ def save_checkpoint(
       >>> jp.load_checkpoint(path).model.widths[:3]
       (8, 8, 8)
     """
+    if format not in ("file", "orbax"):
+        raise ValueError(f"unknown checkpoint format {format!r}; valid formats: 'file', 'orbax'")
     if _is_train_state(model_or_state):
         if variables is not None or opt_state is not None or step is not None or rng is not None:
             raise TypeError(
@@ -243,18 +254,24 @@ def save_checkpoint(
                 f"save_checkpoint needs the model's variables as a mapping ('params', 'batch_stats'), got "
                 f"{type(variables).__name__}"
             )
-    if not callable(getattr(model, "config", None)):
+    zoo = callable(getattr(model, "config", None))
+    if not zoo and not (
+        callable(getattr(model, "channel_groups", None)) and callable(getattr(model, "with_widths", None))
+    ):
         raise TypeError(
-            f"{type(model).__name__} has no config(); checkpoints store zoo models (jaxprune.models), which rebuild "
-            "from their config"
+            f"{type(model).__name__} has neither config() (a zoo model, jaxprune.models) nor channel_groups() and "
+            "with_widths() (a traced model, jaxprune.trace_model); a checkpoint cannot say how to rebuild it"
         )
     step = 0 if step is None else _checked_step(step)
     plans = tuple(plans)
     for i, p in enumerate(plans):
         if not isinstance(p, PruningPlan):
             raise TypeError(f"plans[{i}] must be a jaxprune.PruningPlan, got {type(p).__name__}")
-    config = model.config()
-    rebuilt = _models.from_config(config)
+    config = model.config() if zoo else None
+    rebuilt = _models.from_config(config) if zoo else model
+    if format == "orbax":
+        _save_orbax(os.fspath(path), rebuilt, config, variables, opt_state, step, rng, plans, metadata)
+        return
     host_vars = {str(k): host_tree(_plain_dict(v)) for k, v in variables.items()}
     _check_variables(rebuilt, host_vars, what="variables to save")
     _check_plan_history(rebuilt, plans)
@@ -264,32 +281,22 @@ def save_checkpoint(
         body["opt_state"] = serialization.to_state_dict(host_tree(opt_state))
     payload = serialization.msgpack_serialize(body)
     header = {
-        "format": _FORMAT,
-        "version": CHECKPOINT_FORMAT_VERSION,
-        "model": config,
-        "plans": [p.to_dict() for p in plans],
-        "step": step,
-        "rng": _rng_header(rng),
-        "has_opt_state": opt_state is not None,
+        **_header_base(config, rebuilt, host_vars, plans, step, rng, opt_state, metadata),
         "variables": _leaf_table(host_vars),
-        "metadata": _checked_metadata(metadata),
         "payload": {"bytes": len(payload)},
     }
-    try:
-        header_bytes = json.dumps(header, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n"
-    except TypeError as e:
-        raise TypeError(f"checkpoint metadata must be JSON-serializable: {e}") from e
-    except ValueError as e:  # allow_nan=False
-        raise ValueError(f"checkpoint metadata must not hold NaN or infinity (JSON has no such numbers): {e}") from e
-    digest = _digest(_MAGIC, header_bytes, payload)
+    header_bytes, digest_line = _encode_header(header, payload)
 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write checkpoint {path}: folder {folder} does not exist")
-    if jax.process_index() != 0:  # every process gathered above; one writes
-        return
-    _atomic_write_bytes(path, (_MAGIC, header_bytes, _DIGEST_PREFIX + digest.encode("ascii") + b"\n", payload))
+    if jax.process_index() == 0:  # every process gathered above; one writes
+        _atomic_write_bytes(path, (_MAGIC, header_bytes, digest_line, payload))
+    if jax.process_count() > 1:  # no process returns (and reads the file) before process 0 has written it
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jaxprune.save_checkpoint {path}")
 
 
 #: Steps are stored as int32 in a train state (`jaxprune.train.TrainState`).
@@ -304,6 +311,54 @@ def _checked_step(step) -> int:
     if not 0 <= value <= _MAX_STEP:
         raise ValueError(f"step must be >= 0 and <= {_MAX_STEP}, got {value}")
     return value
+
+
+def _header_base(config, rebuilt, variables, plans, step, rng, opt_state, metadata) -> dict[str, Any]:
+    """The header entries both formats share (all but the leaf table and the payload)."""
+    return {
+        "format": _FORMAT,
+        "version": CHECKPOINT_FORMAT_VERSION,
+        "model": config,
+        "plans": [p.to_dict() for p in plans],
+        "step": step,
+        "rng": _rng_header(rng),
+        "has_opt_state": opt_state is not None,
+        "metadata": _checked_metadata(metadata),
+        "made_for": None if config is not None else model_fingerprint(rebuilt, variables),
+    }
+
+
+def _encode_header(header: Mapping[str, Any], payload: bytes = b"") -> tuple[bytes, bytes]:
+    """The header line and the digest line (over magic, header line and `payload`)."""
+    try:
+        line = json.dumps(header, sort_keys=True, allow_nan=False).encode("utf-8") + b"\n"
+    except TypeError as e:
+        raise TypeError(f"checkpoint metadata must be JSON-serializable: {e}") from e
+    except ValueError as e:  # allow_nan=False
+        raise ValueError(f"checkpoint metadata must not hold NaN or infinity (JSON has no such numbers): {e}") from e
+    return line, _DIGEST_PREFIX + _digest(_MAGIC, line, payload).encode("ascii") + b"\n"
+
+
+def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, metadata) -> None:
+    from jaxprune import _orbax
+
+    plain = {str(k): _plain_dict(v) for k, v in variables.items()}
+    _check_variables(rebuilt, plain, what="variables to save")
+    _check_plan_history(rebuilt, plans)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write checkpoint {path}: folder {folder} does not exist")
+    if os.path.lexists(path) and not _orbax.is_orbax_dir(path):
+        raise FileExistsError(f"cannot write orbax checkpoint {path}: it exists and is not a jaxprune orbax directory")
+    header = _header_base(config, rebuilt, plain, plans, step, rng, opt_state, metadata)
+    _encode_header({**header, "variables": {}, "payload": {}})  # metadata errors before any file is written
+
+    def encode(full: Mapping[str, Any]) -> bytes:
+        line, digest = _encode_header(full)
+        return _MAGIC + line + digest
+
+    opt = serialization.to_state_dict(opt_state) if opt_state is not None else None
+    _orbax.write(path, header, plain, opt, encode=encode)
 
 
 def _digest(*parts: bytes) -> str:
@@ -339,19 +394,6 @@ def _checked_metadata(metadata) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------------------
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _unique_keys(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"key {k!r} appears twice in one object")
-        out[k] = v
-    return out
-
-
 def _read_header(f, path: str) -> tuple[dict[str, Any], bytes]:
     """The parsed header (format and version checked, nothing else yet) and its raw line."""
     magic = f.read(len(_MAGIC))
@@ -361,7 +403,7 @@ def _read_header(f, path: str) -> tuple[dict[str, Any], bytes]:
     if not line.endswith(b"\n"):
         raise ValueError(f"checkpoint {path} is truncated or corrupted: its JSON header line never ends")
     try:
-        header = json.loads(line.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+        header = strict_json_loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ValueError(f"checkpoint {path} is corrupted: its JSON header does not parse ({e})") from e
     if not isinstance(header, dict) or header.get("format") != _FORMAT:
@@ -399,19 +441,25 @@ def _key_data_ok(data, depth: int = 0) -> bool:
     return depth > 0 and _is_int(data, 0, 2**32 - 1)
 
 
-def _check_header(header: Mapping[str, Any], path: str) -> None:
+def _check_header(header: Mapping[str, Any], path: str, *, orbax: bool = False) -> None:
     """Strict types of every header field (after the digest: a consistent file can still be malformed)."""
 
     def bad(field: str, what: str):
         raise ValueError(f"checkpoint {path} has a malformed header: {field} {what}")
 
-    for key in _HEADER_KEYS:
+    keys = _HEADER_KEYS + (("made_for",) if header.get("version", 1) >= 2 else ())
+    for key in keys:
         if key not in header:
             raise ValueError(f"checkpoint {path} is corrupted: its header has no {key!r} entry")
-    extra = sorted(set(header) - set(_HEADER_KEYS))
+    extra = sorted(set(header) - set(keys))
     if extra:
         bad("entries", f"{extra} are unknown")
-    if not isinstance(header["model"], dict):
+    user_model = header.get("made_for") is not None
+    if user_model:
+        fp = header["made_for"]
+        if header["model"] is not None or not isinstance(fp, dict) or not isinstance(fp.get("groups"), dict):
+            bad("'made_for'", "must be null with a model config, or a model fingerprint without one")
+    elif not isinstance(header["model"], dict):
         bad("'model'", "must be an object (a model config)")
     if not isinstance(header["plans"], list) or not all(isinstance(p, dict) for p in header["plans"]):
         bad("'plans'", "must be a list of plan objects")
@@ -442,6 +490,13 @@ def _check_header(header: Mapping[str, Any], path: str) -> None:
     if not isinstance(header["metadata"], dict):
         bad("'metadata'", "must be an object")
     info = header["payload"]
+    if orbax:
+        if not isinstance(info, dict) or set(info) != {"orbax"}:
+            bad("'payload'", "must be an object with exactly ['orbax'] in an orbax directory")
+        from jaxprune import _orbax
+
+        _orbax.check_payload(info["orbax"], bad)
+        return
     keys = {"bytes", "sha256"} if header["version"] == 1 else {"bytes"}
     if not isinstance(info, dict) or set(info) != keys:
         bad("'payload'", f"must be an object with exactly {sorted(keys)}")
@@ -502,9 +557,26 @@ def _read_verified(path: str) -> tuple[dict[str, Any], bytes]:
     return header, payload
 
 
+def _read_orbax_header(path: str) -> dict[str, Any]:
+    from jaxprune import _orbax
+
+    with open(os.path.join(path, _orbax.HEADER_FILE), "rb") as f:
+        header, line = _read_header(f, path)
+        digest_line = f.readline(_DIGEST_LINE_BYTES)
+        trailing = f.read(1)
+    if header["version"] < 2 or trailing or digest_line != _DIGEST_PREFIX + _digest(_MAGIC, line).encode() + b"\n":
+        raise ValueError(f"orbax checkpoint {path} is corrupted or was modified: its header's SHA-256 does not match")
+    _check_header(header, path, orbax=True)
+    return header
+
+
+def _dtype_name(v) -> str:
+    return jnp.dtype(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype).name
+
+
 def _check_leaf_table(path: str, table: Mapping[str, Any], variables: Mapping[str, Any]) -> None:
     flat = traverse_util.flatten_dict(variables) if variables else {}
-    found = {"/".join(p): [list(np.shape(v)), np.asarray(v).dtype.name] for p, v in flat.items()}
+    found = {"/".join(p): [list(np.shape(v)), _dtype_name(v)] for p, v in flat.items()}
     if set(found) != set(table):
         diff = sorted(set(found) ^ set(table))
         raise ValueError(f"checkpoint {path} is corrupted: its header's leaf table and its arrays differ at {diff[:5]}")
@@ -532,10 +604,40 @@ def _config_diff(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> list
     return out
 
 
+def _replay(path: str, header: Mapping[str, Any], model):
+    """A user model's checkpoint: the model at its saved widths, rebuilt from the unpruned `model` by the plans."""
+    if model is None:
+        raise ValueError(
+            f"checkpoint {path} holds a user model (no zoo config): pass the unpruned model it was pruned from as "
+            "model= (e.g. the jaxprune.trace_model of your module); the stored plan history rebuilds the rest"
+        )
+    if not callable(getattr(model, "with_widths", None)):
+        raise TypeError(f"model must have with_widths() (a traced model), got {type(model).__name__}")
+    try:
+        plans = [PruningPlan.from_dict(p) for p in header["plans"]]
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"checkpoint {path} has a malformed plan history: {e}") from e
+    current = model
+    for i, plan in enumerate(plans):
+        try:
+            plan.check_model(current)
+        except ValueError as e:
+            raise ValueError(f"checkpoint {path}: the given model is not the one plan {i} was made for: {e}") from e
+        current = current.with_widths({n: len(k) for n, k in plan.keep.items() if len(k) < plan.widths[n]})
+    fp = header["made_for"]
+    groups = {g.name: int(g.width) for g in current.channel_groups()}
+    if not isinstance(fp, dict) or groups != fp.get("groups"):
+        raise ValueError(
+            f"checkpoint {path}: the given model, pruned by the stored plans, has group widths {groups}; the "
+            f"checkpoint's model had {fp.get('groups') if isinstance(fp, dict) else fp}"
+        )
+    return current
+
+
 def _check_plan_history(model, plans: Sequence[PruningPlan]) -> None:
     if not plans:
         return
-    widths = model.group_widths() if callable(getattr(model, "group_widths", None)) else {}
+    widths = {g.name: int(g.width) for g in model.channel_groups()}
     for name, kept in plans[-1].new_widths.items():
         if name not in widths:
             raise ValueError(f"the last plan names group {name!r}, which the model does not have")
@@ -580,7 +682,7 @@ def restore_opt_state(raw, tx, params):
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
 
 
-def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=None) -> Checkpoint:
     """Loads a checkpoint into the model its config describes: a pruned one comes back at its reduced widths.
 
     Everything is checked before anything is returned: magic, format version, payload length and SHA-256, the model
@@ -589,9 +691,13 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoi
 
     Args:
       path: A file written by `save_checkpoint`.
-      model: If given, the model the caller expects; a checkpoint of another family, depth, number of classes or other
-        widths is an error that lists each difference.
+      model: For a zoo model's checkpoint, if given, the model the caller expects; a checkpoint of another family,
+        depth, number of classes or other widths is an error that lists each difference. For a user model's
+        checkpoint (no config), required: the unpruned model the stored plans were made for (they are replayed on
+        it, each checked against the model it was made for).
       tx: The optax transformation the optimizer state belongs to; with it `Checkpoint.opt_state` is that state.
+      sharding: For an orbax directory: where the arrays go, a `jax.sharding.Sharding` for all or a callable
+        ``(leaf path, shape) -> Sharding``; default the first device. (A single file gives host arrays.)
 
     Returns:
       A `Checkpoint`.
@@ -606,31 +712,49 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None) -> Checkpoi
       >>> ckpt = load_checkpoint("pruned.ckpt")  # doctest: +SKIP
       >>> logits = ckpt.model.apply(ckpt.variables, x, train=False)  # doctest: +SKIP
     """
-    path = os.fspath(path)
-    header, payload = _read_verified(path)
-    try:
-        body = serialization.msgpack_restore(payload)
-    except Exception as e:  # a valid digest makes this very unlikely; any decoder error means a bad file
-        raise ValueError(
-            f"checkpoint {path} is corrupted: its payload does not decode ({type(e).__name__}: {e})"
-        ) from e
-    if (
-        not isinstance(body, dict)
-        or not isinstance(body.get("variables"), dict)
-        or set(body) - {"variables", "opt_state"}
-    ):
-        raise ValueError(f"checkpoint {path} is corrupted: its payload holds no variables")
+    from jaxprune import _orbax
 
-    try:
-        stored_model = _models.from_config(header["model"])
-    except Exception as e:  # any config that builds no model is a bad file, whatever the error
-        raise ValueError(f"checkpoint {path} stores a model config that builds no model: {e}") from e
-    if model is not None:
+    path = os.fspath(path)
+    orbax = _orbax.is_orbax_dir(path)
+    if orbax:
+        header = _read_orbax_header(path)
+    else:
+        header, payload = _read_verified(path)
+    if header["model"] is None:
+        stored_model = _replay(path, header, model)
+    else:
+        try:
+            stored_model = _models.from_config(header["model"])
+        except Exception as e:  # any config that builds no model is a bad file, whatever the error
+            raise ValueError(f"checkpoint {path} stores a model config that builds no model: {e}") from e
+    if model is not None and header["model"] is not None:
         if not callable(getattr(model, "config", None)):
             raise TypeError(f"model must be a zoo model with config(), got {type(model).__name__}")
         diff = _config_diff(stored_model.config(), model.config())
         if diff:
             raise ValueError(f"checkpoint {path} holds a different model than expected: " + "; ".join(diff))
+    if orbax:
+        # Every shape is checked against the rebuilt model before orbax reads an array.
+        shapes = {
+            tuple(k.split("/")): jax.ShapeDtypeStruct(tuple(e[0]), jnp.dtype(e[1]))
+            for k, e in header["variables"].items()
+        }
+        _check_variables(stored_model, traverse_util.unflatten_dict(shapes), what=f"variables in checkpoint {path}")
+        variables, raw = _orbax.read(path, header, sharding=sharding)
+        body = {"variables": variables, **({"opt_state": raw} if raw is not None else {})}
+    else:
+        try:
+            body = serialization.msgpack_restore(payload)
+        except Exception as e:  # a valid digest makes this very unlikely; any decoder error means a bad file
+            raise ValueError(
+                f"checkpoint {path} is corrupted: its payload does not decode ({type(e).__name__}: {e})"
+            ) from e
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("variables"), dict)
+            or set(body) - {"variables", "opt_state"}
+        ):
+            raise ValueError(f"checkpoint {path} is corrupted: its payload holds no variables")
 
     variables = _plain_dict(body["variables"])
     _check_leaf_table(path, header["variables"], variables)

@@ -425,9 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Run as the program (`argv` None: the ``jaxprune`` script, ``python -m jaxprune``), an interrupt does not return:
     once stdout and stderr are flushed the process ends with ``os._exit(130)``. Every checkpoint is complete by then
-    (each is written atomically), and the interpreter's teardown is what crashed: jax's exit handler frees the XLA
-    client while the interrupted, asynchronously dispatched steps may still be running on its threads (seen as
-    SIGSEGV after the "interrupted" line).
+    (each is written atomically). The interpreter's teardown is what crashed: SIGSEGV after the "interrupted" line,
+    reproduced with a compilation cache when the interrupt came during the first compile; jax's exit handlers
+    clear the backends while XLA's threads may still hold the interrupted work, so that teardown is skipped.
     """
     program = argv is None
     return _main(sys.argv[1:] if program else argv, program=program)

@@ -289,7 +289,7 @@ def taylor_scores(
       >>> v = jp.random_variables(m, seed=0)
       >>> x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
       >>> s = taylor_scores(m, v, x, np.array([0, 1]))
-      >>> plan = jp.make_plan(m, v, prune_ratio=0.5, scores=s, meta={"criterion": "taylor"})
+      >>> plan = jp.make_plan(m, v, prune_ratio=0.5, scores=s, meta={"scores": "taylor"})
       >>> plan.new_widths["stage1_block1_conv1"]
       8
     """

@@ -2,7 +2,7 @@
 
 This module only counts; it never prunes. `count_macs` traces the model abstractly (`jax.eval_shape` of `init` with a
 `flax.linen.intercept_methods` hook on every conv, dense and BatchNorm call), so it costs milliseconds, needs no
-variables and works for any widths. Its figures follow the paper's convention (paper.md §3): one FLOP per
+variables and works for any widths. Its figures follow the paper's convention (docs/paper.md §3): one FLOP per
 multiply-accumulate, conv and dense layers only (BN, ReLU, pooling and residual additions are not counted).
 `xla_flops` asks XLA instead (`cost_analysis()` of the jitted inference forward), which counts 2 per MAC over in-bounds
 kernel taps and adds BN, ReLU, pooling and bias work. Every printed number comes with its convention.
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxprune._models import is_nnx_module
 from jaxprune._table import text_table
 from jaxprune.models import VGG, CifarResNet, ImageNetResNet, default_input_shape
 from jaxprune.models.base import check_prunable_model
@@ -45,7 +46,7 @@ ROW_KINDS = ("conv", "dense", "bn", "other")
 #: Words in a 1x1 conv's module name that mark it as a projection shortcut (the zoo uses ``stage{s}_block1_shortcut``).
 PROJECTION_WORDS = ("shortcut", "proj", "downsample")
 
-#: `cost_report` warns (`WidthAlignmentWarning`) when a pruned width is not a multiple of this (perf-notes.md, 2).
+#: `cost_report` warns (`WidthAlignmentWarning`) when a pruned width is not a multiple of this (docs/perf-notes.md, surprise 2).
 WIDTH_MULTIPLE = 8
 
 
@@ -53,7 +54,7 @@ class WidthAlignmentWarning(UserWarning):
     """A pruned width that is not a multiple of 8 (issued by `cost_report`).
 
     On XLA:CPU such widths can make the pruned model no faster, or slower, than the original: ResNet-56-B's 6/22/57
-    ran x1.05-1.07 of ResNet-56 (perf-notes.md, surprise 2). Prune with ``round_to=8``.
+    ran x1.05-1.07 of ResNet-56 (docs/perf-notes.md, surprise 2). Prune with ``round_to=8``.
     """
 
 
@@ -103,7 +104,7 @@ class MacRow:
 
 @dataclasses.dataclass(frozen=True)
 class MacReport:
-    """Analytic per-layer cost of one model at one input shape (paper.md §3 conventions).
+    """Analytic per-layer cost of one model at one input shape (docs/paper.md §3 conventions).
 
     Attributes:
       rows: Per-layer rows in call order (`MacRow`); left-out projection convs are not among them.
@@ -275,7 +276,7 @@ def _trace_rows(model, shape: tuple[int, ...]) -> tuple[MacRow, ...]:
         if out.ndim != 4:
             raise ValueError(f"layer {name!r}: expected an NHWC conv output, got shape {out.shape}")
         kh, kw, cin_g, cout = kernel_shape
-        # One MAC per output element per kernel tap and input channel of its group (paper.md §3).
+        # One MAC per output element per kernel tap and input channel of its group (docs/paper.md §3).
         macs = _size(out.shape) * kh * kw * cin_g
         rows.append(
             MacRow(
@@ -400,7 +401,7 @@ def _traced_rows(model, input_shape) -> tuple[tuple[MacRow, ...], tuple[int, ...
 
 
 def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_projections: bool = False) -> MacReport:
-    """Analytic MACs and parameters per layer, from the model's configuration and the input shape (paper.md §3).
+    """Analytic MACs and parameters per layer, from the model's configuration and the input shape (docs/paper.md §3).
 
     The model is traced abstractly (`jax.eval_shape` of ``model.init`` with a `flax.linen.intercept_methods` hook on
     every conv, dense and BatchNorm call): no compile, no variables, milliseconds, any widths. A conv costs
@@ -409,11 +410,16 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
 
     Args:
       model: A zoo model (or any Linen module with the prunable-model protocol whose convs are
-        `jaxprune.models.Conv` or `flax.linen.Conv` and whose dense layers are `flax.linen.Dense`).
+        `jaxprune.models.Conv` or `flax.linen.Conv` and whose dense layers are `flax.linen.Dense`), or a Flax NNX
+        module: counted from its jaxpr (a row per conv / contraction of an activation with a kernel, named after the
+        kernel's module; activation-by-activation products such as attention scores are not weight MACs and get no
+        row; norms and other parameter owners get 0-MAC rows), at an `input_shape` of any rank (required), or a
+        `TracedModel` (`jaxprune.trace_model`): counted the same way from its traced program at its current widths
+        (`input_shape` None: the traced example input's; `exclude_projections` does not apply).
       input_shape: NHWC input shape; MACs are for the whole batch (use batch 1, the default, for per-image figures).
         None means the model's own (`jaxprune.models.default_input_shape`).
       exclude_projections: Leave the 1x1 projection-shortcut convs out of MACs and params (rows too), as the paper
-        does for ResNet-34 (paper.md §3). Their BNs stay in `.params`.
+        does for ResNet-34 (docs/paper.md §3). Their BNs stay in `.params`.
 
     Returns:
       A `MacReport`: `.rows`, `.macs` (conv + dense MACs, the paper's FLOP), `.params` (every `params` leaf),
@@ -436,9 +442,11 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
             raise ValueError("exclude_projections is for zoo models; a TracedModel is counted in full")
         rows, tshape = _traced_rows(model, input_shape)
         return MacReport(rows=rows, input_shape=tshape, model_label=f"TracedModel({model.kind})")
-    check_prunable_model(model)
     if not isinstance(exclude_projections, bool):
         raise TypeError(f"exclude_projections must be a bool, got {type(exclude_projections).__name__}")
+    if is_nnx_module(model):  # counted from its jaxpr, at any input rank
+        return _count_nnx(model, input_shape, exclude_projections)
+    check_prunable_model(model)
     shape = _check_input_shape(model, input_shape)
     key = _model_key(model)
     if key is None:
@@ -459,6 +467,30 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
         exclude_projections=exclude_projections,
         excluded=excluded,
         model_label=_label(model),
+    )
+
+
+def _count_nnx(module, input_shape, exclude_projections: bool) -> MacReport:
+    from jaxprune.trace.nnx_adapter import count_rows
+
+    if input_shape is None:
+        raise ValueError(f"input_shape is required for the NNX module {type(module).__name__} (e.g. (1, H, W, C))")
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
+        raise TypeError(f"input_shape must be a tuple of ints, got {type(input_shape).__name__}")
+    if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in input_shape):
+        raise ValueError(f"input_shape must hold positive ints, got {tuple(input_shape)!r}")
+    shape = tuple(int(d) for d in input_shape)
+    rows = tuple(MacRow(**r) for r in count_rows(module, shape))
+    excluded: tuple[str, ...] = ()
+    if exclude_projections:
+        excluded = tuple(r.name for r in rows if r.is_projection)
+        rows = tuple(r for r in rows if not r.is_projection)
+    return MacReport(
+        rows=rows,
+        input_shape=shape,
+        exclude_projections=exclude_projections,
+        excluded=excluded,
+        model_label=type(module).__name__,
     )
 
 
@@ -557,7 +589,7 @@ def _flops_of(cost) -> float:
 def xla_flops(model, variables: Mapping[str, Any], input_shape: Sequence[int] | None = None) -> float:
     """XLA's FLOP count of the compiled inference forward: ``jax.jit(f).lower(...).compile().cost_analysis()``.
 
-    Convention (perf-notes.md, surprise 4): 2 FLOPs per MAC over in-bounds kernel taps only (zero padding is
+    Convention (docs/perf-notes.md, surprise 4): 2 FLOPs per MAC over in-bounds kernel taps only (zero padding is
     skipped), plus BN (about 3 per element), ReLU, pooling and bias adds. For VGG-16 on the plain `lax.conv` path it
     is about 0.79 x 2 * `count_macs(...).macs`, so a saving measured here differs from the paper's (e.g. 30.0 % vs
     34.2 % for VGG-16-A).

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 #: What a group is: the filters of a conv (`conv`), the hidden units of a dense layer (`fc`), or a residual
-#: stream tied by shortcuts (`stream`). A float `prune_ratio` reaches `conv` groups only (design.md §3).
+#: stream tied by shortcuts (`stream`). A float `prune_ratio` reaches `conv` groups only (docs/design.md §3).
 GROUP_KINDS = ("conv", "fc", "stream")
 
 
@@ -71,7 +71,7 @@ class ChannelGroup:
     """One channel index space shared by several parameter axes.
 
     Attributes:
-      name: Group name (design.md §3 "Names"), e.g. ``conv3`` or ``stage2_block4_conv1`` or ``stage3_stream``.
+      name: Group name (docs/design.md §3 "Names"), e.g. ``conv3`` or ``stage2_block4_conv1`` or ``stage3_stream``.
       width: Number of channels.
       producers: Axes that *create* the channels (conv kernel output axis, BN scale/bias/mean/var, a dense bias).
       consumers: Axes that *read* the channels (the next layer's input axis).

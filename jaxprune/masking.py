@@ -1,4 +1,4 @@
-"""The masking reference that defines correctness (design.md §4).
+"""The masking reference that defines correctness (docs/design.md §4).
 
 Pruning a group is defined as zeroing its removed channels' post-BN activations in the original-shape network
 (zeroing the filter alone is not equivalent: the BN shift still flows). This module owns the 0/1 masks and the one

@@ -1,9 +1,9 @@
 """Li et al. 2017 Tables 1 and 2 reproduced from the model zoo and the presets, without training.
 
-This module owns the paper's printed values (paper.md §1, §2) and puts them beside our own counts: `table1` for the
+This module owns the paper's printed values (docs/paper.md §1, §2) and puts them beside our own counts: `table1` for the
 12 Table 1 models (MACs, parameters, pruned %), `table2` for VGG-16 per layer. Our counts come from
 `jaxprune.count_macs` (abstract evaluation) on the networks that `jaxprune.preset` builds from random variables
-(selection does not change counts), so everything runs in seconds. Conventions (paper.md §3): FLOP = conv + dense
+(selection does not change counts), so everything runs in seconds. Conventions (docs/paper.md §3): FLOP = conv + dense
 MACs; parameters = conv + dense weights and biases without BN; ResNet-34 leaves out its three 1x1 projection convs;
 Table 2 counts weights only. It does not train, time or prune variables.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 
 from jaxprune import models
 from jaxprune._table import text_table
@@ -30,7 +31,7 @@ __all__ = [
     "table2",
 ]
 
-#: Table 1 as printed (paper.md §1), scratch-train rows left out: (model, preset or None, zoo base, error %,
+#: Table 1 as printed (docs/paper.md §1), scratch-train rows left out: (model, preset or None, zoo base, error %,
 #: FLOP, FLOP pruned %, parameters, params pruned %). Numbers are kept as printed strings to know their precision.
 TABLE1_PRINTED: tuple[tuple[str, str | None, str, str, str, str | None, str, str | None], ...] = (
     ("VGG-16", None, "vgg16", "6.75", "3.13e8", None, "1.5e7", None),
@@ -47,7 +48,7 @@ TABLE1_PRINTED: tuple[tuple[str, str | None, str, str, str, str | None, str, str
     ("ResNet-34-pruned-C", "resnet34-C", "resnet34", "27.52", "3.37e9", "7.5", "2.01e7", "7.2"),
 )
 
-#: Table 2 as printed (paper.md §2): (layer, our layer name, w x h, #maps, FLOP, #params, #maps A, FLOP% A).
+#: Table 2 as printed (docs/paper.md §2): (layer, our layer name, w x h, #maps, FLOP, #params, #maps A, FLOP% A).
 TABLE2_PRINTED: tuple[tuple[str, str, str, int, str, str, int, str], ...] = (
     ("Conv_1", "conv1", "32x32", 64, "1.8E+06", "1.7E+03", 32, "50%"),
     ("Conv_2", "conv2", "32x32", 64, "3.8E+07", "3.7E+04", 64, "50%"),
@@ -68,7 +69,7 @@ TABLE2_PRINTED: tuple[tuple[str, str, str, int, str, str, int, str], ...] = (
 
 CONVENTION = (
     "FLOP = conv + dense multiply-accumulates (1 per MAC); params = conv + dense weights and biases, no BN; "
-    "ResNet-34 without its three 1x1 projection convs (paper.md §3); inputs 1x32x32x3 (CIFAR), 1x224x224x3 (ImageNet)"
+    "ResNet-34 without its three 1x1 projection convs (docs/paper.md §3); inputs 1x32x32x3 (CIFAR), 1x224x224x3 (ImageNet)"
 )
 
 
@@ -141,44 +142,56 @@ def _variables(base: str):
     return random_variables(models.get(base), seed=0)
 
 
-@functools.cache
-def _table1() -> tuple[Table1Row, ...]:
-    rows = []
+_TABLE1: list[tuple[Table1Row, ...]] = []  # computed once per process
+
+
+def _table1(progress: bool = False) -> tuple[Table1Row, ...]:
+    if not _TABLE1:
+        from tqdm.auto import tqdm
+
+        rows = []
+        with tqdm(total=len(TABLE1_PRINTED), desc="Table 1", unit="row", disable=not progress, leave=False) as bar:
+            for row in _table1_rows():
+                rows.append(row)
+                bar.update(1)
+        _TABLE1.append(tuple(rows))
+    return _TABLE1[0]
+
+
+def _table1_rows():
+    """Yields Table 1's rows in order (each counts a network, and the first of each model draws its variables)."""
     base_counts: dict[str, tuple[int, int]] = {}
     for label, name, base, err, flop, flop_pct, params, params_pct in TABLE1_PRINTED:
         model = models.get(base)
         if name is None:
             macs, n_params = base_counts[base] = _counts(model, base)
-            rows.append(Table1Row(label, None, macs, n_params, None, None, err, flop, params, None, None))
+            yield Table1Row(label, None, macs, n_params, None, None, err, flop, params, None, None)
             continue
         if PRESETS[name].table1_row != label:  # the presets module and this table must agree
             raise RuntimeError(f"preset {name!r} is for {PRESETS[name].table1_row!r}, not {label!r}")
         plan = preset(name, model, _variables(base))
         macs, n_params = _counts(model.with_widths(plan.new_widths), base)
         b_macs, b_params = base_counts[base]
-        rows.append(
-            Table1Row(
-                label,
-                name,
-                macs,
-                n_params,
-                100 * (b_macs - macs) / b_macs,
-                100 * (b_params - n_params) / b_params,
-                err,
-                flop,
-                params,
-                flop_pct,
-                params_pct,
-            )
+        yield Table1Row(
+            label,
+            name,
+            macs,
+            n_params,
+            100 * (b_macs - macs) / b_macs,
+            100 * (b_params - n_params) / b_params,
+            err,
+            flop,
+            params,
+            flop_pct,
+            params_pct,
         )
-    return tuple(rows)
 
 
 def table1() -> list[Table1Row]:
-    """Table 1 of Li et al. (paper.md §1) reproduced: our MACs, parameters and pruned % beside the printed values.
+    """Table 1 of Li et al. (docs/paper.md §1) reproduced: our MACs, parameters and pruned % beside the printed values.
 
     Our counts are exact (`jaxprune.count_macs` of the networks `jaxprune.preset` builds); every pruned % lies
-    within 0.1 percentage point of the paper's (paper.md §4, §9). Runs in seconds; no training.
+    within 0.1 percentage point of the paper's (docs/paper.md §4, §9). Runs in seconds; no training.
 
     Returns:
       The 12 rows (the scratch-train rows have no counts of their own), in the paper's order.
@@ -200,11 +213,18 @@ def _diff(v: float | None) -> str:
     return "" if v is None else f"{v:+.2f}"
 
 
-def format_table1() -> str:
+def format_table1(*, progress: bool | None = None) -> str:
     """Table 1 as text: ours beside the paper, with differences in percentage points and the convention.
 
     A mark after a paper value says whether ours prints the same at the paper's precision (``=``) or not (``!``).
+
+    Args:
+      progress: Show a progress bar on stderr while the rows are counted (the first call in a process counts 12
+        networks: tens of seconds on a 2-core CPU). None, the default: only when stderr is a terminal.
     """
+    if progress is None:
+        progress = sys.stderr.isatty()
+    _table1(progress=progress)
     lines = [
         (
             "model",
@@ -244,7 +264,7 @@ def format_table1() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Table2Row:
-    """One VGG-16 layer of Table 2 (paper.md §2): our counts beside the printed values.
+    """One VGG-16 layer of Table 2 (docs/paper.md §2): our counts beside the printed values.
 
     Attributes:
       layer: The paper's label (``Conv_1`` ... ``Conv_13``, ``Linear``).
@@ -307,7 +327,7 @@ def _table2() -> tuple[Table2Row, ...]:
 
 
 def table2() -> list[Table2Row]:
-    """Table 2 of Li et al. (VGG-16 on CIFAR-10, per layer; paper.md §2) reproduced beside the printed values.
+    """Table 2 of Li et al. (VGG-16 on CIFAR-10, per layer; docs/paper.md §2) reproduced beside the printed values.
 
     Our MACs and weights (no biases) print as the paper's values at its precision; the pruned-A columns follow
     `jaxprune.preset("vgg16-A", ...)`.

@@ -62,19 +62,20 @@ def model_fingerprint(model, variables: Mapping[str, Any]) -> dict[str, Any]:
 
     Args:
       model: The model (anything with `channel_groups()`).
-      variables: Its variables (only shapes are read).
+      variables: Its variables (only shapes are read, and only for a model that cannot give its abstract
+        variables itself).
 
     Returns:
       ``{"class": the class's qualified name, "name": a short label, "groups": {group: width}, "leaves": {path: shape}}``.
     """
-    from jaxprune.groups import flatten_variables
+    from jaxprune._checks import model_leaf_shapes
 
     cls = type(_network(model))
     return {
         "class": cls.__qualname__,  # not the module: a plan survives the class moving within jaxprune
         "name": _model_label(model),
         "groups": {g.name: int(g.width) for g in model.channel_groups()},
-        "leaves": {"/".join(p): [int(d) for d in np.shape(v)] for p, v in sorted(flatten_variables(variables).items())},
+        "leaves": model_leaf_shapes(model, variables),
     }
 
 
@@ -201,7 +202,7 @@ class PruningPlan:
 
     __hash__ = None  # mutable-looking contents (meta); plans are compared, not hashed
 
-    def check_model(self, model, variables: Mapping[str, Any] | None = None) -> None:
+    def check_model(self, model, variables: Mapping[str, Any] | None = None, *, flat=None) -> None:
         """Checks that `model` (and `variables`, if given) is the model this plan was made for (`made_for`).
 
         A plan without `made_for` (built by hand, or read from a version-1 file) is not checked here.
@@ -233,15 +234,21 @@ class PruningPlan:
                 f"{head}: groups only in the plan's model {only_plan[:4]}, only in the given model {only_model[:4]}, "
                 f"widths that differ {widths[:4]}"
             )
-        if variables is not None:
+        if flat is None and variables is not None:
             from jaxprune.groups import flatten_variables
 
+            flat = flatten_variables(variables)
+        if flat is not None:
             # Leaves present in both are compared; a missing leaf is the variables' fault (`jaxprune.check_groups`).
-            flat = {"/".join(p): tuple(np.shape(v)) for p, v in flatten_variables(variables).items()}
-            for leaf, shape in fp["leaves"].items():
-                if leaf in flat and flat[leaf] != tuple(shape):
+            paths = self.__dict__.get("_leaf_paths")
+            if paths is None:  # tuple paths, computed once per plan
+                paths = [(leaf, tuple(leaf.split("/")), shape) for leaf, shape in fp["leaves"].items()]
+                object.__setattr__(self, "_leaf_paths", paths)
+            for leaf, key, shape in paths:
+                v = flat.get(key)
+                if v is not None and tuple(getattr(v, "shape", None) or np.shape(v)) != shape:
                     raise ValueError(
-                        f"{head}: leaf {leaf} had shape {tuple(shape)}, the given variables have {flat[leaf]}"
+                        f"{head}: leaf {leaf} had shape {shape}, the given variables have {tuple(np.shape(v))}"
                     )
 
     def validate(self, groups: Iterable[ChannelGroup]) -> dict[str, ChannelGroup]:
@@ -367,7 +374,7 @@ class PruningPlan:
         if not isinstance(text, str):
             raise TypeError(f"plan JSON must be a str, got {type(text).__name__}")
         try:
-            data = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+            data = strict_json_loads(text)
         except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
             raise ValueError(f"plan JSON is malformed: {e}") from e
         return cls.from_dict(data)
@@ -392,6 +399,11 @@ class PruningPlan:
             raise ValueError(f"plan file {os.fspath(path)} is not UTF-8 JSON text ({e})") from e
         except ValueError as e:
             raise ValueError(f"plan file {os.fspath(path)}: {e}") from e
+
+
+def strict_json_loads(text: str):
+    """`json.loads` without NaN/Infinity and without duplicate keys (each a ValueError; plans and checkpoints)."""
+    return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
 
 
 def _no_constant(name: str):

@@ -1,4 +1,4 @@
-"""The paper's pruning configurations (Li et al. 2017, Table 1; paper.md §5-§6) as data.
+"""The paper's pruning configurations (Li et al. 2017, Table 1; docs/paper.md §5-§6) as data.
 
 This module owns the eight presets (`vgg16-A`, `resnet56-A`, `resnet56-B`, `resnet110-A`, `resnet110-B`,
 `resnet34-A`, `resnet34-B`, `resnet34-C`) and the paper's layer numbering (`paper_layer`). A preset is a table row,
@@ -8,7 +8,7 @@ hands it to `jaxprune.make_plan`, so the floor keep rule, selection and strategi
 `jaxprune.strategies` (kept = floor(width * (1 - p)), e.g. 16 -> 14, 64 -> 57, 32 -> 22 at 10/10/30 %). It does not
 count MACs (that is `jaxprune.flops`) and does not slice (that is `jaxprune.surgery`).
 
-Layer numbering (paper.md §5): in a ResNet the stem conv is layer 1; in residual block b (0-based over the whole
+Layer numbering (docs/paper.md §5): in a ResNet the stem conv is layer 1; in residual block b (0-based over the whole
 network) the first conv is layer 2 + 2b and the second conv layer 3 + 2b; ResNet-34's numbering skips its 1x1
 projection convs. In VGG, layer L is conv L.
 
@@ -46,7 +46,7 @@ _FAMILY_LABEL = {"vgg": "VGG", "resnet_cifar": "CIFAR ResNet", "resnet_imagenet"
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """One row of the paper's pruning configurations (paper.md §5).
+    """One row of the paper's pruning configurations (docs/paper.md §5).
 
     Attributes:
       name: Preset name, e.g. ``resnet56-B``.
@@ -73,7 +73,7 @@ def _p(*rows: Preset) -> Mapping[str, Preset]:
     return MappingProxyType({r.name: r for r in rows})
 
 
-#: The presets, by name (paper.md §5; Table 1 rows and the totals they reproduce are in each description).
+#: The presets, by name (docs/paper.md §5; Table 1 rows and the totals they reproduce are in each description).
 PRESETS: Mapping[str, Preset] = _p(
     Preset(
         name="vgg16-A",
@@ -168,7 +168,7 @@ def _block_groups(model) -> list[Any]:
 
 
 def paper_layer(model, layer: int) -> str:
-    """The group that paper layer `layer` belongs to (paper.md §5 numbering).
+    """The group that paper layer `layer` belongs to (docs/paper.md §5 numbering).
 
     ResNets (CIFAR and ImageNet): the stem conv is layer 1; in residual block b (0-based over the whole network)
     the first conv is layer 2 + 2b and maps to its own group ``stage{s}_block{k}_conv1``; the second conv is layer
@@ -281,7 +281,7 @@ def _family(p: Preset) -> str:
 
 
 def preset(name: str, model, variables: Mapping[str, Any], *, strategy: str = "independent", round_to: int = 1):
-    """The plan that prunes `model` the way Li et al. did for a Table 1 row (paper.md §5-§6).
+    """The plan that prunes `model` the way Li et al. did for a Table 1 row (docs/paper.md §5-§6).
 
     The preset's skip list (paper layer numbers, mapped through `paper_layer`) and stage ratios become a
     `{group: ratio}` mapping for `jaxprune.make_plan` with the L1 criterion; kept = floor(width * (1 - p)).
@@ -294,7 +294,7 @@ def preset(name: str, model, variables: Mapping[str, Any], *, strategy: str = "i
       model: The unpruned zoo model the preset is for (VGG-16, ResNet-56, ResNet-110 or ResNet-34).
       variables: Its variables (the scored kernels are read).
       strategy: ``independent`` (the re-implementation's) or ``greedy``; they differ only for ``vgg16-A``
-        (paper.md §7).
+        (docs/paper.md §7).
       round_to: Round kept counts to a multiple (e.g. 8 for XLA:CPU speed); 1 reproduces the paper.
 
     Returns:

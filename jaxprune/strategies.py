@@ -1,6 +1,6 @@
 """Strategies: the only place that turns ratios into counts and counts into kept index sets.
 
-This module owns the rounding rule (design.md §1), the meaning of ratio mappings (design.md §3 "What a ratio
+This module owns the rounding rule (docs/design.md §1), the meaning of ratio mappings (docs/design.md §3 "What a ratio
 reaches"), and the independent and greedy strategies (paper §3.2). It reads scores from `jaxprune.scoring` and returns
 a `PruningPlan`; it never touches variables beyond reading kernels.
 """
@@ -16,7 +16,8 @@ import numpy as np
 
 from jaxprune import criteria as _criteria
 from jaxprune import global_rank as _global
-from jaxprune._checks import check_inputs
+from jaxprune._checks import check_touched
+from jaxprune._models import as_prunable
 from jaxprune.groups import ChannelGroup, LeafView, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan, model_fingerprint
@@ -57,7 +58,7 @@ def _check_skip(skip) -> tuple[str, ...]:
 
 
 def kept_count(width: int, prune_ratio: float, *, round_to: int = 1, min_keep: int = 1) -> int:
-    """Number of filters a group of `width` keeps at `prune_ratio` (design.md §1).
+    """Number of filters a group of `width` keeps at `prune_ratio` (docs/design.md §1).
 
     keep = floor(width * (1 - p)) (`int(n*(1-p))` as the paper's code does, without its float error: 10 filters at
     p = 0.8 keep 2, not 1, also for float32 or computed ratios such as 1 - 0.7); then, if `round_to` > 1, the nearest
@@ -104,7 +105,7 @@ def select_top(scores: np.ndarray, k: int) -> tuple[int, ...]:
 
 
 def resolve_ratios(model, prune_ratio, *, skip: Iterable[str] = ()) -> dict[str, float]:
-    """Maps a float or a {group or stage name: ratio} mapping to a ratio per group (design.md §3).
+    """Maps a float or a {group or stage name: ratio} mapping to a ratio per group (docs/design.md §3).
 
     A float, and a stage name, reach the prunable conv-filter groups only (never a stream, never `fc1`); streams and
     `fc1` are reached only when named. On a traced model outside the zoo a float also reaches the hidden dense
@@ -219,7 +220,7 @@ def plan_from_scores(
 
 def make_plan(
     model,
-    variables: Mapping[str, Any],
+    variables: Mapping[str, Any] | None = None,
     *,
     prune_ratio=None,
     strategy: str = "independent",
@@ -236,12 +237,15 @@ def make_plan(
     target_macs: float | None = None,
     target_params: float | None = None,
     input_shape: Sequence[int] | None = None,
+    example_input=None,
 ) -> PruningPlan:
-    """Decides which filters every reached group keeps (paper §3.1-3.2, design.md §1, §3).
+    """Decides which filters every reached group keeps (paper §3.1-3.2, docs/design.md §1, §3).
 
     Args:
-      model: A zoo model (or any object with `channel_groups()` and `with_widths()`).
-      variables: Its variables (`params` at least; only the scored kernels are read).
+      model: A zoo model (or any object with `channel_groups()` and `with_widths()`, e.g. a `TracedModel`), or a Flax
+        NNX module: ``make_plan(module, prune_ratio=..., example_input=x)`` traces it (`trace_model`) and scores its
+        own variables; ``prune(module, plan)`` then reuses that trace.
+      variables: Its variables (`params` at least; only the scored kernels are read). None for an NNX module.
       prune_ratio: Fraction of filters removed: a float for every conv-filter group, or a mapping from group or stage
         names (`stage1`...) to ratios; a group name overrides its stage. Streams and `fc1` only when named. With
         `scope="global"` one float: the fraction of all reached filters removed (at most
@@ -273,6 +277,7 @@ def make_plan(
       target_params: The same for the fraction of parameters kept (every `params` leaf); with `target_macs`, both
         must hold.
       input_shape: NHWC shape at which MACs are counted for `target_macs` (default: the model's own).
+      example_input: For an NNX module: an example input (array or `jax.ShapeDtypeStruct`) to trace it with.
 
     Returns:
       A `PruningPlan` naming every reached group with a ratio > 0 (global scope: every reached group). With a
@@ -296,8 +301,9 @@ def make_plan(
       >>> plan.meta["kept_macs"] == jp.count_macs(m.with_widths(plan.new_widths)).macs <= 0.5 * jp.count_macs(m).macs
       True
     """
+    model, variables = as_prunable(model, variables, example_input, what="make_plan")  # an NNX module: traced
     check_prunable_model(model)
-    check_inputs(model, variables, what="make_plan")
+    check_touched(model, variables, [g.scored.path for g in model.channel_groups() if g.scored], what="make_plan")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
     round_to = _check_positive_int(round_to, "round_to")
@@ -409,7 +415,9 @@ def make_plan(
             normed, reached, max_ratio=max_ratio, round_to=round_to, min_keep=min_keep, budgets=budgets
         )
         meta = {**meta, "normalize": normalize, **_global.budget_meta(budgets, kept)}
-        return PruningPlan(keep={n: select_top(normed[n], k) for n, k in kept.items()}, widths=reached, meta=meta)
+        return PruningPlan(
+            keep={n: select_top(normed[n], k) for n, k in kept.items()}, widths=reached, meta=meta, made_for=made_for
+        )
     if strategy == "independent":
         if extra:
             scores = {g.name: _criteria.score_group(flat, g, criterion=criterion) for g in groups if g.name in ratios}

@@ -19,6 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxprune._checks import check_inputs, check_opt_state
+from jaxprune._models import as_prunable, is_nnx_module
 from jaxprune.groups import check_groups, flatten_variables, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
@@ -261,7 +262,7 @@ class _Shapes(Mapping):
         return len(self._flat)
 
 
-def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
+def prune(model, variables, plan: PruningPlan | None = None, *, example_input=None, optimizer=None):
     """Physically removes the plan's filters: returns the smaller model and its variables.
 
     Every producer axis (conv kernel outputs, BN scale/bias/mean/var, dense bias) and consumer axis (the next layer's
@@ -270,19 +271,33 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
     sharding (a leaf sharded over several devices is sliced there, never gathered to the host; `ReshardWarning` when
     its new width no longer divides the mesh); dtypes are kept.
 
+    A Flax NNX module is pruned as ``prune(module, plan)`` (it carries its own variables): the result is a new module
+    of the same classes, the original untouched, with its parameters, batch statistics and channel-shaped custom
+    `nnx.Variable` state sliced and every size attribute updated (`nnx.Conv` / `ConvTranspose` features and
+    ``feature_group_count``, `nnx.Linear`, `nnx.LinearGeneral`, `nnx.MultiHeadAttention` heads and features, the
+    norms, `nnx.Embed`); ``prune(module, plan, optimizer=opt)`` returns ``(new_module, new_optimizer)``, the
+    `nnx.Optimizer`'s optax state sliced like the parameters (`prune_like_params`).
+
     Args:
-      model: A zoo model (or any object with `channel_groups()` and `with_widths()`).
-      variables: Its variables, matching its widths.
+      model: A zoo model (or any object with `channel_groups()` and `with_widths()`, e.g. a `TracedModel`), or an
+        NNX module.
+      variables: Its variables, matching its widths (for an NNX module: the plan, ``prune(module, plan)``).
       plan: From `make_plan` or `preset`.
+      example_input: NNX only: an example input to trace the module with; not needed when `make_plan` traced this
+        module object.
+      optimizer: NNX only: the module's `nnx.Optimizer`, pruned alongside.
 
     Returns:
-      ``(new_model, new_variables)`` where ``new_model = model.with_widths(plan.new_widths)``.
+      ``(new_model, new_variables)`` where ``new_model = model.with_widths(plan.new_widths)``; for an NNX module the
+      new module, or ``(new_module, new_optimizer)`` with `optimizer`.
 
     Raises:
       TypeError: a model without the protocol, a plan that is not a PruningPlan, or an abstract
         (`jax.ShapeDtypeStruct`) or non-array variables leaf (names the path).
       ValueError: variables that do not match the model (missing collection or leaf, a leaf shape other than the
-        model's), or a plan that does not (made for another model, unknown group, wrong width).
+        model's), or a plan that does not (made for another model, unknown group, wrong width); an NNX module never
+        traced by `make_plan` and no `example_input`; an optimizer state leaf that matches no parameter (names it); a
+        custom `nnx.Variable` holding state of a pruned width that no parameter's slicing fits (names it).
 
     Example:
       >>> import jaxprune as jp
@@ -293,8 +308,42 @@ def prune(model, variables: Mapping[str, Any], plan: PruningPlan):
       >>> m2.widths[0], v2["params"]["conv2"]["kernel"].shape
       (32, (3, 3, 32, 64))
     """
-    check_inputs(model, variables, plan=plan, what="prune")
-    flat = flatten_variables(variables)
+    if is_nnx_module(model):  # an NNX module: traced (or its make_plan trace reused), rebuilt as its own classes
+        return _prune_nnx(model, variables, plan, example_input=example_input, optimizer=optimizer)
+    if optimizer is not None or example_input is not None:
+        raise TypeError(
+            "prune: optimizer= and example_input= are for an NNX module; for other models slice the optax state "
+            "with jaxprune.prune_like_params"
+        )
+    return _prune_variables(model, variables, plan)
+
+
+def _prune_nnx(module, plan, extra, *, example_input, optimizer):
+    """`prune` of an NNX module: its trace's variables sliced, the module rebuilt as its own classes, the
+    optimizer's optax state sliced like the parameters."""
+    from jaxprune.trace import nnx_adapter as _nnx
+
+    if extra is not None:
+        raise TypeError("prune takes an NNX module as prune(module, plan): the module carries its own variables")
+    if not isinstance(plan, PruningPlan):
+        raise TypeError(f"prune(module, plan): plan must be a jaxprune.PruningPlan, got {type(plan).__name__}")
+    if optimizer is not None:
+        _nnx.check_optimizer(optimizer)
+    traced, variables = as_prunable(module, None, example_input, what="prune")
+    _, new_variables = _prune_variables(traced, variables, plan)  # checks the plan against the module first
+    _nnx.check_head_sizes(module, traced, plan)
+    shapes = {p: tuple(np.shape(a)) for p, a in flatten_variables(variables).items()}
+    ops = slicing_ops(traced, plan, shapes=shapes)
+    changed = {n: plan.widths[n] for n, k in plan.keep.items() if len(k) < plan.widths[n]}
+    new_module = _nnx.rebuild(module, variables, new_variables, ops, changed)
+    if optimizer is None:
+        return new_module
+    state = prune_like_params(_nnx.optimizer_state(optimizer), traced, plan, params=variables["params"])
+    return new_module, _nnx.with_optimizer_state(optimizer, state)
+
+
+def _prune_variables(model, variables: Mapping[str, Any], plan: PruningPlan):
+    flat = check_inputs(model, variables, plan=plan, what="prune")  # also flattens
     ops = slicing_ops(model, plan, shapes=_Shapes(flat))
     check_groups(model.channel_groups(), variables, flat=flat)
     _take_many(flat, ops)
@@ -311,7 +360,9 @@ def _key_name(k) -> str | None:
     return str(k.key) if isinstance(k, jax.tree_util.DictKey) else None
 
 
-def prune_like_params(opt_state, model, plan: PruningPlan, *, params: Mapping[str, Any] | None = None):
+def prune_like_params(
+    opt_state, model, plan: PruningPlan, *, params: Mapping[str, Any] | None = None, example_input=None
+):
     """Slices every optimizer-state leaf that mirrors a pruned parameter, as `prune` slices the parameter.
 
     Works on any optax state: SGD momentum traces, Adam `mu`/`nu`, `chain`, `masked` weight-decay states,
@@ -321,9 +372,12 @@ def prune_like_params(opt_state, model, plan: PruningPlan, *, params: Mapping[st
 
     Args:
       opt_state: The optimizer state for the model's `params` (before pruning).
-      model: The model the plan was made for (unpruned widths).
+      model: The model the plan was made for (unpruned widths); an NNX module too (e.g. with
+        ``nnx.as_pure(optimizer.opt_state)``; `prune` with ``optimizer=`` does this for an `nnx.Optimizer`).
       plan: The plan applied to the parameters.
-      params: The (unpruned) params, to check shapes against; default: the model's abstract shapes.
+      params: The (unpruned) params, to check shapes against; default: the model's abstract shapes (an NNX module's
+        own params).
+      example_input: For an NNX `model` not traced by `make_plan`: an example input to trace it with.
 
     Returns:
       A new optimizer state of the same structure; untouched leaves shared by reference.
@@ -333,6 +387,9 @@ def prune_like_params(opt_state, model, plan: PruningPlan, *, params: Mapping[st
       ValueError: a plan made for another model, or a non-scalar leaf whose path names no parameter or whose shape
         differs from it (never a silent pass-through of a leaf that might be stale).
     """
+    if is_nnx_module(model):  # its traced model (from make_plan's trace of this module) and its own params
+        model, own = as_prunable(model, None, example_input, what="prune_like_params")
+        params = own["params"] if params is None else params
     check_opt_state(opt_state, model, plan, params, what="prune_like_params")
     if params is None:
         # A traced model (`jaxprune.TracedModel`) knows its variables' shapes; a zoo model is evaluated abstractly.

@@ -85,7 +85,7 @@ def input_batch(model, n: int = 2, seed: int = 0, size: int | None = None):
 
 
 def assert_close(a, b, *, rel: float = 1e-5):
-    """design.md §4: max|a - b| <= rel * max(1, max|b|)."""
+    """docs/design.md §4: max|a - b| <= rel * max(1, max|b|)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)
     tol = rel * max(1.0, float(np.max(np.abs(b))))

@@ -244,7 +244,8 @@ def test_abstract_variables_are_a_type_error_naming_the_path(r20, plan20):
     m, v = r20
     abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), v)
     with pytest.raises(
-        TypeError, match=r"make_plan: variables leaf batch_stats/.* is abstract \(a jax.ShapeDtypeStruct"
+        TypeError,
+        match=r"make_plan: variables leaf params/stage1_block1_conv1/kernel is abstract \(a jax.ShapeDtypeStruct",
     ):
         jp.make_plan(m, abstract, prune_ratio=0.5)
     with pytest.raises(TypeError, match=r"prune: variables leaf batch_stats/.* is abstract"):
@@ -257,7 +258,7 @@ def test_non_array_leaves_are_a_type_error_naming_the_path(r20, plan20):
         TypeError, match=r"prune: variables leaf params/stage1_block1_conv1/kernel is a str, not an array"
     ):
         jp.prune(m, _with_leaf(v, KERNEL, "weights"), plan20)
-    with pytest.raises(TypeError, match="needs the model's variables as a mapping of collections, got list"):
+    with pytest.raises(TypeError, match="variables must be a mapping of collections"):
         jp.make_plan(m, [v], prune_ratio=0.5)
 
 

@@ -172,8 +172,10 @@ def test_taylor_through_make_plan(r20):
     m, v = r20
     x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
     s = taylor_scores(m, v, x, np.array([0, 1, 2, 3]))
-    plan = jp.make_plan(m, v, prune_ratio=0.5, scores=s, scope="global", normalize="l2", meta={"criterion": "taylor"})
-    assert plan.meta["criterion"] == "taylor" and plan.meta["normalize"] == "l2"
+    plan = jp.make_plan(m, v, prune_ratio=0.5, scores=s, scope="global", normalize="l2", meta={"scores": "taylor"})
+    assert (
+        plan.meta["criterion"] == "precomputed" and plan.meta["scores"] == "taylor" and plan.meta["normalize"] == "l2"
+    )
     assert sum(len(k) for k in plan.keep.values()) == 336 // 2  # 9 groups: 3 x (16 + 32 + 64) filters
 
 

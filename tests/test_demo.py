@@ -270,7 +270,7 @@ def test_interrupt_at_random_moments_exits_130_with_complete_checkpoints(tmp_pat
             if i == 0:  # the first run (cold compile) is stopped once its first checkpoint exists; the others resume
                 _wait_for_file(trained / CHECKPOINT_FILE, proc)
             else:
-                time.sleep(rng.uniform(0.0, 6.0))  # 1000 epochs: the run is still going
+                time.sleep(rng.uniform(0.0, 4.0))  # 1000 epochs: the run is still going
             proc.send_signal(signal.SIGINT)
             _, stderr = proc.communicate(timeout=HANG_S)
         finally:
@@ -328,3 +328,16 @@ def test_help_renders_as_meant(command, capsys):
     assert "usage:" in text and "%%" not in text and "%(" not in text
     if command == "train":
         assert "at 50% and 75% of training" in " ".join(text.split())
+
+
+def test_table_counts_its_rows_with_a_progress_bar(monkeypatch, capsys):
+    from jaxprune import paper
+
+    rows = paper.table1()  # computed once per process (shared with tests/test_paper.py)
+    plain = paper.format_table1(progress=False)
+    monkeypatch.setattr(paper, "_TABLE1", [])  # as in a fresh process
+    monkeypatch.setattr(paper, "_table1_rows", lambda: iter(rows))
+    capsys.readouterr()
+    assert paper.format_table1(progress=True) == plain
+    err = capsys.readouterr().err
+    assert "Table 1" in err and f"/{len(rows)}" in err  # a bar over the 12 rows (tqdm redraws it at most every 0.1 s)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,7 +92,7 @@ WORKER = textwrap.dedent(
         s = train.prune_state(s, plan)
         s, h2 = train.finetune(s, data, epochs=1, tx=FT, **kw)
         jp.save_checkpoint(ckpt, s, plans=[plan], metadata={"writer": jax.process_index()})
-        multihost_utils.sync_global_devices("checkpoint written")  # nobody reads before process 0 has written
+        # save_checkpoint returns in every process only once process 0 has written: read at once, no barrier here.
         c = jp.load_checkpoint(ckpt, tx=FT)
         r = c.train_state()
         ev = train.evaluate(r, data[2], data[3], batch_size=EVAL, per_process_data=per_process)
@@ -133,6 +134,24 @@ WORKER = textwrap.dedent(
     if role == "job":
         result["replicated"] = pipeline(whole(), False, os.path.join(out, "replicated", "model.ckpt"))
         result["per_process"] = pipeline(shard(pid), True, os.path.join(out, "per_process", "model.ckpt"))
+        # Surgery on variables sharded across both processes (FSDP-style, output channels over all 4 devices): sliced
+        # on device, then compared with the host path on the whole arrays.
+        mesh = train.data_mesh()
+        def place(a):
+            d = a.ndim - 1
+            spec = PartitionSpec(*[("data" if i == d and a.shape[d] % 4 == 0 else None) for i in range(a.ndim)])
+            return jax.make_array_from_callback(a.shape, NamedSharding(mesh, spec), lambda idx: a[idx])
+        sharded = jax.tree_util.tree_map(place, variables)
+        plan = jp.make_plan(model, variables, prune_ratio={"stage1": 0.5})
+        _, on_device = jp.prune(model, sharded, plan)
+        _, on_host = jp.prune(model, variables, plan)
+        k = on_device["params"]["stage1_block1_conv1"]["kernel"]
+        result["sharded_prune"] = {
+            "equal": all(np.array_equal(host_tree(a), b) for a, b in zip(
+                jax.tree_util.tree_leaves(on_device), jax.tree_util.tree_leaves(on_host), strict=True)),
+            "shape": list(k.shape), "spec": str(k.sharding.spec), "fully_addressable": k.is_fully_addressable,
+            "local_shards": sorted(tuple(sh.data.shape) for sh in k.addressable_shards),
+        }
         try:  # process 1 drops two training images: both processes refuse before any step
             train.fit(train.TrainState.create(model, variables, TX), shard(pid, N - 2 * pid)[:2], epochs=1,
                       batch_size=BATCH, progress=False, per_process_data=True)
@@ -164,7 +183,7 @@ def _free_port() -> int:
 def _env(devices: int, **extra) -> dict:
     env = dict(os.environ)  # keeps JAX_COMPILATION_CACHE_DIR and friends: the processes share compiled programs
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", **extra)
-    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
     return env
 
 
@@ -303,6 +322,19 @@ def test_one_checkpoint_written_by_process_zero_and_restored_everywhere(runs, mo
         assert count == 22  # every test image of both shards, counted once
         _close(loss, r["hist"][-1]["test_loss"], "restored test loss")
         assert accuracy == r["hist"][-1]["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_variables_sharded_across_processes_are_pruned_on_device(runs):
+    p0, p1, _, _ = runs
+    for p in (p0, p1):
+        assert p["sharded_prune"] == {
+            "equal": True,  # every leaf, gathered afterwards, equals the host path on the whole arrays
+            "shape": [3, 3, 16, 8],
+            "spec": "P(None, None, None, 'data')",
+            "fully_addressable": False,
+            "local_shards": [[3, 3, 16, 2], [3, 3, 16, 2]],  # this process's two devices hold 2 of the 8 filters each
+        }
 
 
 @pytest.mark.slow

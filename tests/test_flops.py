@@ -1,4 +1,4 @@
-"""Cost accounting (paper.md §3, §10): exact MACs and params, a brute-force cross-check, XLA cost analysis, bad input."""
+"""Cost accounting (docs/paper.md §3, §10): exact MACs and params, a brute-force cross-check, XLA cost analysis, bad input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import jaxprune as jp
 from jaxprune import flops, models, presets
 
-# (MACs with every layer, params with BN, MACs without projections, params without BN or projections): paper.md §10.
+# (MACs with every layer, params with BN, MACs without projections, params without BN or projections): docs/paper.md §10.
 EXPECTED = {
     "vgg16": (313_463_808, 14_987_722, 313_463_808, 14_978_250),
     "vgg16-A": (206_279_680, 5_397_034, 206_279_680, 5_390_698),
@@ -58,7 +58,7 @@ def test_exact_counts(zoo, name):
 
 def test_resnet34_paper_convention_with_projections():
     r = jp.count_macs(models.resnet34())
-    assert r.params_no_bn == 21_780_648  # paper.md §3: 2.18e7 with the projections, which the paper does not print
+    assert r.params_no_bn == 21_780_648  # docs/paper.md §3: 2.18e7 with the projections, which the paper does not print
 
 
 def test_rows_of_vgg16():
@@ -78,7 +78,7 @@ def test_rows_of_vgg16():
     )
     assert [x.name for x in r.rows if x.kind == "conv"] == [f"conv{i}" for i in range(1, 14)]
     assert r.row("conv11").out_hw == (2, 2)
-    assert r.weights == 14_977_728  # paper.md §2 Table 2 total (weights only)
+    assert r.weights == 14_977_728  # docs/paper.md §2 Table 2 total (weights only)
     assert "1 per MAC" in r.convention and "(1, 32, 32, 3)" in r.convention
     text = str(r)
     assert "conv13" in text and "313,463,808" in text and r.convention in text
@@ -237,7 +237,7 @@ def test_xla_flops_of_vgg16_on_the_lax_path(vgg_lax):
     assert report.xla_before == jp.xla_flops(m, v, (1, 32, 32, 3))  # same figure as the plain function
     assert report.before.macs == 313_463_808 and report.after.macs == 206_279_680
     assert report.ratio_before == pytest.approx(report.xla_before / 626_927_616, rel=1e-12)
-    # XLA's saving is smaller than the paper's 34.19 % (it adds BN, ReLU, pooling): perf-notes.md surprise 4.
+    # XLA's saving is smaller than the paper's 34.19 % (it adds BN, ReLU, pooling): docs/perf-notes.md surprise 4.
     xla_saving = 1 - report.xla_after / report.xla_before
     assert 0.20 < xla_saving < 0.3419
     text = str(report)

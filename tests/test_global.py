@@ -333,3 +333,14 @@ def test_global_ties_keep_the_earlier_group_and_lower_index():
     kept = global_counts(scores, {"a": 2, "b": 2}, max_ratio=1.0, round_to=1, min_keep=1, budgets=[budget])
     assert kept == {"a": 1, "b": 1}
     assert [jp.select_top(scores[n], kept[n]) for n in "ab"] == [(0,), (0,)]  # and the lower index stays
+
+
+def test_global_plan_is_bound_to_its_model(r20, zoo):
+    """A global plan records its model like a layer-wise one: applying it to another model is refused."""
+    m, v = r20
+    plan = jp.make_plan(m, v, prune_ratio=0.3, scope="global", normalize="fan_in")
+    assert plan.made_for is not None
+    assert plan.made_for == jp.make_plan(m, v, prune_ratio=0.3).made_for
+    other, other_v = zoo("resnet32")
+    with pytest.raises(ValueError, match="made for"):
+        jp.prune(other, other_v, plan)

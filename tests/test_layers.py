@@ -81,7 +81,7 @@ def test_conv_padded_computes_at_the_padded_width_and_slices():
 @pytest.mark.parametrize(
     ("kernel", "out_hw", "cin", "cout", "cpu"),
     [
-        ((3, 3), (2, 2), 512, 512, "im2col"),  # perf-notes surprise 1
+        ((3, 3), (2, 2), 512, 512, "im2col"),  # docs/perf-notes.md, surprise 1
         ((3, 3), (1, 1), 512, 512, "im2col"),
         ((3, 3), (1, 2), 64, 64, "im2col"),
         ((3, 3), (4, 4), 512, 512, "lax"),  # measured: within noise at batch <= 32, lax faster at 64

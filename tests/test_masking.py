@@ -67,5 +67,5 @@ def test_zeroing_filters_alone_is_not_pruning(zoo):
     zeroed["params"]["stage2_block2_conv1"]["kernel"] = k
     m2, v2 = jp.prune(m, v, plan)
     pruned = m2.apply(v2, x)
-    assert_close(pruned, jp.mask_dropped(m, v, plan, x))  # the float32 bound of design.md §4
+    assert_close(pruned, jp.mask_dropped(m, v, plan, x))  # the float32 bound of docs/design.md §4
     assert float(jnp.max(jnp.abs(m.apply(zeroed, x) - pruned))) > 1e-3

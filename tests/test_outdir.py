@@ -102,7 +102,7 @@ def test_every_writing_command_refuses_another_runs_folder(capsys, trained, argv
 def test_a_folder_of_user_files_is_refused(capsys, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     line = one_error_line(capsys, *PRUNE, "--out", str(tmp_path))
-    assert "already holds the results of another run (not written by a jaxprune command)" in line
+    assert "already holds the results of another run (no record of the run that wrote it)" in line
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 

@@ -1,4 +1,4 @@
-"""Table 1 and Table 2 of Li et al. reproduced (paper.md §1, §2, §4): exact counts, ±0.1 pp of every pruned %."""
+"""Table 1 and Table 2 of Li et al. reproduced (docs/paper.md §1, §2, §4): exact counts, ±0.1 pp of every pruned %."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from jaxprune import paper
 
-# paper.md §4: (model, our FLOP, our params (conv + FC, no BN; ResNet-34 without projections)).
+# docs/paper.md §4: (model, our FLOP, our params (conv + FC, no BN; ResNet-34 without projections)).
 OURS = [
     ("VGG-16", 313_463_808, 14_978_250),
     ("VGG-16-pruned-A", 206_279_680, 5_390_698),
@@ -21,7 +21,7 @@ OURS = [
     ("ResNet-34-pruned-B", 2_763_001_856, 19_281_576),
     ("ResNet-34-pruned-C", 3_374_446_592, 20_051_112),
 ]
-# paper.md §4, our pruned % (FLOP, params) to two decimals.
+# docs/paper.md §4, our pruned % (FLOP, params) to two decimals.
 PRUNED = {
     "VGG-16-pruned-A": (34.19, 64.01),
     "ResNet-56-pruned-A": (10.40, 9.36),
@@ -32,7 +32,7 @@ PRUNED = {
     "ResNet-34-pruned-B": (24.19, 10.77),
     "ResNet-34-pruned-C": (7.41, 7.21),
 }
-# paper.md §2, "ours" columns: (MACs, weights, #maps A, FLOP % A).
+# docs/paper.md §2, "ours" columns: (MACs, weights, #maps A, FLOP % A).
 TABLE2 = [
     (1_769_472, 1_728, 32, 50),
     (37_748_736, 36_864, 64, 50),
@@ -74,7 +74,7 @@ def test_table1_pruned_percent_within_a_tenth_of_a_point(t1):
 
 
 def test_table1_absolute_values_at_printed_precision(t1):
-    # 23 of 24 (paper.md §4): ResNet-34-A's 19,963,560 prints as 2.00e7, the paper has 1.99e7.
+    # 23 of 24 (docs/paper.md §4): ResNet-34-A's 19,963,560 prints as 2.00e7, the paper has 1.99e7.
     assert all(r.macs_agree for r in t1)
     assert [r.model for r in t1 if not r.params_agree] == ["ResNet-34-pruned-A"]
 

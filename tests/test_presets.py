@@ -1,4 +1,4 @@
-"""Paper presets (paper.md §5-§6): exact widths, skip lists through paper_layer, selection, and every bad input."""
+"""Paper presets (docs/paper.md §5-§6): exact widths, skip lists through paper_layer, selection, and every bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import jaxprune as jp
 from jaxprune import models, presets
 
-# Per-block first-conv widths of paper.md §5 (VGG: conv widths), and the streams.
+# Per-block first-conv widths of docs/paper.md §5 (VGG: conv widths), and the streams.
 WIDTHS = {
     "vgg16-A": [32, 64, 128, 128, 256, 256, 256, 256, 256, 256, 256, 256, 256],
     "resnet56-A": [14] * 7 + [16, 14] + [32] + [28] * 8 + [64] + [57] * 7 + [64],
@@ -113,7 +113,7 @@ def test_selection_is_top_l1_of_the_scored_kernel(zoo):
     l1 = np.abs(w).sum(axis=(0, 1, 2))
     expected = tuple(sorted(np.argsort(-l1, kind="stable")[:22].tolist()))
     assert plan.keep["stage2_block2_conv1"] == expected
-    # resnet34-C: the stage-3 stream is chosen by the 1x1 projection shortcut's L1 (paper.md §6).
+    # resnet34-C: the stage-3 stream is chosen by the 1x1 projection shortcut's L1 (docs/paper.md §6).
     _, v34, plan34, _ = _pruned(zoo, "resnet34-C")
     proj = np.abs(np.asarray(v34["params"]["stage3_block1_shortcut"]["kernel"])).sum(axis=(0, 1, 2))
     assert plan34.keep["stage3_stream"] == tuple(sorted(np.argsort(-proj, kind="stable")[:204].tolist()))

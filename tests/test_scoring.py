@@ -14,6 +14,11 @@ import jaxprune as jp
 from jaxprune import scoring
 from jaxprune.groups import AxisRef, ChannelGroup, flatten_variables
 
+#: Scores against a float64 numpy reference: each is a float32 sum of up to n = 4608 terms of one sign (3x3x512),
+#: reduced in blocks by XLA, so its rounding error stays near log2(n) ~ 12 ulp at worst; measured at most 3.6 ulp
+#: (4.3e-7) over VGG-16 and ResNet-20 for `l1` and `l2`. 1e-5 (84 ulp) fails only on a real error.
+NORM_RTOL = 1e-5
+
 
 def test_l1_equals_numpy_reference_for_every_vgg16_group(zoo):
     m, v = zoo("vgg16")
@@ -21,8 +26,8 @@ def test_l1_equals_numpy_reference_for_every_vgg16_group(zoo):
     assert list(scores) == [f"conv{i}" for i in range(1, 14)] + ["fc1"]
     for i in range(1, 14):
         k = np.asarray(v["params"][f"conv{i}"]["kernel"], np.float64)
-        np.testing.assert_allclose(scores[f"conv{i}"], np.abs(k).sum(axis=(0, 1, 2)), rtol=1e-5)
-    np.testing.assert_allclose(scores["fc1"], np.abs(np.asarray(v["params"]["fc1"]["kernel"])).sum(0), rtol=1e-5)
+        np.testing.assert_allclose(scores[f"conv{i}"], np.abs(k).sum(axis=(0, 1, 2)), rtol=NORM_RTOL)
+    np.testing.assert_allclose(scores["fc1"], np.abs(np.asarray(v["params"]["fc1"]["kernel"])).sum(0), rtol=NORM_RTOL)
 
 
 def test_streams_without_scored_kernel_are_not_scored(zoo):
@@ -36,7 +41,7 @@ def test_imagenet_streams_are_scored_by_projection(zoo):
     m, v = zoo("resnet18")
     s = jp.l1_filter_norms(v, m.channel_groups())
     ref = np.abs(np.asarray(v["params"]["stage3_block1_shortcut"]["kernel"])).sum(axis=(0, 1, 2))
-    np.testing.assert_allclose(s["stage3_stream"], ref, rtol=1e-5)
+    np.testing.assert_allclose(s["stage3_stream"], ref, rtol=NORM_RTOL)
 
 
 def test_scorer_traces_once_per_kernel_shape(zoo):
@@ -111,7 +116,7 @@ def test_other_criteria(zoo):
     l2 = jp.filter_norms(v, groups, criterion="l2")
     largest = jp.filter_norms(v, groups, criterion="largest_l1")
     k = np.asarray(v["params"]["stage2_block3_conv1"]["kernel"], np.float64)
-    np.testing.assert_allclose(l2["stage2_block3_conv1"], np.sqrt((k**2).sum(axis=(0, 1, 2))), rtol=1e-5)
+    np.testing.assert_allclose(l2["stage2_block3_conv1"], np.sqrt((k**2).sum(axis=(0, 1, 2))), rtol=NORM_RTOL)
     np.testing.assert_array_equal(largest["stage2_block3_conv1"], -l1["stage2_block3_conv1"])
     r1 = jp.filter_norms(v, groups, criterion="random", key=jax.random.key(1))
     r1b = jp.filter_norms(v, groups, criterion="random", key=jax.random.key(1))
@@ -127,7 +132,7 @@ def test_low_precision_kernels_accumulate_in_float32(zoo):
     s = jp.l1_filter_norms(bf, m.channel_groups())["stage3_block1_conv1"]
     assert s.dtype == np.float32
     ref = np.abs(np.asarray(bf["params"]["stage3_block1_conv1"]["kernel"]).astype(np.float64)).sum(axis=(0, 1, 2))
-    np.testing.assert_allclose(s, ref, rtol=1e-5)
+    np.testing.assert_allclose(s, ref, rtol=NORM_RTOL)
 
 
 def test_nan_or_inf_in_a_kernel_names_the_layer(zoo):

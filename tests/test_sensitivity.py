@@ -167,6 +167,8 @@ def test_markdown_shows_the_kept_counts_of_a_rounded_scan(r20):
         m, v, data=(x, y), metric="loss", ratios=(0.2, 0.4, 0.6), groups=["stage1_block1_conv1"], round_to=8
     )
     assert s.kept.tolist() == [[16, 8, 8]]  # 12 -> 16 (ties up), 9 -> 8, 6 -> 8
+    # Each distinct network is evaluated once: keeping all 16 is the unpruned network, 40 and 60 % the same one.
+    assert s.values[0, 0] == s.baseline and s.values[0, 1] == s.values[0, 2]
     md = s.to_markdown()
     assert "cells give the filters kept, rounded to multiples of 8" in md
     row = next(line for line in md.splitlines() if line.startswith("| stage1_block1_conv1"))
@@ -289,7 +291,7 @@ def test_stage_mode_reproduces_the_resnet56_b_preset(zoo):
     assert all(d <= 0.01 for d in s.predicted_drop.values())
     plan = jp.make_plan(m, v, **s.plan_kwargs())
     assert plan.new_widths == jp.preset("resnet56-B", m, v).new_widths
-    # Exact counts from count_macs: the paper's ResNet-56-B (paper.md §10).
+    # Exact counts from count_macs: the paper's ResNet-56-B (docs/paper.md §10).
     assert jp.count_macs(m.with_widths(plan.new_widths)).macs == 90_907_264
     assert s.macs_fraction == pytest.approx(90_907_264 / 125_485_696)
     assert "stage1: ratio 0.6 for 7 of 9 groups" in s.explanation

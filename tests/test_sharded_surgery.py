@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -30,7 +31,7 @@ def test_sharded_surgery_on_four_host_devices():
         pytest.skip("this is the inner run")
     env = dict(os.environ)
     env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu", JAXPRUNE_FOUR_DEVICES="1")
-    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "four_devices_"],
         capture_output=True,

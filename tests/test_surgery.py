@@ -1,7 +1,7 @@
 """Surgery: the pruned model equals the masked original (the heart of the suite), shapes, dtypes, sharing,
 optimizer state, and every bad input.
 
-Tolerances (design.md §4): inference max|Δ| ≤ 1e-5·max(1, max|y|) in float32. In `train=True` mode BN normalises
+Tolerances (docs/design.md §4): inference max|Δ| ≤ 1e-5·max(1, max|y|) in float32. In `train=True` mode BN normalises
 with batch statistics over few positions, which amplifies float32 rounding: the *same unpruned* VGG-11 computed by
 its two conv paths (lax vs im2col) already differs by ~1.5e-5 relative there. Train mode therefore uses 1e-4 in
 float32, and one float64 case shows the equivalence is exact up to float64 rounding (1e-10).

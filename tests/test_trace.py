@@ -3,7 +3,7 @@
 Shipped models: the traced groups contain exactly the declared ones. User-style models defined here (DenseNet-like
 concatenation, MobileNet-like depthwise-separable block, squeeze-excitation, two-branch Inception-like block, an MLP,
 an NNX CNN, an nn.scan/nn.remat stack with cond and custom_vjp, a GLU split): each traces, prunes at random ratios,
-and the pruned model (re-run jaxpr, and the rebuilt module) equals the masked original within design.md §4's
+and the pruned model (re-run jaxpr, and the rebuilt module) equals the masked original within docs/design.md §4's
 tolerance. Tracing is abstract (`jax.make_jaxpr` on `jax.ShapeDtypeStruct`s): nothing is compiled for it.
 """
 
@@ -415,7 +415,9 @@ def test_user_model_pruned_equals_masked(user, name):
     tm2, v2 = jp.prune(tm, v, plan)
     masked = jp.mask_dropped(tm, v, plan, x)
     original = jax.jit(m.apply)(v, x)
-    assert_close(tm.apply(v, x), original, rel=1e-6)  # the re-run traced program is the model
+    # The re-run traced program is the model. Same float32 ops, but compiled as another program XLA may fuse and
+    # reassociate differently: a few ulp (eps 6e-8) per layer over these <= 10-layer models, so the suite's 1e-5.
+    assert_close(tm.apply(v, x), original)
     assert float(jnp.max(jnp.abs(masked - original))) > 1e-3  # masking changes the output
     assert_close(tm2.apply(v2, x), masked)  # the re-run jaxpr at the pruned widths
     assert_close(jax.jit(tm2.module.apply)(v2, x), masked)  # the module rebuilt through its constructor fields
@@ -734,7 +736,7 @@ def test_nnx_pruned_module_equals_masked(nnx_net):
     tm2, v2 = jp.prune(tm, v, plan)
     masked = jp.mask_dropped(tm, v, plan, x)
     call = nnx.jit(lambda mod, inp: mod(inp))
-    assert_close(tm.apply(v, x), call(m, x), rel=1e-6)
+    assert_close(tm.apply(v, x), call(m, x))  # two compiled float32 programs: 1e-5, as above
     assert_close(tm2.apply(v2, x), masked)
     m2 = tm2.nnx_module(v2)
     assert_close(call(m2, x), masked)

@@ -25,7 +25,7 @@ from jaxprune import train
 from jaxprune.data import batches, load_digits
 from jaxprune.masking import full_masks, plan_masks
 
-# design.md §4: max|Δ| ≤ 1e-5 · max(1, max|y|) in float32.
+# docs/design.md §4: max|Δ| ≤ 1e-5 · max(1, max|y|) in float32.
 REL = 1e-5
 BATCH = 32
 N_TRAIN = 128  # 4 steps per epoch at BATCH
@@ -106,7 +106,7 @@ def test_import_jaxprune_does_not_import_optax_or_train():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Optimizers and schedule (paper.md §7)
+# Optimizers and schedule (docs/paper.md §7)
 # ----------------------------------------------------------------------------------------------------------------------
 def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
     s = train.step_schedule(0.1, 160)
@@ -290,7 +290,7 @@ REL64 = 1e-12
 )
 def test_one_step_after_pruning_equals_masked_original_on_kept_coordinates(make_tx, variables, small):
     """Issue 4's must-show: prune (params + optimizer state), step, and compare with a step of the original network
-    whose removed channels are masked after BN (design.md §4), restricted to the kept coordinates."""
+    whose removed channels are masked after BN (docs/design.md §4), restricted to the kept coordinates."""
     with jax.enable_x64(True):
         model = jp.models.resnet20(dtype=jnp.float64)
         v64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)

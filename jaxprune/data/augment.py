@@ -33,7 +33,7 @@ def _augment(key, images, *, pad: int, flip: bool):
 def augment_cifar(key: jax.Array, images, *, pad: int = 4, flip: bool = True) -> jax.Array:
     """The standard CIFAR augmentation, per image, on device: zero-pad, random crop back to size, random h-flip.
 
-    The reference recipe (paper.md §7, re-implementation hyperparameters: "pad-4 random crop and horizontal flip").
+    The reference recipe (docs/paper.md §7, re-implementation hyperparameters: "pad-4 random crop and horizontal flip").
     Each image is padded with `pad` zeros on every side, cropped back to (H, W) at an offset (dy, dx) drawn uniformly
     from {0, ..., 2*pad}^2, then mirrored left-right with probability 1/2 if `flip`. Exactly: ``crop_key, flip_key =
     jax.random.split(key)``, ``offsets = jax.random.randint(crop_key, (N, 2), 0, 2 * pad + 1)`` (dy, dx per image),

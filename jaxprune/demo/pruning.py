@@ -64,7 +64,7 @@ def report_text(
     exclude_projections: bool = False,
     xla: bool = False,
 ) -> str:
-    """The per-layer MAC and parameter table of a zoo model or of a checkpoint's model (paper.md §3 conventions).
+    """The per-layer MAC and parameter table of a zoo model or of a checkpoint's model (docs/paper.md §3 conventions).
 
     Args:
       model: A zoo model name (``resnet56``...); exactly one of `model` and `checkpoint`.
@@ -154,7 +154,6 @@ def prune_to_folder(
     import jax
 
     from jaxprune.flops import compare, count_macs
-    from jaxprune.plan import PruningPlan
     from jaxprune.presets import available as preset_names
     from jaxprune.presets import preset as make_preset
     from jaxprune.strategies import STRATEGIES, make_plan
@@ -198,7 +197,7 @@ def prune_to_folder(
             skip=tuple(skip),
             round_to=round_to,
         )
-    plan = PruningPlan(keep=plan.keep, widths=plan.widths, meta={**plan.meta, "source": source})
+    plan = dataclasses.replace(plan, meta={**plan.meta, "source": source})  # keeps made_for: the plan stays bound
     new_m, new_v = prune(m, variables, plan)
     shape = tuple(count_macs(m).input_shape)
     before, after = count_macs(m, shape), count_macs(new_m, shape)
@@ -227,7 +226,7 @@ def prune_to_folder(
 
 
 def _unaligned_note(plan) -> str:
-    """A line naming pruned widths that are not multiples of 8 (XLA:CPU runs them slowly; perf-notes.md, 2)."""
+    """A line naming pruned widths that are not multiples of 8 (XLA:CPU runs them slowly; docs/perf-notes.md, 2)."""
     from jaxprune.flops import WIDTH_MULTIPLE
 
     odd = {g: w for g, w in plan.new_widths.items() if w != plan.widths[g] and w % WIDTH_MULTIPLE}

@@ -198,7 +198,7 @@ def run_demo(
     t = phase(4, f"prune and fine-tune ({recipe.finetune_epochs} epochs from lr {recipe.finetune_lr:g})")
     pruned_dir = output_folder(folder / "pruned")
     small = train.prune_state(state, plan) if plan.keep else state
-    acc_pruned = train.evaluate(small, data.x_test, data.y_test)["accuracy"]
+    acc_pruned = train.evaluate(small, data.x_test, data.y_test, batch_size=recipe.eval_batch_size)["accuracy"]
     ft_history: list[dict[str, Any]] = []
 
     def save(st, record):
@@ -217,6 +217,7 @@ def run_demo(
             ),
             keep_optimizer_state=False,
             batch_size=recipe.batch_size,
+            eval_batch_size=recipe.eval_batch_size,
             seed=seed,
             augment=recipe.augment,
             label_smoothing=recipe.label_smoothing,
@@ -237,8 +238,8 @@ def run_demo(
     steps = ["accuracy", "MACs", "XLA FLOPs", "latency"]
     nums: dict[str, Any] = {}
     with tqdm(total=len(steps), desc="measure", unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        acc_before = train.evaluate(state, data.x_test, data.y_test)["accuracy"]
-        acc_after = train.evaluate(small, data.x_test, data.y_test)["accuracy"]
+        acc_before = train.evaluate(state, data.x_test, data.y_test, batch_size=recipe.eval_batch_size)["accuracy"]
+        acc_after = train.evaluate(small, data.x_test, data.y_test, batch_size=recipe.eval_batch_size)["accuracy"]
         bar.update(1)
         r0, r1 = count_macs(m, shape), count_macs(small.model, shape)
         bar.update(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,41 +33,22 @@ def _scan_data(data, n: int, seed: int):
 
 
 def _scan(model, variables, x, y, *, ratios, criterion: str, round_to: int, progress: bool, seed: int = 0):
-    """`jaxprune.sensitivity` one group at a time (a progress bar per group; one compile serves all), merged."""
+    """`jaxprune.sensitivity` over every prunable conv group: one compile, each distinct network evaluated once."""
     import jax
-    import numpy as np
-    from tqdm.auto import tqdm
 
     from jaxprune.sensitivity import sensitivity
 
-    names = [g.name for g in model.channel_groups() if g.prunable and g.kind == "conv"]
     key = jax.random.key(seed) if criterion == "random" else None
-    parts = []
-    chunk = min(len(ratios) + 1, 10)  # the baseline and every ratio of a group in one vmapped call
-    for name in tqdm(names, desc="sensitivity", unit="group", disable=not progress, dynamic_ncols=True):
-        parts.append(
-            sensitivity(
-                model,
-                variables,
-                data=(x, y),
-                ratios=ratios,
-                groups=[name],
-                criterion=criterion,
-                key=key,
-                batch_size=128,
-                chunk=chunk,
-                round_to=round_to,
-            )
-        )
-    first = parts[0]
-    return dataclasses.replace(
-        first,
-        groups=tuple(n for p in parts for n in p.groups),
-        values=np.concatenate([p.values for p in parts]),
-        kept=np.concatenate([p.kept for p in parts]),
-        widths={k: v for p in parts for k, v in p.widths.items()},
-        stages={k: v for p in parts for k, v in p.stages.items()},
-        seconds=sum(p.seconds for p in parts),
+    return sensitivity(
+        model,
+        variables,
+        data=(x, y),
+        ratios=ratios,
+        criterion=criterion,
+        key=key,
+        batch_size=128,
+        round_to=round_to,
+        progress=progress,
     )
 
 

@@ -6,7 +6,7 @@ This module owns how a conv is *computed*: through XLA's convolution op (`conv_l
 picks one, and ``impl='auto'`` picks per backend and layer shape (`resolve_conv_impl`). It does not decide widths,
 names or coupling (the model files do).
 
-Why (perf-notes.md, surprises 1 and 2; measured again for issue 9 on the 2-core AVX-512 CPU, jax 0.10.2, medians):
+Why (docs/perf-notes.md, surprises 1 and 2; measured again for issue 9 on the 2-core AVX-512 CPU, jax 0.10.2, medians):
 
 * XLA:CPU runs a 3x3 conv whose output is 2x2 (or 1x1) far below matmul speed: 512 -> 512 at 2x2, batch 64,
   0.8-2.2 GFLOP/s through `conv_lax` against 150 GFLOP/s as im2col + matmul (70-190x); 256 -> 256 at 2x2 59x;
@@ -65,7 +65,7 @@ PAD_MULTIPLE = 16
 #: `auto` pads only when the zero filters add at most 1/this of the real ones (56 -> 64 adds 8 = 56/7).
 _AUTO_PAD_MAX_EXTRA_INV = 7
 
-#: `auto` uses im2col when the output has at most this many pixels (2x2) and the kernel is spatial (perf-notes 1).
+#: `auto` uses im2col when the output has at most this many pixels (2x2) and the kernel is spatial (docs/perf-notes.md, surprise 1).
 _AUTO_IM2COL_MAX_PIXELS = 4
 
 #: ... or when the matmul depth kh * kw * c_in is at most this (a 3x3 kernel over an RGB input: 27).
@@ -89,7 +89,7 @@ def conv_lax(x, kernel, strides: tuple[int, int], padding: tuple[int, int]):
 def conv_im2col(x, kernel, strides: tuple[int, int], padding: tuple[int, int]):
     """The same convolution as `conv_lax`, computed as im2col + one matmul.
 
-    XLA:CPU runs 3x3 convs at 2x2 spatial size ~70x below matmul speed (perf-notes.md, surprise 1); gathering the
+    XLA:CPU runs 3x3 convs at 2x2 spatial size ~70x below matmul speed (docs/perf-notes.md, surprise 1); gathering the
     kh*kw shifted windows along the channel axis and multiplying by the reshaped kernel does the same arithmetic
     (zero-padded taps included) at matmul speed.
     """
@@ -229,7 +229,7 @@ class Conv(nn.Module):
 
 
 def batch_norm(name: str, train: bool, dtype, scale_init=None) -> nn.BatchNorm:
-    """BatchNorm with PyTorch's momentum 0.9 (Flax convention) and epsilon 1e-5 (design.md §5)."""
+    """BatchNorm with PyTorch's momentum 0.9 (Flax convention) and epsilon 1e-5 (docs/design.md §5)."""
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=0.9,
@@ -241,7 +241,7 @@ def batch_norm(name: str, train: bool, dtype, scale_init=None) -> nn.BatchNorm:
 
 
 def apply_mask(h, masks: Mapping[str, Any] | None, group: str):
-    """Multiplies the channel axis by a group's 0/1 mask, if one is given (the masking reference, design.md §4)."""
+    """Multiplies the channel axis by a group's 0/1 mask, if one is given (the masking reference, docs/design.md §4)."""
     if masks is None or group not in masks:
         return h
     return h * jnp.asarray(masks[group]).astype(h.dtype)

@@ -4,7 +4,7 @@ Layout: a 3x3 `stem` conv (16 filters) + `stem_bn` + ReLU; three stages of n = (
 (`stage{s}_block{b}_conv1`/`_bn1`, `_conv2`/`_bn2`), the first block of stages 2 and 3 with stride 2; a
 parameter-free shortcut (strided subsampling, then zero-padding of the new channels); global average pool; `fc`.
 
-Coupling, declared in `channel_groups` next to the layers (paper.md §6):
+Coupling, declared in `channel_groups` next to the layers (docs/paper.md §6):
 * one group per block, `stage{s}_block{b}_conv1`: the first conv's filters, its BN, and the second conv's inputs.
   These are what Li et al. prune.
 * one group per stage, `stage{s}_stream`: the residual stream (the stem or every second conv and BN of the stage)

@@ -5,7 +5,7 @@ Layout: 7x7/2 `stem` conv (64) + `stem_bn` + ReLU + 3x3/2 max-pool; four stages 
 projection shortcut `stage{s}_block1_shortcut` (1x1/2 conv, bias-free) + `stage{s}_block1_shortcut_bn`; global
 average pool; `fc`.
 
-Coupling, declared in `channel_groups` next to the layers (paper.md §6, Fig. 4):
+Coupling, declared in `channel_groups` next to the layers (docs/paper.md §6, Fig. 4):
 * `stage{s}_block{b}_conv1`: the first conv's filters, its BN, the second conv's inputs (presets A and B).
 * `stage{s}_stream`: the stage's residual stream. Producers: the stage's projection shortcut and its BN (for stage
   1, the stem), and every second conv and BN of the stage; consumers: every first conv reading the stream, the next

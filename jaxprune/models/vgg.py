@@ -1,6 +1,6 @@
 """CIFAR VGG with BatchNorm, as in Li et al. §4.1 (Zagoruyko's CIFAR VGG + BN, no dropout).
 
-Layout (paper.md §2): bias-free 3x3 convs, each followed by BN and ReLU; 2x2 max-pools between stages; a final 2x2
+Layout (docs/paper.md §2): bias-free 3x3 convs, each followed by BN and ReLU; 2x2 max-pools between stages; a final 2x2
 average pool to a 512-vector (at 32x32 input); Linear 512->512, BN, ReLU, Linear->classes. Layer names follow the
 paper: `conv1`...`convL` with `bn1`...`bnL`, then `fc1` (+ `bn_fc1`) and the classifier `fc2`.
 

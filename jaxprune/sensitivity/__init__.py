@@ -5,7 +5,7 @@ This module owns the single-group sensitivity scan (`sensitivity`), the activati
 the paper does by hand after looking at the curves: choosing per-stage ratios and a skip list, or the ratios that
 reach a MACs or parameter budget (`suggest_ratios`). It returns tables, never plots (`jaxprune.viz` draws them), and
 it never slices variables itself: the physical path calls `jaxprune.prune`, the fast path uses the masking reference
-(`jaxprune.masking`, design.md §4) with the masks as traced inputs, so one compile serves every group and ratio.
+(`jaxprune.masking`, docs/design.md §4) with the masks as traced inputs, so one compile serves every group and ratio.
 
 The package is split by decision: `result` (the table), `scan` (`sensitivity`), `activations` (`activation_scores`),
 `criteria` (`compare_criteria`) and `suggest` (`suggest_ratios`); every public name is importable from

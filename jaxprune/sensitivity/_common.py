@@ -61,7 +61,7 @@ def _check_criterion_any(criterion) -> None:
 
 
 def _scan_groups(model, groups) -> list[ChannelGroup]:
-    """The groups a scan covers: those a float ratio reaches (design.md §3), or the named prunable ones."""
+    """The groups a scan covers: those a float ratio reaches (docs/design.md §3), or the named prunable ones."""
     all_groups = list(model.channel_groups())
     by_name = {g.name: g for g in all_groups}
     prunable = [g.name for g in all_groups if g.prunable and g.scored is not None]

@@ -95,6 +95,32 @@ def _value(var):
     return get() if callable(get) else var.value
 
 
+class KeptScale:
+    """An `nnx.MultiHeadAttention` ``attention_fn`` whose query is scaled by `factor` first.
+
+    A pruned attention with fewer query/key head features ``n`` would divide its scores by ``sqrt(n)`` instead of the
+    original ``sqrt(n0)``; scaling the query by ``sqrt(n / n0)`` keeps the original temperature, so the pruned module
+    equals the masked original (docs/design.md §4). Pruned twice, the factors multiply.
+    """
+
+    def __init__(self, fn, factor: float):
+        if isinstance(fn, KeptScale):
+            fn, factor = fn.fn, fn.factor * factor
+        self.fn, self.factor = fn, float(factor)
+
+    def __call__(self, query, key, value, *args, **kwargs):
+        return self.fn(query * jax.numpy.asarray(self.factor, query.dtype), key, value, *args, **kwargs)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, KeptScale) and (self.fn, self.factor) == (other.fn, other.factor)
+
+    def __hash__(self) -> int:
+        return hash((KeptScale, self.fn, self.factor))
+
+    def __repr__(self) -> str:
+        return f"KeptScale({getattr(self.fn, '__name__', self.fn)!r}, {self.factor:.6g})"
+
+
 def update_sizes(module) -> None:
     from flax import nnx
 
@@ -108,6 +134,10 @@ def update_sizes(module) -> None:
                 groups = kshape[-1] // max(1, m.out_features // m.feature_group_count)
             m.feature_group_count = groups
             m.in_features, m.out_features, m.kernel_shape = kshape[-2] * groups, kshape[-1], kshape
+        elif isinstance(m, nnx.ConvTranspose):
+            kshape = tuple(int(s) for s in _value(m.kernel).shape)
+            cin, cout = (kshape[-1], kshape[-2]) if m.transpose_kernel else (kshape[-2], kshape[-1])
+            m.in_features, m.out_features, m.kernel_shape = cin, cout, kshape
         elif isinstance(m, nnx.BatchNorm | nnx.LayerNorm | nnx.RMSNorm | nnx.GroupNorm):
             for attr in ("scale", "bias", "mean", "var"):
                 v = getattr(m, attr, None)
@@ -123,8 +153,297 @@ def update_sizes(module) -> None:
     for _, m in nnx.iter_graph(module):
         if isinstance(m, nnx.MultiHeadAttention):  # after its projections: heads and head features from their kernels
             q = tuple(int(s) for s in _value(m.query.kernel).shape)
+            if q[-1] != m.head_dim:  # fewer head features: keep the traced softmax temperature (pruned = masked)
+                m.attention_fn = KeptScale(m.attention_fn, (q[-1] / m.head_dim) ** 0.5)
             m.in_features, m.num_heads, m.head_dim = q[0], q[-2], q[-1]
             m.qkv_features = m.num_heads * m.head_dim
             if getattr(m, "num_kv_heads", None) is not None:
                 m.num_kv_heads = int(_value(m.key.kernel).shape[-2])
             m.out_features = int(_value(m.out.kernel).shape[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Surgery on an NNX module (and its optimizer): `jaxprune.prune(module, plan)`
+# ----------------------------------------------------------------------------------------------------------------------
+def _flat(tree, prefix=()):
+    out = {}
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            out.update(_flat(v, (*prefix, str(k))))
+    else:
+        out[prefix] = tree
+    return out
+
+
+def _sliced_rest(rest, variables, ops, changed_widths):
+    """The non-parameter, non-batch-stat state (`rest`) with every custom `nnx.Variable` of channel-shaped state
+    sliced: a leaf takes the slicing of the parameters of its module (and the modules below) that have its shape.
+
+    Raises:
+      ValueError: a leaf whose shape matches several such parameters sliced differently, or none while one of its
+        dimensions is the (unpruned) width of a pruned group: it names the variable, its type and shape.
+    """
+    import numpy as np
+    from flax import nnx
+
+    params = {("params", *p): a for p, a in _flat(variables.get("params", {})).items()}
+    params.update({("batch_stats", *p): a for p, a in _flat(variables.get("batch_stats", {})).items()})
+    pure = rest.to_pure_dict()
+    types = {tuple(str(k) for k in path): type(v).__name__ for path, v in nnx.to_flat_state(rest)}
+    out = _flat(_str_keys(pure))
+    for path, leaf in list(out.items()):
+        shape = tuple(np.shape(leaf))
+        if not shape or not hasattr(leaf, "dtype") or jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            continue
+        owner = path[:-1]
+        takes = {
+            tuple((ax, tuple(int(i) for i in idx)) for ax, idx in ops.get(p, ()))
+            for p, a in params.items()
+            if p[1 : 1 + len(owner)] == owner and tuple(np.shape(a)) == shape
+        }
+        where = f"{types.get(path, 'Variable')} {'/'.join(path)} (shape {shape})"
+        if len(takes) > 1:
+            raise ValueError(
+                f"cannot prune the NNX module: {where} has the shape of several parameters of its module that are "
+                "pruned differently; it is not known which channels it holds"
+            )
+        if takes:
+            (take,) = takes
+            if take:
+                arr = np.asarray(leaf)
+                for ax, idx in take:
+                    arr = arr.take(np.asarray(idx, np.int64), axis=ax)
+                out[path] = jax.numpy.asarray(arr)
+            continue
+        hit = [n for n, w in changed_widths.items() if w in shape]
+        if hit:
+            raise ValueError(
+                f"cannot prune the NNX module: {where} has a dimension of the width of pruned group {hit[0]!r} but "
+                "the shape of no parameter of its module, so it cannot be sliced with them; keep it out of the "
+                "pruned groups (make_plan(..., skip=...)) or give it a parameter's shape"
+            )
+    new = jax.tree_util.tree_map(lambda a: a, rest)
+    if pure:
+        nested: dict = {}
+        for path, leaf in out.items():
+            node = nested
+            for k in path[:-1]:
+                node = node.setdefault(k, {})
+            node[path[-1]] = leaf
+        new.replace_by_pure_dict(_restore_keys(nested, pure))
+    return new
+
+
+def check_head_sizes(module, traced, plan) -> None:
+    """An `nnx.MultiHeadAttention` holds one head size for query/key and value: their head-feature groups must keep
+    the same count (each its own channels).
+
+    Raises:
+      ValueError: a plan keeping different counts; names the module, both groups and their counts.
+    """
+    from flax import nnx
+
+    kept = {g.name: len(plan.keep[g.name]) if g.name in plan.keep else g.width for g in traced.channel_groups()}
+    for path, m in nnx.iter_graph(module):
+        if not isinstance(m, nnx.MultiHeadAttention):
+            continue
+        at = ("params", *(str(k) for k in path))
+        owners = {}
+        for g in traced.channel_groups():
+            for ref in g.axes:
+                if (
+                    ref.path[:-2] == at
+                    and ref.path[-2:] in (("query", "kernel"), ("value", "kernel"))
+                    and ref.axis == 2
+                ):
+                    owners.setdefault(ref.path[-2], g.name)
+        q, v = owners.get("query"), owners.get("value")
+        if q is not None and v is not None and q != v and kept[q] != kept[v]:
+            raise ValueError(
+                f"cannot prune the NNX module: nnx.MultiHeadAttention {'/'.join(at[1:])} holds one head size, but the "
+                f"plan keeps {kept[q]} query/key head features (group {q!r}) and {kept[v]} value head features (group "
+                f"{v!r}); give both groups the same ratio"
+            )
+
+
+def rebuild(module, variables, new_variables, ops, changed_widths):
+    """A new module of `module`'s classes holding `new_variables` (its pruned params and batch stats), its other
+    state sliced (`_sliced_rest`) and every size attribute updated; `module` is untouched.
+
+    Args:
+      module: The unpruned NNX module.
+      variables: Its `nnx_variables`.
+      new_variables: The pruned ones.
+      ops: The slicing (`jaxprune.surgery.slicing_ops`): leaf path -> [(axis, kept indices)].
+      changed_widths: Pruned group -> unpruned width.
+    """
+    from flax import nnx
+
+    graphdef, params, stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
+    new_rest = _sliced_rest(rest, variables, ops, changed_widths)
+    new_module = nnx.merge(graphdef, *fill((params, stats, new_rest), new_variables))
+    update_sizes(new_module)
+    return new_module
+
+
+def check_optimizer(optimizer) -> None:
+    """Raises TypeError unless `optimizer` is an `nnx.Optimizer`."""
+    from flax import nnx
+
+    if not isinstance(optimizer, nnx.Optimizer):
+        raise TypeError(f"optimizer must be an nnx.Optimizer, got {type(optimizer).__name__}")
+
+
+def optimizer_state(optimizer):
+    """The optax state of an `nnx.Optimizer` as plain arrays (`nnx.as_pure`)."""
+    from flax import nnx
+
+    return nnx.as_pure(optimizer.opt_state)
+
+
+def with_optimizer_state(optimizer, state):
+    """A copy of `optimizer` (step, tx, wrt kept) holding the optax `state` (same structure, e.g. sliced)."""
+    from flax import nnx
+
+    new = nnx.clone(optimizer)
+    targets = jax.tree_util.tree_leaves(new.opt_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    values = jax.tree_util.tree_leaves(state)
+    if len(targets) != len(values):  # pragma: no cover - as_pure keeps one array per variable
+        raise ValueError("the optimizer state changed structure while it was sliced")
+    for var, value in zip(targets, values, strict=True):
+        if isinstance(var, nnx.Variable):
+            var.set_value(value)
+    return new
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# MACs of an NNX module: `jaxprune.count_macs(module, input_shape)`
+# ----------------------------------------------------------------------------------------------------------------------
+def _size(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out
+
+
+def _sub_jaxprs(eqn):
+    """The sub-programs of `eqn` whose inputs are `eqn`'s own (jit, custom_jvp / custom_vjp, remat), as open jaxprs."""
+    for v in eqn.params.values():
+        j = getattr(v, "jaxpr", v) if hasattr(v, "consts") else v
+        if hasattr(j, "eqns") and len(j.invars) == len(eqn.invars):
+            yield j
+
+
+def _weight_calls(jaxpr, sources, out):
+    """Appends ``(kind, kernel path, lhs aval, rhs aval, out aval, eqn params)`` for every conv / dot_general whose
+    right-hand operand is computed from one parameter only (a weight MAC); `sources` maps a var to its parameters."""
+
+    def src(v):
+        return frozenset() if hasattr(v, "val") else sources.get(v, frozenset())
+
+    for eqn in jaxpr.eqns:
+        ins = [src(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if name in ("conv_general_dilated", "dot_general") and len(ins) == 2:
+            if ins[1] and not ins[0] and len(ins[1]) == 1:
+                (path,) = ins[1]
+                kind = "conv" if name == "conv_general_dilated" else "dense"
+                out.append((kind, path, eqn.invars[0].aval, eqn.invars[1].aval, eqn.outvars[0].aval, eqn.params))
+        else:
+            for sub in _sub_jaxprs(eqn):
+                _weight_calls(sub, dict(zip(sub.invars, ins, strict=True)), out)
+        union = frozenset().union(*ins) if ins else frozenset()
+        if union and all(ins):  # computed from parameters only (a cast, a reshape of a kernel)
+            for v in eqn.outvars:
+                sources[v] = union
+    return out
+
+
+def count_rows(module, input_shape, dtype=None):
+    """The `jaxprune.flops.MacRow` fields (dicts) of an NNX module at `input_shape` (abstract: `jax.make_jaxpr`, nothing compiled).
+
+    A conv or dense row per convolution / contraction of an activation with one parameter (its kernel, possibly cast
+    or reshaped: `nnx.Conv`, `nnx.Linear`, `nnx.LinearGeneral`, the projections of `nnx.MultiHeadAttention`), named
+    after the kernel's module, in call order; a conv costs out elements x kernel taps x input channels per group, a
+    contraction out elements x contracted size. Products of two activations (attention scores) are not weight MACs
+    and get no row. Every other module owning parameters (norms, embeddings) gets a ``bn`` / ``other`` row with its
+    parameter count and 0 MACs.
+    """
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(module)
+    params = _flat(_str_keys(nnx.state(module, nnx.Param).to_pure_dict()))
+    pure = state.to_pure_dict()
+    x = jax.ShapeDtypeStruct(tuple(input_shape), dtype or jnp.float32)
+
+    def run(p, inp):
+        st = jax.tree_util.tree_map(lambda a: a, state)
+        st.replace_by_pure_dict(_restore_keys(p, pure))
+        return nnx.merge(graphdef, st)(inp)
+
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(_shape(a), a.dtype), _str_keys(pure))
+    closed = jax.make_jaxpr(run)(abstract, x)
+    leaves = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    paths = [tuple(str(k.key) for k in p) for p, _ in leaves]
+    sources = {v: frozenset([p]) for v, p in zip(closed.jaxpr.invars, paths, strict=False) if p in params}
+    rows, seen = [], set()
+    for kind, path, lhs, rhs, out, prm in _weight_calls(closed.jaxpr, sources, []):
+        owner = path[:-1]
+        seen.add(owner)
+        own = sum(_size(a.shape) for p, a in params.items() if p[:-1] == owner)
+        if kind == "conv":
+            lspec, rspec, ospec = prm["dimension_numbers"]
+            taps = tuple(int(rhs.shape[d]) for d in rspec[2:])
+            macs = _size(out.shape) * int(rhs.shape[rspec[1]]) * _size(taps)
+            row = dict(
+                name="/".join(owner),
+                kind="conv",
+                in_width=int(lhs.shape[lspec[1]]),
+                out_width=int(out.shape[ospec[1]]),
+                out_hw=tuple(int(out.shape[d]) for d in ospec[2:4]) if len(ospec) == 4 else None,
+                macs=macs,
+                params=own,
+                weights=_size(rhs.shape),
+                kernel_size=taps if len(taps) == 2 else None,
+            )
+        else:
+            (lc, rc), (_lb, rb) = prm["dimension_numbers"]
+            contracted = _size([lhs.shape[d] for d in lc])
+            free = _size([rhs.shape[d] for d in range(len(rhs.shape)) if d not in rc and d not in rb])
+            row = dict(
+                name="/".join(owner),
+                kind="dense",
+                in_width=contracted,
+                out_width=free,
+                out_hw=None,
+                macs=_size(out.shape) * contracted,
+                params=own,
+                weights=_size(rhs.shape),
+            )
+        rows.append(row)
+    others: dict[tuple[str, ...], int] = {}
+    for p, a in params.items():
+        if p[:-1] not in seen:
+            others[p[:-1]] = others.get(p[:-1], 0) + _size(a.shape)
+    for owner, n in others.items():
+        mod = _module_at(module, owner)
+        kind = "bn" if isinstance(mod, nnx.BatchNorm | nnx.LayerNorm | nnx.RMSNorm | nnx.GroupNorm) else "other"
+        rows.append(
+            dict(name="/".join(owner), kind=kind, in_width=0, out_width=0, out_hw=None, macs=0, params=n, weights=0)
+        )
+    return tuple(rows)
+
+
+def _shape(a):
+    return tuple(int(d) for d in getattr(a, "shape", ()))
+
+
+def _module_at(module, path):
+    node = module
+    for k in path:
+        try:
+            node = node[int(k)] if k.isdigit() else getattr(node, k)
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return None
+    return node

@@ -1,6 +1,6 @@
 """Training, fine-tuning and evaluation with optax, data parallel over every device; pruning a whole train state.
 
-This module owns the training loop of the paper's recipe (paper.md §7): SGD with momentum 0.9 and weight decay 1e-4
+This module owns the training loop of the paper's recipe (docs/paper.md §7): SGD with momentum 0.9 and weight decay 1e-4
 (added to the gradient, as PyTorch's `SGD(weight_decay=)` does, on every parameter), the learning rate divided by 10 at
 50 % and 75 % of training, fine-tuning at a constant 0.001; softmax cross-entropy with optional label smoothing; the
 `TrainState` pytree; `prune_state` (one call prunes params, batch statistics, optimizer state and model) and

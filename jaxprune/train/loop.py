@@ -19,7 +19,7 @@ from jaxprune.data import batches
 from jaxprune.train._checks import _check_bool, _check_int, _check_positive_float, _check_tx, _check_unit
 from jaxprune.train.optim import sgd, steps_per_epoch
 from jaxprune.train.parallel import _check_batch_divisible, _check_mesh, _placement, _replicate
-from jaxprune.train.state import TrainState, _check_state
+from jaxprune.train.state import TrainState, _check_state, init_opt_state
 from jaxprune.train.steps import _check_augment, _mesh_steps
 
 
@@ -102,7 +102,9 @@ def evaluate(
     if x.shape[0] == 0:
         raise ValueError("evaluate needs at least one example")
     batch_size, place = _placement(mesh, batch_size, per_process_data, {"evaluation examples": x.shape[0]})
-    state = _replicate(state, mesh)
+    # The step reads the model and its variables only: without the optimizer (static `tx` included) one compiled
+    # step serves a model whatever it is trained or fine-tuned with, and the optimizer state is not copied.
+    state = _replicate(state.replace(opt_state=None, tx=None), mesh)
     _, step = _mesh_steps(mesh)
     sums = []
     for start in range(0, x.shape[0], batch_size):
@@ -157,7 +159,7 @@ def fit(
       batch_size: Global batch, a multiple of the mesh's ``"data"`` size; each epoch takes
         ``len(x_train) // batch_size`` full batches.
       seed: Data-order seed, an int >= 0.
-      augment: None, ``"cifar"`` (pad-4 crop + flip, paper.md §7), ``"crop"`` (no flip), or a hashable callable
+      augment: None, ``"cifar"`` (pad-4 crop + flip, docs/paper.md §7), ``"crop"`` (no flip), or a hashable callable
         ``f(key, images) -> images`` traced inside the step.
       label_smoothing: In [0, 1).
       eval_batch_size: Default `batch_size`.
@@ -291,7 +293,7 @@ def finetune(
     batch_size: int = 128,
     **fit_kwargs,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Retrains (a pruned) state at the paper's constant fine-tuning rate: paper.md §7 (lr 0.001, same optimizer).
+    """Retrains (a pruned) state at the paper's constant fine-tuning rate: docs/paper.md §7 (lr 0.001, same optimizer).
 
     The optimizer becomes `tx`, by default ``sgd(lr)`` (momentum 0.9, weight decay 1e-4, constant rate). With
     `keep_optimizer_state` the state's optimizer state is carried over as it is (after `prune_state` it is already
@@ -335,6 +337,6 @@ def finetune(
             )
         opt_state = state.opt_state
     else:
-        opt_state = tx.init(state.params)
+        opt_state = init_opt_state(tx, state.params)
     state = state.replace(tx=tx, opt_state=opt_state)
     return fit(state, data, epochs=epochs, batch_size=batch_size, **fit_kwargs)

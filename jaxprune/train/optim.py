@@ -12,14 +12,14 @@ from jaxprune.train._checks import _check_bool, _check_int, _check_positive_floa
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Optimizers (paper.md §7)
+# Optimizers (docs/paper.md §7)
 # ----------------------------------------------------------------------------------------------------------------------
 def step_schedule(
     learning_rate: float, total_steps: int, *, boundaries: Sequence[float] = (0.5, 0.75), factor: float = 0.1
 ) -> optax.Schedule:
     """The paper's step schedule: `learning_rate`, multiplied by `factor` at each fraction of training in `boundaries`.
 
-    The reference recipe (paper.md §7): lr 0.1 divided by 10 at epochs 80 and 120 of 160, i.e. at 50 % and 75 %.
+    The reference recipe (docs/paper.md §7): lr 0.1 divided by 10 at epochs 80 and 120 of 160, i.e. at 50 % and 75 %.
     A boundary at fraction b takes effect from step ``round(b * total_steps)``.
 
     Args:
@@ -63,7 +63,7 @@ def sgd(
     nesterov: bool = False,
     weight_decay: float = 1e-4,
 ) -> optax.GradientTransformation:
-    """SGD with momentum and coupled weight decay, as the paper's (PyTorch) recipe: paper.md §7.
+    """SGD with momentum and coupled weight decay, as the paper's (PyTorch) recipe: docs/paper.md §7.
 
     ``chain(add_decayed_weights(weight_decay), trace(momentum, nesterov), scale_by_learning_rate(schedule))``: the
     decay is added to the gradient of every parameter before momentum, like ``torch.optim.SGD(weight_decay=)``. A
@@ -116,7 +116,7 @@ def paper_sgd(
     weight_decay: float = 1e-4,
     boundaries: Sequence[float] = (0.5, 0.75),
 ) -> optax.GradientTransformation:
-    """The baseline training optimizer of paper.md §7: `sgd` with `step_schedule` over ``epochs * steps_per_epoch``.
+    """The baseline training optimizer of docs/paper.md §7: `sgd` with `step_schedule` over ``epochs * steps_per_epoch``.
 
     Args:
       epochs: Epochs of the whole run, >= 1.

@@ -96,6 +96,8 @@ def _replicate(tree, mesh: Mesh):
         return jax.device_put(tree, sharding)
 
     def put(x):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x  # already replicated on this mesh (every epoch after the first)
         if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
         if isinstance(x, jax.Array) and not x.is_fully_addressable:

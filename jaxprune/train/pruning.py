@@ -165,7 +165,7 @@ def iterative_prune(
     batch_size: int = 128,
     **fit_kwargs,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Prune → fine-tune → prune …, carrying the optimizer state (paper.md §7): per-round ratios or a named schedule.
+    """Prune → fine-tune → prune …, carrying the optimizer state (docs/paper.md §7): per-round ratios or a named schedule.
 
     **Per-round ratios** (`schedule` a sequence): round r makes a plan on the current (already pruned) model with
     ``prune_ratio=schedule[r]`` — a fraction of the *current* filters, a float or a {group or stage: ratio} mapping

@@ -104,7 +104,7 @@ def _eval_step(state: TrainState, images, labels, mask=None):
 #: One jitted SGD step: ``train_step(state, images, labels, masks=None, *, label_smoothing=0.0, augment=None)``
 #: returns ``(new_state, {"loss", "accuracy"})`` (batch means; the loss is the label-smoothed cross-entropy without the
 #: weight-decay term, which lives in the optimizer). Batch norm runs in training mode and its running statistics are
-#: updated. `masks` (group name -> 0/1 vector, traced) trains the masked original model (design.md §4).
+#: updated. `masks` (group name -> 0/1 vector, traced) trains the masked original model (docs/design.md §4).
 #: `label_smoothing` and `augment` are static. It computes wherever its inputs live; `fit` places them on the mesh.
 train_step = jax.jit(_train_step, static_argnames=("label_smoothing", "augment"))
 

@@ -1,0 +1,528 @@
+"""A ShrinkBench-style study on the digits data: six criteria x two scopes x four MAC budgets x seeds, fine-tuned.
+
+Run the full study: ``python benchmarks/study_digits.py`` (writes its section of docs/results.md between
+``<!-- BEGIN study_digits -->`` and ``<!-- END study_digits -->``, the figure docs/study_digits.png and the raw points
+docs/study_digits.json). Smoke run: ``python benchmarks/study_digits.py --smoke --out DIR`` (1 seed, 1 budget, 2
+criteria, ResNet-20 on a 256-image subset, a few steps; the same files under DIR/docs/; run by tests/test_study.py).
+
+Following Blalock et al., "What is the State of Neural Network Pruning?" (MLSys 2020, ShrinkBench): several operating
+points as a curve, mean and spread over seeds, magnitude and random baselines, and compression (parameters) and
+speed-up (MACs) stated separately. For every model and seed a base network is trained on
+`jaxprune.data.load_digits()` (1,437 train / 360 test images, 32x32x3) with `jaxprune.train.fit` and `paper_sgd`.
+Then every point (criterion, scope, budget) is:
+
+1. a plan from `jaxprune.make_plan(target_macs=budget, max_ratio=0.9, scope=...)` on the base weights: the
+   fewest filters removed that keep at most that fraction of the MACs (`scope="global"`: one ranking over the
+   network, scores normalised as `NORMALIZE` says; `scope="layer"`: the smallest uniform ratio). Criteria: `l1`
+   (Li et al. 2017), `l2`, `random` (the baseline, seeded), `fpgm` (He et al. 2019), `bn_scale` (Liu et al. 2017),
+   `taylor` (Molchanov et al. 2017, `jaxprune.taylor_scores` on 256 training images, BN in training mode);
+2. `FINETUNE_STEPS` SGD steps (batch 64, constant lr 0.01, momentum 0.9, weight decay 1e-4, fresh momentum) on the
+   same batches for every point of a seed, then test accuracy on all 360 test images.
+
+Fine-tuning runs on the masked original (`jaxprune.masked_forward`'s masks as traced inputs), so every point of a
+model shares one compiled train step and one compiled evaluation: the masked model computes the pruned model's
+function (tested: pruned = masked), its removed channels get zero gradients, and only weight decay moves their
+weights, which no output reads. The script checks this once per model: the first point is also pruned physically
+(`jaxprune.prune`) after fine-tuning, and its test logits must equal the masked ones within float32 error, its MACs
+the plan's prediction exactly.
+
+Cost (full study, defaults): ResNet-20 3 seeds x 7 training epochs, VGG-11 2 seeds x 8 epochs (the issue's 3 seeds
+did not fit with VGG-11 in 40 minutes), 6 x 2 x 4 = 48 points per seed, 240 points, `FINETUNE_STEPS` = 22 (one epoch)
+per point. Deeper ResNets (32+) and VGG-13/16/19 are left out for time. Estimate: **about 28 minutes on a quiet
+2-core CPU** (ResNet-20: 1.6 min base training + 10.9 min points; VGG-11: 2.0 + 13.3 min), from the smoke run's
+measured costs (`--smoke --models resnet20 vgg11`: per-step, per-evaluation and per-plan times) with compiled work
+calibrated to the quiet ResNet-20 step of docs/results.md's train_digits section (`QUIET_RESNET20_STEP_S`; the
+smoke ran at load average 9, 15x slower per step) and host work scaled by the load average (`estimate_full`).
+Every run records its own estimate and wall time in its section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import ROOT, machine_line, write_section
+
+import jaxprune as jp
+from jaxprune import train
+from jaxprune.data import batches, load_digits
+
+NAME = "study_digits"
+CRITERIA = ("l1", "l2", "random", "fpgm", "bn_scale", "taylor")
+SCOPES = ("layer", "global")
+BUDGETS = (0.75, 0.5, 0.35, 0.25)  # fraction of the original MACs kept
+#: `scope="global"` normalisation per criterion, each the one its paper (or Torch-Pruning's default) uses: L1/L2 per
+#: weight (fan_in) for the norms, raw |gamma| for network slimming, the layer's L2 norm for Taylor (Molchanov et al.),
+#: the mean for FPGM (distances grow with the layer's size), none for uniform random draws.
+NORMALIZE = {"l1": "fan_in", "l2": "fan_in", "random": "none", "fpgm": "mean", "bn_scale": "none", "taylor": "l2"}
+MAX_RATIO = 0.9
+BATCH = 64
+TAYLOR_IMAGES = 256
+FINETUNE_LR = 0.01
+#: model -> training recipe and seeds (the full study).
+MODELS = {
+    "resnet20": {"epochs": 7, "lr": 0.1, "weight_decay": 5e-4, "seeds": (0, 1, 2)},
+    "vgg11": {"epochs": 8, "lr": 0.05, "weight_decay": 5e-4, "seeds": (0, 1)},
+}
+FINETUNE_STEPS = 22  # one epoch of the 1,437 training images at batch 64
+LABEL_SMOOTHING = 0.1
+INPUT = (1, 32, 32, 3)
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def train_base(name: str, ds, *, seed: int, epochs: int, lr: float, weight_decay: float):
+    """A trained base model: (model, variables, test accuracy, seconds, seconds per epoch after the first)."""
+    model = getattr(jp.models, name)(num_classes=ds.num_classes)
+    t = time.perf_counter()
+    variables = jp.init_variables(model, seed=seed)
+    spe = train.steps_per_epoch(ds, BATCH)
+    tx = train.paper_sgd(epochs=epochs, steps_per_epoch=spe, learning_rate=lr, nesterov=True, weight_decay=weight_decay)
+    state = train.TrainState.create(model, variables, tx, seed=seed)
+    state, hist = train.fit(
+        state,
+        ds,
+        epochs=epochs,
+        batch_size=BATCH,
+        seed=seed,
+        label_smoothing=LABEL_SMOOTHING,
+        eval_every=epochs,
+        progress=False,
+    )
+    seconds = time.perf_counter() - t
+    later = [h["seconds"] for h in hist[1:]] or [hist[0]["seconds"]]
+    return model, jax.device_get(state.variables), float(hist[-1]["test_accuracy"]), seconds, float(np.mean(later))
+
+
+class MaskedTrainer:
+    """One compiled masked train step and one compiled masked evaluation for every point of a model."""
+
+    def __init__(self, model):
+        self.model = model
+        self.tx = train.sgd(FINETUNE_LR)
+        self.eval = jp.masked_forward(model, train=False)
+
+        @jax.jit
+        def step(params, batch_stats, opt_state, masks, x, y):
+            def loss_fn(p):
+                logits, upd = model.apply(
+                    {"params": p, "batch_stats": batch_stats}, x, train=True, masks=masks, mutable=["batch_stats"]
+                )
+                return train.cross_entropy_loss(logits, y, label_smoothing=LABEL_SMOOTHING), upd["batch_stats"]
+
+            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = self.tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), stats, opt_state, loss
+
+        self.step = step
+
+    def finetune(self, variables, masks, batches_list):
+        params, stats = variables["params"], variables["batch_stats"]
+        opt_state = self.tx.init(params)
+        for xb, yb in batches_list:
+            params, stats, opt_state, _ = self.step(params, stats, opt_state, masks, xb, yb)
+        return {"params": params, "batch_stats": stats}
+
+    def logits(self, variables, masks, x):
+        return np.asarray(self.eval(variables, x, masks))
+
+
+def _accuracy(logits, y) -> float:
+    return float(np.mean(np.argmax(logits, axis=-1) == y))
+
+
+def _finetune_batches(ds, *, seed: int, steps: int):
+    """The same `steps` training batches for every point of a seed (epochs reshuffled with [seed, epoch])."""
+    out, epoch = [], 0
+    while len(out) < steps:
+        out += list(batches(ds.x_train, ds.y_train, BATCH, shuffle=True, seed=np.random.default_rng([seed, epoch]),
+                            drop_last=True))  # fmt: skip
+        epoch += 1
+    return [(jnp.asarray(x), jnp.asarray(y)) for x, y in out[:steps]]
+
+
+def make_point_plan(model, variables, criterion: str, scope: str, budget: float, *, seed: int, taylor):
+    kw = {"target_macs": budget, "max_ratio": MAX_RATIO, "scope": scope, "input_shape": INPUT}
+    if scope == "global":
+        kw["normalize"] = NORMALIZE[criterion]
+    if criterion == "taylor":
+        return jp.make_plan(model, variables, scores=taylor, meta={"scores": "taylor"}, **kw)
+    key = jax.random.key(seed) if criterion == "random" else None
+    return jp.make_plan(model, variables, criterion=criterion, key=key, **kw)
+
+
+def check_pruned_equals_masked(model, tuned, plan, masks, trainer, ds) -> dict:
+    """Prunes the fine-tuned masked weights physically: logits must match the masked ones, MACs the plan's."""
+    small, small_vars = jp.prune(model, jax.device_get(tuned), plan)
+    pruned = np.asarray(jax.jit(lambda v, x: small.apply(v, x, train=False))(small_vars, ds.x_test))
+    masked = trainer.logits(tuned, masks, ds.x_test)
+    scale = max(1.0, float(np.abs(masked).max()))
+    err = float(np.abs(pruned - masked).max())
+    macs = jp.count_macs(small, INPUT).macs
+    return {
+        "max_abs_diff": err,
+        "tolerance": 1e-5 * scale,  # docs/design.md §4: max|d| <= 1e-5 * max(1, max|y|) in float32
+        "same_predictions": bool(np.array_equal(pruned.argmax(-1), masked.argmax(-1))),
+        "macs_pruned": int(macs),
+        "macs_plan": int(plan.meta["kept_macs"]),
+        "ok": err <= 1e-5 * scale and int(macs) == int(plan.meta["kept_macs"]),
+    }
+
+
+def run(cfg: dict, *, log=print) -> dict:
+    ds = load_digits()
+    if cfg["n_train"] is not None:
+        ds = dataclasses.replace(ds, x_train=ds.x_train[: cfg["n_train"]], y_train=ds.y_train[: cfg["n_train"]])
+    out = {"config": cfg, "machine": machine_line(), "load_start": _load(), "bases": [], "points": [], "checks": {}}
+    t_all = time.perf_counter()
+    for name in cfg["models"]:
+        recipe = cfg["recipes"][name]
+        trainer = None
+        for seed in recipe["seeds"]:
+            model, base, acc, secs, per_epoch = train_base(
+                name, ds, seed=seed, epochs=recipe["epochs"], lr=recipe["lr"], weight_decay=recipe["weight_decay"]
+            )
+            total = jp.count_macs(model, INPUT)
+            out["bases"].append(
+                {"model": name, "seed": seed, "accuracy": acc, "seconds": secs, "seconds_per_epoch": per_epoch,
+                 "epochs": recipe["epochs"], "macs": total.macs, "params": total.params, "load": _load()}
+            )  # fmt: skip
+            log(f"{name} seed {seed}: base accuracy {acc:.4f} in {secs:.1f} s ({per_epoch:.2f} s/epoch)")
+            if trainer is None or trainer.model != model:
+                trainer = MaskedTrainer(model)
+            fb = _finetune_batches(ds, seed=seed, steps=cfg["finetune_steps"])
+            rng = np.random.default_rng([seed, 99])
+            pick = rng.choice(ds.x_train.shape[0], size=min(TAYLOR_IMAGES, ds.x_train.shape[0]), replace=False)
+            taylor = None
+            if "taylor" in cfg["criteria"]:
+                taylor = jp.taylor_scores(model, base, ds.x_train[pick], ds.y_train[pick], train=True)
+            for criterion in cfg["criteria"]:
+                for scope in cfg["scopes"]:
+                    for budget in cfg["budgets"]:
+                        t = time.perf_counter()
+                        plan = make_point_plan(model, base, criterion, scope, budget, seed=seed, taylor=taylor)
+                        masks = {k: jnp.asarray(v) for k, v in jp.plan_masks(model, plan).items()}
+                        kept = jp.count_macs(model.with_widths(plan.new_widths), INPUT)
+                        t_plan = time.perf_counter() - t
+                        before = _accuracy(trainer.logits(base, masks, ds.x_test), ds.y_test)
+                        t_eval = time.perf_counter() - t - t_plan
+                        tuned = jax.block_until_ready(trainer.finetune(base, masks, fb))
+                        t_ft = time.perf_counter() - t - t_plan - t_eval
+                        after = _accuracy(trainer.logits(tuned, masks, ds.x_test), ds.y_test)
+                        point = {
+                            "model": name,
+                            "seed": seed,
+                            "criterion": criterion,
+                            "scope": scope,
+                            "budget": budget,
+                            "macs_kept": kept.macs / total.macs,
+                            "params_kept": kept.params / total.params,
+                            "accuracy_pruned": before,
+                            "accuracy": after,
+                            "seconds": time.perf_counter() - t,
+                            "seconds_plan": t_plan,
+                            "seconds_eval": t_eval,
+                            "seconds_finetune": t_ft,
+                        }
+                        out["points"].append(point)
+                        log(
+                            f"  {criterion:8s} {scope:6s} MACs {budget:.2f} -> {point['macs_kept']:.3f}, params "
+                            f"{point['params_kept']:.3f}: {before:.4f} -> {after:.4f} ({point['seconds']:.1f} s)"
+                        )
+                        if name not in out["checks"]:
+                            out["checks"][name] = check_pruned_equals_masked(model, tuned, plan, masks, trainer, ds)
+                            log(f"  pruned = masked check: {out['checks'][name]}")
+    out["seconds"] = time.perf_counter() - t_all
+    out["load_end"] = _load()
+    out["estimate"] = estimate_full(out)
+    return out
+
+
+#: Seconds per ResNet-20 training step (batch 64, 32x32x3) on this 2-core CPU when quiet: `fit` at 351 images/s,
+#: docs/results.md's train_digits section (load average 1.5). The estimate's calibration of compute time.
+QUIET_RESNET20_STEP_S = 64 / 351
+
+
+def estimate_full(out: dict) -> dict:
+    """The full study's cost from this run's measured costs, per model.
+
+    Points: the median plan time, two evaluations at the median evaluation time and `FINETUNE_STEPS` steps at the
+    median time per fine-tuning step (the first point of a model excluded: it compiles). Base training: epochs x
+    steps per epoch at the same time per step (`fit`'s step does the same work without masks) plus, per seed, the
+    measured overhead of `init_variables`, compiles and evaluation (this run's base time less its steps).
+
+    Two figures: at this run's speed, and on a quiet machine. For the quiet one, compiled work (steps, evaluations)
+    is scaled by `QUIET_RESNET20_STEP_S` / this run's ResNet-20 step time (a loaded machine slows XLA's threads far
+    more than the load average says), host work (plans, overhead) by 2 / max(2, load average); without ResNet-20 in
+    the run, both by the load average.
+    """
+    load = max(2.0, float(np.mean([out["load_start"], out["load_end"]])))
+    host = 2.0 / load
+    steps = out["config"]["finetune_steps"]
+    spe = 1437 // BATCH
+    per_model = {}
+    for name in dict.fromkeys(b["model"] for b in out["bases"]):
+        pts = [p for p in out["points"] if p["model"] == name]
+        later = pts[1:] if len(pts) > 1 else pts
+        plan_s = float(np.median([p["seconds_plan"] for p in later]))
+        eval_s = float(np.median([p["seconds_eval"] for p in later]))
+        step_s = float(np.median([p["seconds_finetune"] for p in later])) / steps
+        bases = [b for b in out["bases"] if b["model"] == name]
+        n_steps_run = [b["epochs"] * (out["config"]["n_train"] or 1437) // BATCH for b in bases]
+        overhead = float(np.mean([b["seconds"] - n * step_s for b, n in zip(bases, n_steps_run, strict=True)]))
+        per_model[name] = {
+            "step_s": step_s,
+            "eval_s": eval_s,
+            "plan_s": plan_s,
+            "base_overhead_s": max(overhead, 0.0),
+            "points": len(MODELS[name]["seeds"]) * len(CRITERIA) * len(SCOPES) * len(BUDGETS),
+        }
+    compute = (QUIET_RESNET20_STEP_S / per_model["resnet20"]["step_s"]) if "resnet20" in per_model else host
+
+    def cost(v, name, c, h):
+        full = MODELS[name]
+        base = len(full["seeds"]) * (full["epochs"] * spe * v["step_s"] * c + v["base_overhead_s"] * h)
+        points = v["points"] * (v["plan_s"] * h + (2 * v["eval_s"] + FINETUNE_STEPS * v["step_s"]) * c)
+        return base, points
+
+    for name, v in per_model.items():
+        v["base_s"], v["points_s"] = cost(v, name, 1.0, 1.0)
+        v["base_s_quiet"], v["points_s_quiet"] = cost(v, name, compute, host)
+    return {
+        "load": load,
+        "compute_scale": compute,
+        "host_scale": host,
+        "per_model": per_model,
+        "total_minutes_at_load": sum(v["base_s"] + v["points_s"] for v in per_model.values()) / 60,
+        "total_minutes_quiet": sum(v["base_s_quiet"] + v["points_s_quiet"] for v in per_model.values()) / 60,
+    }
+
+
+# -- report ------------------------------------------------------------------------------------------------------------
+
+
+def _stats(vals):
+    vals = np.asarray(vals, dtype=np.float64)
+    spread = float(np.std(vals, ddof=1)) if vals.size > 1 else None
+    return float(vals.mean()), spread
+
+
+def _pm(vals, scale=100.0, digits=2):
+    m, s = _stats(vals)
+    return f"{scale * m:.{digits}f}" if s is None else f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+
+
+def summarize(out: dict) -> list[dict]:
+    """One row per (model, scope, criterion, budget): mean and spread over seeds."""
+    rows = []
+    cfg = out["config"]
+    for name in cfg["models"]:
+        for scope in cfg["scopes"]:
+            for criterion in cfg["criteria"]:
+                for budget in cfg["budgets"]:
+                    pts = [
+                        p
+                        for p in out["points"]
+                        if (p["model"], p["scope"], p["criterion"], p["budget"]) == (name, scope, criterion, budget)
+                    ]
+                    rows.append(
+                        {
+                            "model": name,
+                            "scope": scope,
+                            "criterion": criterion,
+                            "budget": budget,
+                            "n": len(pts),
+                            "accuracy": _stats([p["accuracy"] for p in pts]),
+                            "accuracy_pruned": _stats([p["accuracy_pruned"] for p in pts]),
+                            "macs_kept": _stats([p["macs_kept"] for p in pts]),
+                            "params_kept": _stats([p["params_kept"] for p in pts]),
+                            "raw": pts,
+                        }
+                    )
+    return rows
+
+
+def figure(out: dict, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = out["config"]
+    models, scopes = cfg["models"], cfg["scopes"]
+    fig, axes = plt.subplots(len(models), len(scopes), figsize=(5.2 * len(scopes), 3.8 * len(models)), squeeze=False)
+    for i, name in enumerate(models):
+        base = _stats([b["accuracy"] for b in out["bases"] if b["model"] == name])[0]
+        for j, scope in enumerate(scopes):
+            ax = axes[i][j]
+            for criterion in cfg["criteria"]:
+                rs = [r for r in rows if (r["model"], r["scope"], r["criterion"]) == (name, scope, criterion)]
+                x = [r["macs_kept"][0] for r in rs]
+                y = [100 * r["accuracy"][0] for r in rs]
+                e = [100 * (r["accuracy"][1] or 0.0) for r in rs]
+                style = (
+                    {"color": "black", "linestyle": "--", "marker": "x"} if criterion == "random" else {"marker": "o"}
+                )
+                ax.errorbar(x, y, yerr=e, capsize=3, label=criterion, **style)
+            ax.axhline(100 * base, color="grey", linewidth=0.8, linestyle=":", label="unpruned")
+            ax.set_title(f"{name}, scope={scope}")
+            ax.set_xlabel("fraction of MACs kept")
+            ax.set_ylabel("test accuracy after fine-tuning (%)")
+            ax.set_xlim(1.0, max(0.0, min(cfg["budgets"]) - 0.1))  # inverted: fewer MACs to the right
+            ax.ticklabel_format(useOffset=False)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"digits: mean ± sd over seeds; {cfg['finetune_steps']} fine-tuning steps per point", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(out: dict, rows: list[dict], *, command: str, figure_name: str) -> str:
+    cfg = out["config"]
+    est = out["estimate"]
+    lines = [
+        "## ShrinkBench-style study on the digits data (`benchmarks/study_digits.py`)",
+        "",
+        f"Command: `{command}`. Machine: {out['machine']}; load average {out['load_start']:.1f} at the start, "
+        f"{out['load_end']:.1f} at the end; {out['seconds'] / 60:.1f} min in all"
+        f"{' (SMOKE RUN: not a result)' if cfg['smoke'] else ''}.",
+        "",
+        "Each point: a plan from `make_plan(target_macs=budget, max_ratio=0.9, scope=...)` on the trained base "
+        f"network, then {cfg['finetune_steps']} SGD steps (batch {BATCH}, lr {FINETUNE_LR}, momentum 0.9, weight "
+        "decay 1e-4) on the masked original (one compile for every point; pruned = masked is checked below), then "
+        "test accuracy on all 360 test images. The same batches for every point of a seed. Global scope "
+        "normalisation: " + ", ".join(f"`{c}` {NORMALIZE[c]}" for c in cfg["criteria"]) + ". Spread: sample "
+        "standard deviation over seeds (none shown with one seed). `random` is the baseline on every curve.",
+        "",
+        "Base networks (`jaxprune.train.fit`, `paper_sgd` with Nesterov, batch 64, label smoothing 0.1, no "
+        "augmentation):",
+        "",
+        "| model | seeds | epochs | lr | test accuracy % | MACs | params |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in cfg["models"]:
+        bs = [b for b in out["bases"] if b["model"] == name]
+        r = cfg["recipes"][name]
+        lines.append(
+            f"| {name} | {', '.join(str(b['seed']) for b in bs)} | {r['epochs']} | {r['lr']} | "
+            f"{_pm([b['accuracy'] for b in bs])} | {bs[0]['macs']:,} | {bs[0]['params']:,} |"
+        )
+    head = " | ".join(f"{b:.0%} MACs" for b in cfg["budgets"])
+    lines += [
+        "",
+        "Test accuracy (%) after fine-tuning, mean ± sd over seeds, by the fraction of MACs kept:",
+        "",
+        f"| model | scope | criterion | {head} |",
+        "|---|---|---|" + "---:|" * len(cfg["budgets"]),
+    ]
+    for name in cfg["models"]:
+        for scope in cfg["scopes"]:
+            for criterion in cfg["criteria"]:
+                rs = [r for r in rows if (r["model"], r["scope"], r["criterion"]) == (name, scope, criterion)]
+                cells = [_pm([p["accuracy"] for p in r["raw"]]) for r in rs]
+                lines.append(f"| {name} | {scope} | `{criterion}` | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Speed-up (original MACs / kept MACs) and compression (original params / kept params, every `params` leaf), "
+        "reported separately, mean over seeds; the same MAC target gives different parameter counts by scope and "
+        "criterion (global ranking prunes where the parameters are):",
+        "",
+        f"| model | scope | criterion | {head} |",
+        "|---|---|---|" + "---:|" * len(cfg["budgets"]),
+    ]
+    for name in cfg["models"]:
+        for scope in cfg["scopes"]:
+            for criterion in cfg["criteria"]:
+                rs = [r for r in rows if (r["model"], r["scope"], r["criterion"]) == (name, scope, criterion)]
+                cells = [f"{1 / r['macs_kept'][0]:.2f}x / {1 / r['params_kept'][0]:.2f}x" for r in rs]
+                lines.append(f"| {name} | {scope} | `{criterion}` | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: speed-up / compression.", ""]
+    checks = "; ".join(
+        f"{n}: max |logits pruned - masked| {c['max_abs_diff']:.2e} (tolerance {c['tolerance']:.1e}), same "
+        f"predictions {c['same_predictions']}, MACs {c['macs_pruned']:,} = plan {c['macs_plan']:,}"
+        for n, c in out["checks"].items()
+    )
+    lines += [
+        f"Pruned = masked, checked on the first point of each model after fine-tuning: {checks}.",
+        "",
+        f"![accuracy vs MAC fraction]({figure_name})",
+        "",
+        f"Cost: {out['seconds'] / 60:.1f} min for this run; estimate of the full study from its measured costs: "
+        f"{est['total_minutes_at_load']:.1f} min at load {est['load']:.1f}, {est['total_minutes_quiet']:.1f} min "
+        "scaled to a quiet machine.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="1 seed, 1 budget, 2 criteria, a few steps")
+    ap.add_argument("--out", type=Path, default=None, help="write docs/... under this folder instead of the repository")
+    ap.add_argument("--models", nargs="+", default=None, choices=sorted(MODELS))
+    args = ap.parse_args(argv)
+    if args.smoke:
+        models = args.models or ["resnet20"]
+        cfg = {
+            "smoke": True,
+            "models": models,
+            "recipes": {m: {**MODELS[m], "epochs": 1, "seeds": (0,)} for m in models},
+            "criteria": ("random", "taylor"),
+            "scopes": SCOPES,
+            "budgets": (0.5,),
+            "finetune_steps": 3,
+            "n_train": 256,
+        }
+    else:
+        models = args.models or list(MODELS)
+        cfg = {
+            "smoke": False,
+            "models": models,
+            "recipes": {m: MODELS[m] for m in models},
+            "criteria": CRITERIA,
+            "scopes": SCOPES,
+            "budgets": BUDGETS,
+            "finetune_steps": FINETUNE_STEPS,
+            "n_train": None,
+        }
+    out = run(cfg)
+    rows = summarize(out)
+    top = args.out or ROOT  # --out DIR mirrors the repository: DIR/docs/...
+    results = top / "docs/results.md"
+    fig_path = top / "docs/study_digits.png"
+    json_path = top / "docs/study_digits.json"
+    command = "python benchmarks/study_digits.py" + (" --smoke" if args.smoke else "")
+    if args.models:
+        command += " --models " + " ".join(args.models)
+    figure(out, rows, fig_path)
+    write_section(
+        NAME, report(out, rows, command=command, figure_name=fig_path.name), file=str(results), title="Results"
+    )
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(out, indent=1, default=list) + "\n")
+    print(f"wrote {results}, {fig_path}, {json_path}")
+    est = out["estimate"]
+    print(json.dumps(est["per_model"], indent=1))
+    print(
+        f"estimated full study: {est['total_minutes_at_load']:.1f} min at load {est['load']:.1f}, "
+        f"{est['total_minutes_quiet']:.1f} min on a quiet machine"
+    )
+    return out
+
+
+if __name__ == "__main__":
+    main()
