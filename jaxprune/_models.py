@@ -12,27 +12,12 @@ been imported by the user, so ``sys.modules`` is asked, never the import system 
 
 from __future__ import annotations
 
-import sys
 import weakref
 from typing import Any
 
+from jaxprune._detect import is_nnx_module, is_nnx_optimizer
+
 __all__ = ["as_prunable", "is_nnx_module", "is_nnx_optimizer"]
-
-
-def _nnx():
-    return sys.modules.get("flax.nnx")
-
-
-def is_nnx_module(obj) -> bool:
-    """True for a Flax NNX module (checked without importing ``flax.nnx``)."""
-    nnx = _nnx()
-    return nnx is not None and isinstance(obj, nnx.Module)
-
-
-def is_nnx_optimizer(obj) -> bool:
-    """True for an `nnx.Optimizer` (checked without importing ``flax.nnx``)."""
-    nnx = _nnx()
-    return nnx is not None and isinstance(obj, nnx.Optimizer)
 
 
 #: NNX module -> the `TracedModel` `make_plan` traced it into, so that ``prune(module, plan)`` needs no example input.

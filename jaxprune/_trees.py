@@ -80,3 +80,20 @@ def check_variables(model, variables: Mapping[str, Any], *, what: str) -> None:
                 f"{what} do not match the model {model_name(model)}: leaf {'/'.join(p)} has shape {got}, the "
                 f"model's widths need {want}"
             )
+
+
+def dtype_name(v) -> str:
+    """The dtype name a checkpoint's leaf table records."""
+    return jnp.dtype(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype).name
+
+
+def rng_header(rng) -> dict[str, Any] | None:
+    """A PRNG key as checkpoint header data: ``{"impl": the key's implementation or None, "data": key data}``."""
+    if rng is None:
+        return None
+    if isinstance(rng, jax.Array) and jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return {"impl": str(jax.random.key_impl(rng)), "data": host_array(rng).tolist()}
+    arr = np.asarray(host_array(rng))
+    if arr.dtype != np.uint32:
+        raise TypeError(f"rng must be a typed PRNG key or raw uint32 key data, got dtype {arr.dtype}")
+    return {"impl": None, "data": arr.tolist()}

@@ -54,8 +54,10 @@ from flax import serialization, traverse_util
 from jaxprune import models as _models
 from jaxprune._atomic import atomic_write
 from jaxprune._trees import check_variables as _check_variables
+from jaxprune._trees import dtype_name as _dtype_name
 from jaxprune._trees import host_array, host_tree
 from jaxprune._trees import plain_dict as _plain_dict
+from jaxprune._trees import rng_header as _rng_header
 from jaxprune.plan import PruningPlan, model_fingerprint, strict_json_loads
 
 __all__ = [
@@ -160,17 +162,6 @@ def _is_train_state(obj) -> bool:
 def _leaf_table(variables: Mapping[str, Any]) -> dict[str, list]:
     flat = traverse_util.flatten_dict(_plain_dict(variables))
     return {"/".join(p): [list(np.shape(v)), _dtype_name(v)] for p, v in sorted(flat.items())}
-
-
-def _rng_header(rng) -> dict[str, Any] | None:
-    if rng is None:
-        return None
-    if isinstance(rng, jax.Array) and jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        return {"impl": str(jax.random.key_impl(rng)), "data": host_array(rng).tolist()}
-    arr = np.asarray(host_array(rng))
-    if arr.dtype != np.uint32:
-        raise TypeError(f"rng must be a typed PRNG key or raw uint32 key data, got dtype {arr.dtype}")
-    return {"impl": None, "data": arr.tolist()}
 
 
 def _write_chunks(f, data: bytes) -> None:
@@ -509,6 +500,8 @@ def _check_header(header: Mapping[str, Any], path: str, *, orbax: bool = False) 
 def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON header of a checkpoint (model config, plans, step, leaf shapes, metadata) without reading the arrays.
 
+    `path` is a checkpoint file or a ``format="orbax"`` directory.
+
     The header's fields are checked strictly, but not against the file's digest (that needs the whole file):
     `load_checkpoint` checks it.
 
@@ -516,7 +509,11 @@ def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
       FileNotFoundError: no file at `path`.
       ValueError: not a jaxprune checkpoint, an unparsable or malformed header, or an unknown format version.
     """
+    from jaxprune import _orbax
+
     path = os.fspath(path)
+    if _orbax.is_orbax_dir(path):  # format="orbax": the header file is covered by its own digest, checked here
+        return _read_orbax_header(path)
     with open(path, "rb") as f:
         header, _ = _read_header(f, path)
     _check_header(header, path)
@@ -568,10 +565,6 @@ def _read_orbax_header(path: str) -> dict[str, Any]:
         raise ValueError(f"orbax checkpoint {path} is corrupted or was modified: its header's SHA-256 does not match")
     _check_header(header, path, orbax=True)
     return header
-
-
-def _dtype_name(v) -> str:
-    return jnp.dtype(v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype).name
 
 
 def _check_leaf_table(path: str, table: Mapping[str, Any], variables: Mapping[str, Any]) -> None:

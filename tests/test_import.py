@@ -6,6 +6,7 @@ import ast
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,26 @@ def test_the_private_api_check_catches_every_spelling():
         "line 6",
         "line 7",
     ]
+
+
+def test_tracing_a_linen_model_loads_neither_nnx_nor_optax():
+    code = textwrap.dedent(
+        """
+        import sys
+        import flax.linen as nn
+        import jax
+        import jax.numpy as jnp
+        import jaxprune as jp
+
+        class Net(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(2)(nn.relu(nn.Dense(8)(x)))
+
+        x = jnp.zeros((1, 4))
+        jp.trace_model(Net(), Net().init(jax.random.key(0), x), x)
+        print(sorted(m for m in ("flax.nnx", "optax") if m in sys.modules))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

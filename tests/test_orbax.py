@@ -77,6 +77,15 @@ def test_round_trip_is_exact(saved_dir, pruned):
     assert ck.plans[0].made_for == plan.made_for
 
 
+def test_the_header_and_the_cli_folder_lookup_read_an_orbax_directory(saved_dir, pruned):
+    from jaxprune.demo import checkpoint_file
+
+    header = jp.read_checkpoint_header(saved_dir)
+    assert header["step"] == 41 and header["metadata"] == {"acc": 0.75}
+    assert header["model"] == pruned[0].config()
+    assert checkpoint_file(saved_dir) == saved_dir  # `--checkpoint DIR` of the CLI takes the directory itself
+
+
 def test_a_fresh_process_rebuilds_the_pruned_model_from_the_directory_alone(saved_dir, pruned, tmp_path):
     m, v, _, _, st = pruned
     out = tmp_path / "restored.npz"

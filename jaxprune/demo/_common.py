@@ -117,7 +117,8 @@ CHECKPOINT_FILE = "checkpoint.ckpt"
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
-    """The checkpoint file of a checkpoint folder (one holding `CHECKPOINT_FILE`), or `path` itself if it is a file.
+    """The checkpoint file of a checkpoint folder (one holding `CHECKPOINT_FILE`), or `path` itself if it is a file
+    or an orbax checkpoint directory (``save_checkpoint(..., format="orbax")``).
 
     Args:
       path: A folder written by ``jaxprune train``/``prune``/``finetune`` (or `run_demo`'s ``baseline``/``pruned``),
@@ -137,6 +138,10 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"checkpoint folder {str(p)!r} does not exist")
     if p.is_dir():
+        from jaxprune import _orbax
+
+        if _orbax.is_orbax_dir(str(p)):  # a format="orbax" checkpoint is itself a directory
+            return p
         f = p / CHECKPOINT_FILE
         if not f.is_file():
             raise ValueError(

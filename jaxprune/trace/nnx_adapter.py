@@ -14,11 +14,10 @@ _NNX_COLLECTIONS = (("params", "Param"), ("batch_stats", "BatchStat"))
 
 
 def is_module(obj) -> bool:
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, nnx.Module)
+    """True for an NNX module, without importing ``flax.nnx`` (tracing a Linen model must not load it and optax)."""
+    from jaxprune._detect import is_nnx_module
+
+    return is_nnx_module(obj)
 
 
 def _str_keys(tree):
