@@ -45,6 +45,12 @@ def _model_shapes(model) -> Mapping[tuple[str, ...], tuple[int, ...]] | None:
         return {p: tuple(v.shape) for p, v in flatten_variables(own()).items()}
     if not callable(getattr(model, "config", None)):
         return None
+    from jaxprune.models import default_input_shape
+
+    try:  # a model without a default input (its shapes depend on the input it is given) cannot say
+        default_input_shape(model)
+    except (AttributeError, TypeError, ValueError):
+        return None
     key = _model_key(model)
     shapes = _SHAPES.get(key) if key is not None else None
     if shapes is None:  # a zoo model: evaluated abstractly once per configuration
