@@ -212,6 +212,7 @@ def test_demo_quick_interrupted_resumed_and_reported(tmp_path, env):
 
     expected = {
         "plan.json", "report.md", "report.json", "sensitivity.md", "baseline", "pruned", "figures",
+        ".jaxprune-run.json",  # the record of the run that wrote the folder (jaxprune._outdir)
     }  # fmt: skip
     assert {p.name for p in out.iterdir()} == expected
     figures = sorted(p.name for p in (out / "figures").iterdir())
