@@ -457,16 +457,17 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
                 _ROWS_CACHE.clear()
             _ROWS_CACHE[(key, shape)] = _trace_rows(model, shape)
         rows = _ROWS_CACHE[(key, shape)]
+    return _report(rows, shape, exclude_projections, _label(model))
+
+
+def _report(rows, shape, exclude_projections: bool, label: str) -> MacReport:
+    """A `MacReport` of `rows`, without the projection shortcuts' rows if asked (they are named in `excluded`)."""
     excluded: tuple[str, ...] = ()
     if exclude_projections:
         excluded = tuple(r.name for r in rows if r.is_projection)
         rows = tuple(r for r in rows if not r.is_projection)
     return MacReport(
-        rows=rows,
-        input_shape=shape,
-        exclude_projections=exclude_projections,
-        excluded=excluded,
-        model_label=_label(model),
+        rows=rows, input_shape=shape, exclude_projections=exclude_projections, excluded=excluded, model_label=label
     )
 
 
@@ -481,17 +482,7 @@ def _count_nnx(module, input_shape, exclude_projections: bool) -> MacReport:
         raise ValueError(f"input_shape must hold positive ints, got {tuple(input_shape)!r}")
     shape = tuple(int(d) for d in input_shape)
     rows = tuple(MacRow(**r) for r in count_rows(module, shape))
-    excluded: tuple[str, ...] = ()
-    if exclude_projections:
-        excluded = tuple(r.name for r in rows if r.is_projection)
-        rows = tuple(r for r in rows if not r.is_projection)
-    return MacReport(
-        rows=rows,
-        input_shape=shape,
-        exclude_projections=exclude_projections,
-        excluded=excluded,
-        model_label=type(module).__name__,
-    )
+    return _report(rows, shape, exclude_projections, type(module).__name__)
 
 
 def _pct(before: int, after: int) -> str:
