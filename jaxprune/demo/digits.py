@@ -232,13 +232,7 @@ def _train_with_checkpoints(
             state,
             data,
             epochs=recipe.epochs - done,
-            batch_size=recipe.batch_size,
-            eval_batch_size=recipe.eval_batch_size,
-            seed=seed,
-            augment=recipe.augment,
-            label_smoothing=recipe.label_smoothing,
-            progress=progress,
-            callback=save,
+            **_fit_options(recipe, seed=seed, progress=progress, callback=save),
         )
     except KeyboardInterrupt:
         k = history[-1]["epoch"] if history else done
@@ -246,6 +240,19 @@ def _train_with_checkpoints(
         log(f"\ninterrupted: {where}; run the same command again to resume")
         raise
     return state, history, status
+
+
+def _fit_options(recipe: Recipe, *, seed: int, progress, callback) -> dict:
+    """The `train.fit` / `train.finetune` keywords a recipe sets, shared by training and fine-tuning."""
+    return {
+        "batch_size": recipe.batch_size,
+        "eval_batch_size": recipe.eval_batch_size,
+        "seed": seed,
+        "augment": recipe.augment,
+        "label_smoothing": recipe.label_smoothing,
+        "progress": progress,
+        "callback": callback,
+    }
 
 
 def _finetune_tx(lr: float, epochs: int, steps_per_epoch: int, recipe: Recipe):

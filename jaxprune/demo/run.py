@@ -24,6 +24,7 @@ from jaxprune.demo.digits import (
     QUICK_RECIPE,
     _digits_model,
     _finetune_tx,
+    _fit_options,
     _load_data,
     _train_with_checkpoints,
 )
@@ -216,13 +217,7 @@ def run_demo(
                 recipe.finetune_lr, recipe.finetune_epochs, train.steps_per_epoch(data, recipe.batch_size), recipe
             ),
             keep_optimizer_state=False,
-            batch_size=recipe.batch_size,
-            eval_batch_size=recipe.eval_batch_size,
-            seed=seed,
-            augment=recipe.augment,
-            label_smoothing=recipe.label_smoothing,
-            progress=progress,
-            callback=save,
+            **_fit_options(recipe, seed=seed, progress=progress, callback=save),
         )
     except KeyboardInterrupt:
         log(f"\ninterrupted while fine-tuning; {baseline_dir} holds the trained network, run again to continue")
