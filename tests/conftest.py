@@ -91,3 +91,22 @@ def assert_close(a, b, *, rel: float = 1e-5):
     tol = rel * max(1.0, float(np.max(np.abs(b))))
     err = float(np.max(np.abs(a - b)))
     assert err <= tol, f"max|delta| = {err:.3g} > {tol:.3g}"
+
+
+def random_leaf(rng: np.random.Generator, name: str, leaf):
+    """One seeded random leaf of `leaf`'s shape and dtype by its name: kernels He-scaled, norm scales and variances
+    around 1, the rest small (so every coupled leaf matters in equivalence tests)."""
+    if name == "kernel":
+        v = rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape)
+    elif name in ("scale", "var"):
+        v = rng.uniform(0.5, 1.5, leaf.shape)
+    else:
+        v = rng.normal(0.0, 0.1, leaf.shape)
+    return jnp.asarray(v, leaf.dtype)
+
+
+def linen_random_variables(model, x, seed: int = 0):
+    """Seeded random variables from abstract shapes (as `jp.random_variables`, for Linen models without `train=`)."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: random_leaf(rng, path[-1].key, leaf), dict(abstract))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import random_leaf
 from flax import nnx
 
 import jaxprune as jp
@@ -78,13 +79,7 @@ def _randomized(make, seed=0):
         name = str(path[-2].key) if len(path) > 1 else ""
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             return jnp.zeros(leaf.shape, leaf.dtype) if leaf.shape != () or name != "key" else jax.random.key(seed)
-        if name == "kernel":
-            v = rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape)
-        elif name in ("scale", "var"):
-            v = rng.uniform(0.5, 1.5, leaf.shape)
-        else:
-            v = rng.normal(0.0, 0.1, leaf.shape)
-        return jnp.asarray(v, leaf.dtype)
+        return random_leaf(rng, name, leaf)
 
     return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import assert_close
+from conftest import linen_random_variables as random_variables
 from flax import nnx
 
 import jaxprune as jp
@@ -28,24 +29,6 @@ CIFAR_RESNETS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
 
 def sds(*shape):
     return jax.ShapeDtypeStruct(shape, jnp.float32)
-
-
-def random_variables(model, x, seed: int = 0):
-    """Seeded random variables from abstract shapes (as `jp.random_variables`, for models without `train=`)."""
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            v = rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape)
-        elif name in ("scale", "var"):
-            v = rng.uniform(0.5, 1.5, leaf.shape)
-        else:
-            v = rng.normal(0.0, 0.1, leaf.shape)
-        return jnp.asarray(v, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, jax.tree_util.tree_map(lambda a: a, dict(abstract)))
 
 
 def random_ratios(traced, seed: int) -> dict[str, float]:

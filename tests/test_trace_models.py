@@ -18,28 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import assert_close
+from conftest import linen_random_variables as random_variables
 from flax import nnx
 
 import jaxprune as jp
 from jaxprune.trace import UntracedChannelsWarning
-
-
-def random_variables(model, x, seed: int = 0):
-    """Seeded random variables from abstract shapes (LayerNorm scales around 1, kernels He-scaled, the rest small)."""
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            v = rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape)
-        elif name in ("scale", "var"):
-            v = rng.uniform(0.5, 1.5, leaf.shape)
-        else:
-            v = rng.normal(0.0, 0.1, leaf.shape)
-        return jnp.asarray(v, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, dict(abstract))
 
 
 def half_plan(tm, v, *, skip=()):
