@@ -38,8 +38,8 @@ def _resolve_target(model_or_fn, variables, apply_kwargs=None):
         if apply_kwargs:
             kw = dict(apply_kwargs)
 
-            def fn(v, x, _f=model_or_fn, _kw=kw):
-                return _f(v, x, **_kw)
+            def fn(v, *xs, _f=model_or_fn, _kw=kw):
+                return _f(v, *xs, **_kw)
 
         return "function", fn, variables, None, zoo, None
     raise TypeError(
@@ -61,7 +61,7 @@ def trace_model(
     model_or_fn,
     variables: Mapping[str, Any] | None,
     example_input,
-    *,
+    *more_inputs,
     policy=None,
     fields: Mapping[str, str | tuple[str, int]] | None = None,
     apply_kwargs: Mapping[str, Any] | None = None,
@@ -76,6 +76,9 @@ def trace_model(
       variables: The variables (arrays or `jax.ShapeDtypeStruct`; only shapes are read). None for an NNX module:
         its own (`nnx_variables`).
       example_input: An example input (array or `jax.ShapeDtypeStruct`, or a pytree of them); its shape is traced.
+      *more_inputs: Further example inputs, for a model called with several (a diffusion U-Net's ``(x, t)``):
+        ``trace_model(unet, variables, x, t)`` traces ``unet.apply(variables, x, t)`` (``module(x, t)`` for NNX,
+        ``fn(variables, x, t)`` for a function), and the `TracedModel` runs as ``apply(variables, x, t)``.
       policy: Which traced groups are prunable: None (the model's declaration when it has `channel_groups()`,
         else every traced group), a model with `channel_groups()`, a mapping ``{group name: prunable}``, or a
         callable ``group -> bool | ChannelGroup`` (rename, re-kind, re-score, or set prunability).
@@ -113,8 +116,14 @@ def trace_model(
     if train_kwargs is None and apply_kwargs.get("train", None) is False:
         train_kwargs = {**apply_kwargs, "train": True}
     kind, fn, variables, module, zoo, nnx_parts = _resolve_target(model_or_fn, variables, apply_kwargs)
-    _check_input(example_input)
-    trace = _analyze(fn, variables, example_input)
+    for x in (example_input, *more_inputs):
+        _check_input(x)
+    call = None if kind == "nnx" else (module.apply if kind == "linen" else model_or_fn)
+    if more_inputs:  # the core traces one input: the inputs as one tuple, unpacked into the call
+        example_input = _linen.Several((example_input, *more_inputs))
+        fn = _unpacked(fn)
+        call = None if call is None else _unpacked(call)
+    trace = _analyze(fn, variables, tuple(example_input) if more_inputs else example_input)
     if policy is None and zoo is not None:
         policy = zoo
     if policy is not zoo:
@@ -146,15 +155,25 @@ def trace_model(
         fields=norm_fields,
         nnx_parts=nnx_parts,
         zoo=zoo,
-        call=None if kind == "nnx" else (module.apply if kind == "linen" else model_or_fn),
+        call=call,
         apply_kwargs=apply_kwargs,
         train_kwargs=None if kind == "nnx" else train_kwargs,
         rebuild=rebuild,
         train_rngs=tuple(train_rngs),
+        n_inputs=1 + len(more_inputs),
     )
     tm._policy = policy
     check_groups(tm.channel_groups(), abstract)
     return tm
+
+
+def _unpacked(f):
+    """``f(v, *inputs, **kw)`` as ``g(v, inputs, **kw)``: several inputs travel through the core as one tuple."""
+
+    def g(v, xs, **kw):
+        return f(v, *xs, **kw)
+
+    return g
 
 
 def _check_kwargs(kwargs, what: str) -> dict[str, Any] | None:

@@ -24,9 +24,9 @@ def is_module(obj) -> bool:
 
 
 def apply_fn(module, kwargs: Mapping[str, Any] | None = None):
-    """The pure function the tracing core sees: ``module.apply(v, x, **kwargs)``."""
+    """The pure function the tracing core sees: ``module.apply(v, *inputs, **kwargs)``."""
     kwargs = dict(kwargs or {})
-    return lambda v, x: module.apply(v, x, **kwargs)
+    return lambda v, *xs: module.apply(v, *xs, **kwargs)
 
 
 def takes_train(module) -> bool:
@@ -197,11 +197,17 @@ def _set(obj, path, value):
     return obj.clone(**{head: _set(getattr(obj, head), rest, value)})
 
 
+class Several(tuple):
+    """Several example inputs of one call, ``module.init(key, *inputs)`` (`trace_model(m, v, x, t)`), as opposed to one
+    input that is a tuple."""
+
+
 def _init_shapes(module, example_input, apply_kwargs) -> dict[tuple[str, ...], tuple[int, ...]]:
     from flax import traverse_util
 
     kw = dict(apply_kwargs)
-    abs_v = jax.eval_shape(lambda k, x: module.init(k, x, **kw), jax.random.key(0), example_input)
+    xs = tuple(example_input) if isinstance(example_input, Several) else (example_input,)
+    abs_v = jax.eval_shape(lambda k, xs: module.init(k, *xs, **kw), jax.random.key(0), xs)
     return {tuple(str(p) for p in k): tuple(a.shape) for k, a in traverse_util.flatten_dict(dict(abs_v)).items()}
 
 

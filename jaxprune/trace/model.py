@@ -31,7 +31,7 @@ class TracedModel:
     """A model seen through its traced channel groups: what `make_plan`, `prune` and `mask_dropped` need.
 
     It implements the model protocol (`channel_groups()`, `with_widths(mapping)`, `stages()`), and `apply(variables,
-    x, *, train=False, masks=None, mutable=False, rngs=None)` (``train=True``: the model's training call, traced and
+    *inputs, train=False, masks=None, mutable=False, rngs=None)` (``train=True``: the model's training call, traced and
     re-run the same way, so `jaxprune.train.fit` trains it), which re-runs the traced program at the model's current widths (the jaxpr's shape parameters
     rewritten from the traced channel spaces; one jitted program per width configuration) and, with `masks`, zeroes
     the masked channels wherever channels are mixed (contractions, reductions): the masking reference for a traced
@@ -69,6 +69,7 @@ class TracedModel:
         programs=None,
         rebuild=None,
         train_rngs=(),
+        n_inputs=1,
     ):
         self._trace: _Trace = trace
         self._specs: list[_Spec] = specs
@@ -99,6 +100,8 @@ class TracedModel:
         #: PRNG streams the training call draws from (``("dropout",)``): `jaxprune.train`'s step passes ``rngs`` with a
         #: key per stream, ``fold_in(fold_in(state.rng, step), i + 1)`` for the i-th.
         self.train_rngs: tuple[str, ...] = tuple(train_rngs)
+        #: How many inputs the model is called with (`trace_model(m, v, x, t)`: 2); `apply(variables, *inputs)`.
+        self.n_inputs: int = int(n_inputs)
 
     # -- the model protocol ----------------------------------------------------------------------------------
     def channel_groups(self) -> tuple[ChannelGroup, ...]:
@@ -167,6 +170,7 @@ class TracedModel:
             programs=self._programs,
             rebuild=self._rebuild,
             train_rngs=self.train_rngs,
+            n_inputs=self.n_inputs,
         )
         new._policy = self._policy
         return new
@@ -219,8 +223,7 @@ class TracedModel:
     def apply(
         self,
         variables: Mapping[str, Any],
-        x,
-        *,
+        *inputs,
         train: bool = False,
         masks: Mapping[str, Any] | None = None,
         mutable=False,
@@ -238,7 +241,8 @@ class TracedModel:
 
         Args:
           variables: Variables at the current widths (e.g. from `jaxprune.prune`).
-          x: Input; another shape than the traced example re-traces the original model at that shape (cached).
+          *inputs: The input (several for a model traced with several, ``apply(variables, x, t)``); other shapes than
+            the traced examples re-trace the original model at those shapes (cached).
           train: Run the training call (needs `train_kwargs`, set by `trace_model` when the model takes ``train``).
           masks: Optional group name -> 0/1 vector: the 0-channels are zeroed wherever channels are mixed
             (contractions, reductions), so they contribute nothing, as if removed (the masking reference, docs/design.md
@@ -248,11 +252,13 @@ class TracedModel:
           rngs: As in Flax: PRNG stream name -> key (e.g. ``{"dropout": key}``).
 
         Raises:
-          ValueError: `train=True` on a model traced without a ``train`` argument (no `train_kwargs`), variables that
+          ValueError: another number of inputs than traced, `train=True` on a model traced without a ``train``
+            argument (no `train_kwargs`), variables that
             do not match the current widths, a mask for an unknown group or of the wrong length, a training pass in
             which a pruned group's channels cannot be followed.
           TypeError: `mutable` or `rngs` of the wrong kind.
         """
+        x = self._packed(inputs)
         variables = _check_variables(variables)
         # An empty collection the trace did not see (a TrainState's ``batch_stats={}`` of a model without batch norm).
         variables = {k: c for k, c in variables.items() if k in self._abstract or jax.tree_util.tree_leaves(c)}
@@ -371,8 +377,25 @@ class TracedModel:
         out = fn(leaves, [mroot[k] for k in mkeys])
         return jax.tree_util.tree_unflatten(trace.out_tree, out)
 
-    def __call__(self, variables, x, **kw):
-        return self.apply(variables, x, **kw)
+    def __call__(self, variables, *inputs, **kw):
+        return self.apply(variables, *inputs, **kw)
+
+    def _packed(self, inputs: tuple):
+        """The inputs as the core sees them: the one input, or the tuple of several."""
+        if len(inputs) != self.n_inputs:
+            raise ValueError(
+                f"this TracedModel was traced with {self.n_inputs} input(s) and is called as apply(variables, "
+                f"{', '.join(f'x{i}' for i in range(self.n_inputs))}); got {len(inputs)} input(s)"
+            )
+        return inputs[0] if self.n_inputs == 1 else tuple(inputs)
+
+    @property
+    def example_inputs(self) -> tuple[jax.ShapeDtypeStruct, ...]:
+        """The traced example inputs' shapes and dtypes, one pytree per input (a pytree input stays one)."""
+        avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in self._trace.in_avals[self._trace.n_var_leaves :]]
+        _, x_tree = self._trace.in_tree.children()
+        x = jax.tree_util.tree_unflatten(x_tree, avals)
+        return (x,) if self.n_inputs == 1 else tuple(x)
 
     def _trace_for(self, x) -> tuple[_Trace, dict[int, int]]:
         avals = [_abstract(a) for a in jax.tree_util.tree_leaves(x)]
