@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxprune._models import is_nnx_module
+from jaxprune import _program
 from jaxprune._table import text_table
 from jaxprune.models import VGG, CifarResNet, ImageNetResNet, default_input_shape
-from jaxprune.models.base import check_prunable_model
+from jaxprune.models.base import check_prunable_model, is_prunable_model
 from jaxprune.models.layers import Conv
 from jaxprune.utils import _model_key
 
@@ -40,8 +40,10 @@ __all__ = [
     "xla_flops",
 ]
 
-#: Row kinds: conv and dense rows carry MACs; bn rows carry BN scale/bias; other = params of unrecognised modules.
-ROW_KINDS = ("conv", "dense", "bn", "other")
+#: Row kinds: conv and dense rows carry weight MACs; act rows the MACs of a product of two activations (attention
+#: scores, attention times values; `MacReport.activation_macs`, never in `.macs`); bn rows carry norm scale/bias;
+#: other = params of unrecognised modules.
+ROW_KINDS = ("conv", "dense", "act", "bn", "other")
 
 #: Words in a 1x1 conv's module name that mark it as a projection shortcut (the zoo uses ``stage{s}_block1_shortcut``).
 PROJECTION_WORDS = ("shortcut", "proj", "downsample")
@@ -63,6 +65,10 @@ MAC_CONVENTION = (
     "not counted)"
 )
 PARAMS_CONVENTION = "params = every 'params' leaf (BN scale/bias included); params_no_bn = conv + dense weights and biases (paper Table 1)"
+ACT_CONVENTION = (
+    "activation MACs = products of two activations (attention scores q.k, attention weights x values), counted apart "
+    "and not in MACs"
+)
 XLA_CONVENTION = (
     "XLA flops = cost_analysis()['flops'] of the compiled inference forward: 2 per MAC over in-bounds kernel taps "
     "(zero padding skipped) plus BN, ReLU, pooling and bias work"
@@ -76,10 +82,10 @@ class MacRow:
     Attributes:
       name: Module path joined with '/', e.g. ``conv3`` or ``stage2_block1_shortcut``.
       kind: One of `ROW_KINDS`.
-      in_width: Input channels (features) of the call.
-      out_width: Output channels (features).
+      in_width: Input channels (features) of the call; the contracted size of an ``act`` row (e.g. head features).
+      out_width: Output channels (features): the kernel's output size; the last output axis of an ``act`` row.
       out_hw: Output (H, W) for a spatial layer, None for a dense layer (or a BN after one).
-      macs: Multiply-accumulates of the call (0 for bn/other).
+      macs: Multiply-accumulates of the call (0 for bn/other; for an ``act`` row, its activation MACs).
       params: Parameter elements the layer owns (kernel + bias, or BN scale + bias).
       weights: Kernel elements only (the Table 2 convention: no biases).
       kernel_size: (kh, kw) of a conv, None otherwise.
@@ -108,7 +114,8 @@ class MacReport:
 
     Attributes:
       rows: Per-layer rows in call order (`MacRow`); left-out projection convs are not among them.
-      input_shape: The NHWC input shape counted (MACs are for the whole batch; use batch 1 for per-image figures).
+      input_shape: The input shape counted, NHWC for the zoo (MACs are for the whole batch; use batch 1 for per-image
+        figures); one shape per input, as a tuple of shapes, for a model called with several (a U-Net's ``(x, t)``).
       exclude_projections: Whether 1x1 projection convs were left out (the paper's ResNet-34 figures).
       excluded: Names of the left-out convs.
       model_label: A short description of the model (family, depth).
@@ -122,8 +129,14 @@ class MacReport:
 
     @property
     def macs(self) -> int:
-        """Conv + dense multiply-accumulates: the paper's FLOP."""
-        return sum(r.macs for r in self.rows)
+        """Conv + dense multiply-accumulates (weight MACs): the paper's FLOP."""
+        return sum(r.macs for r in self.rows if r.kind in ("conv", "dense"))
+
+    @property
+    def activation_macs(self) -> int:
+        """Multiply-accumulates of products of two activations (``act`` rows: attention scores, attention times
+        values), apart from `macs`; 0 for a CNN."""
+        return sum(r.macs for r in self.rows if r.kind == "act")
 
     @property
     def params(self) -> int:
@@ -148,7 +161,8 @@ class MacReport:
             if self.exclude_projections
             else ""
         )
-        return f"{MAC_CONVENTION}; {PARAMS_CONVENTION}; input {tuple(self.input_shape)}{proj}"
+        act = f"; {ACT_CONVENTION}" if any(r.kind == "act" for r in self.rows) else ""
+        return f"{MAC_CONVENTION}{act}; {PARAMS_CONVENTION}; input {tuple(self.input_shape)}{proj}"
 
     def row(self, name: str) -> MacRow:
         """The row of a layer, by name.
@@ -162,18 +176,30 @@ class MacReport:
         raise KeyError(f"no layer {name!r}; layers: {', '.join(r.name for r in self.rows)}")
 
     def format(self, *, include_bn: bool = False) -> str:
-        """A text table: one line per conv/dense layer (BN too if asked), totals, and the convention."""
-        head = ("layer", "kind", "in", "out", "HxW", "MACs", "params")
+        """A text table: one line per conv/dense layer (BN too if asked), totals, and the convention; a model with
+        activation-by-activation products (attention) gets their rows and an ``act MACs`` column."""
+        act = any(r.kind == "act" for r in self.rows)
+        head = ("layer", "kind", "in", "out", "HxW", "MACs", *(("act MACs",) if act else ()), "params")
         lines = [head]
         for r in self.rows:
             if r.kind == "bn" and not include_bn:
                 continue
+            macs = ("-", f"{r.macs:,}") if r.kind == "act" else (f"{r.macs:,}", "-")
             lines.append(
-                (r.name, r.kind, str(r.in_width), str(r.out_width), _hw(r.out_hw), f"{r.macs:,}", f"{r.params:,}")
+                (
+                    r.name,
+                    r.kind,
+                    str(r.in_width),
+                    str(r.out_width),
+                    _hw(r.out_hw),
+                    *macs[: 2 if act else 1],
+                    f"{r.params:,}",
+                )
             )
         out = text_table(lines, left=2)
+        acts = f"; {self.activation_macs:,} activation MACs (apart)" if act else ""
         out += (
-            f"\ntotal: {self.macs:,} MACs; params {self.params:,} (all leaves), {self.params_no_bn:,} (no BN)"
+            f"\ntotal: {self.macs:,} MACs{acts}; params {self.params:,} (all leaves), {self.params_no_bn:,} (no BN)"
             f"\nconvention: {self.convention}"
         )
         return out
@@ -305,99 +331,18 @@ def _trace_rows(model, shape: tuple[int, ...]) -> tuple[MacRow, ...]:
 _ROWS_CACHE: dict[tuple[str, tuple[int, ...]], tuple[MacRow, ...]] = {}
 
 
-def _is_traced(model) -> bool:
-    from jaxprune.trace.model import TracedModel
+def _jaxpr_report(program, exclude_projections: bool) -> MacReport:
+    """`MacReport` of any model that is not a zoo model, read from its jaxpr (`jaxprune.trace.costs`)."""
+    from jaxprune._program import traced_jaxpr
+    from jaxprune.trace.costs import jaxpr_rows
 
-    return isinstance(model, TracedModel)
-
-
-def _traced_rows(model, input_shape) -> tuple[tuple[MacRow, ...], tuple[int, ...]]:
-    """Rows of a `TracedModel` at its current widths, read from its traced program: one row per conv or dense
-    contraction with a parameter kernel (named after the kernel's module; a scan body counts `length` times), and one
-    ``other`` row per module owning the remaining parameters. A contraction of two activations (attention scores) is
-    not a weight MAC and is not counted."""
-    from jaxprune.trace.runner import _Runner
-
-    x_avals = model._trace.in_avals[model._trace.n_var_leaves :]
-    if input_shape is None:
-        trace, sizes = model._trace, model._sizes
-        shape = tuple(x_avals[0].shape)
-    else:
-        if len(x_avals) != 1:
-            raise ValueError(
-                f"input_shape is for a model with one input; this TracedModel takes {len(x_avals)}: pass None (the "
-                "traced example input)"
-            )
-        if not isinstance(input_shape, Sequence) or any(
-            isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in input_shape
-        ):
-            raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}")
-        shape = tuple(int(d) for d in input_shape)
-        trace, sizes = model._trace_for(jax.ShapeDtypeStruct(shape, x_avals[0].dtype))
-    runner = _Runner(trace, sizes, None)
-    rows: list[MacRow] = []
-    owners: dict[tuple[str, ...], int] = {}
-    for path, nodes in trace.leaves:
-        if path and path[0] == "params":
-            owners[path[1:-1]] = owners.get(path[1:-1], 0) + _size(runner.shape(nodes))
-    kernel_sizes = {path: _size(runner.shape(nodes)) for path, nodes in trace.leaves}
-    counted: set[tuple[str, ...]] = set()
-
-    def visit(f, times: int) -> None:
-        for i, eqn in enumerate(f.jaxpr.eqns):
-            name = eqn.primitive.name
-            subs = f.subs.get(i)
-            if subs:
-                k = times * int(eqn.params.get("length", 1)) if name == "scan" else times
-                for sub in subs[:1] if name == "cond" else subs:
-                    visit(sub, k)
-            if name not in ("conv_general_dilated", "dot_general"):
-                continue
-            lhs, rhs = eqn.invars[:2]
-            out = eqn.outvars[0]
-            kernel = next((v for v in (rhs, lhs) if v in f.src), None)
-            if kernel is None or f.env.get(out) is None:
-                continue
-            kpath = f.src[kernel][0]
-            kshape = runner.shape(f.env[kernel])
-            oshape = runner.shape(f.env[out])
-            if name == "conv_general_dilated":
-                rspec = eqn.params["dimension_numbers"].rhs_spec
-                taps = _size([kshape[a] for a in rspec[2:]])
-                macs = _size(oshape) * taps * kshape[rspec[1]]
-                ospec = eqn.params["dimension_numbers"].out_spec
-                hw = tuple(int(oshape[a]) for a in ospec[2:4]) if len(ospec) >= 4 else None
-                row = ("conv", int(kshape[rspec[1]] * eqn.params["feature_group_count"]), int(kshape[rspec[0]]), hw)
-                ksz = tuple(int(kshape[a]) for a in rspec[2:4]) if len(rspec) >= 4 else None
-            else:
-                (lc, rc), _ = eqn.params["dimension_numbers"]
-                kc = rc if kernel is rhs else lc
-                contract = _size([kshape[a] for a in kc])
-                macs = _size(oshape) * contract
-                row = ("dense", int(contract), int(oshape[-1]) if oshape else 1, None)
-                ksz = None
-            owner = tuple(kpath[1:-1])
-            first = owner not in counted
-            counted.add(owner)
-            rows.append(
-                MacRow(
-                    "/".join(owner) or "<root>",
-                    row[0],
-                    row[1],
-                    row[2],
-                    row[3],
-                    int(macs) * times,
-                    owners.get(owner, 0) if first else 0,
-                    kernel_sizes.get(tuple(kpath), 0) if first else 0,
-                    ksz,
-                )
-            )
-
-    visit(trace.top, 1)
-    for owner, n in owners.items():
-        if owner not in counted:
-            rows.append(MacRow("/".join(owner) or "<root>", "other", 0, 0, None, 0, n, 0))
-    return tuple(rows), shape
+    closed, paths = traced_jaxpr(program, what="count_macs")
+    shapes = [tuple(np.shape(a)) for a in jax.tree_util.tree_leaves(program.variables)]
+    params = {p: s for p, s in zip(paths, shapes, strict=True) if p[:1] == ("params",)}
+    in_paths = [*paths, *([None] * (len(closed.jaxpr.invars) - len(paths)))]
+    rows = tuple(MacRow(**r) for r in jaxpr_rows(closed, in_paths, params))
+    xs = tuple(tuple(int(d) for d in a.shape) for a in jax.tree_util.tree_leaves(program.inputs))
+    return _report(rows, xs[0] if len(xs) == 1 else xs, exclude_projections, program.label)
 
 
 def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_projections: bool = False) -> MacReport:
@@ -437,15 +382,11 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
       >>> r.macs, r.params, r.params_no_bn
       (313463808, 14987722, 14978250)
     """
-    if _is_traced(model):
-        if exclude_projections is not False:
-            raise ValueError("exclude_projections is for zoo models; a TracedModel is counted in full")
-        rows, tshape = _traced_rows(model, input_shape)
-        return MacReport(rows=rows, input_shape=tshape, model_label=f"TracedModel({model.kind})")
     if not isinstance(exclude_projections, bool):
         raise TypeError(f"exclude_projections must be a bool, got {type(exclude_projections).__name__}")
-    if is_nnx_module(model):  # counted from its jaxpr, at any input rank
-        return _count_nnx(model, input_shape, exclude_projections)
+    if _program.is_traced(model) or not is_prunable_model(model):  # any other model: counted from its jaxpr
+        inputs = _program.input_specs(input_shape, what="count_macs")
+        return _jaxpr_report(_program.as_program(model, inputs, what="count_macs"), exclude_projections)
     check_prunable_model(model)
     shape = _check_input_shape(model, input_shape)
     key = _model_key(model)
@@ -469,20 +410,6 @@ def _report(rows, shape, exclude_projections: bool, label: str) -> MacReport:
     return MacReport(
         rows=rows, input_shape=shape, exclude_projections=exclude_projections, excluded=excluded, model_label=label
     )
-
-
-def _count_nnx(module, input_shape, exclude_projections: bool) -> MacReport:
-    from jaxprune.trace.nnx_adapter import count_rows
-
-    if input_shape is None:
-        raise ValueError(f"input_shape is required for the NNX module {type(module).__name__} (e.g. (1, H, W, C))")
-    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
-        raise TypeError(f"input_shape must be a tuple of ints, got {type(input_shape).__name__}")
-    if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in input_shape):
-        raise ValueError(f"input_shape must hold positive ints, got {tuple(input_shape)!r}")
-    shape = tuple(int(d) for d in input_shape)
-    rows = tuple(MacRow(**r) for r in count_rows(module, shape))
-    return _report(rows, shape, exclude_projections, type(module).__name__)
 
 
 def _pct(before: int, after: int) -> str:
@@ -555,6 +482,9 @@ def compare(before: MacReport, after: MacReport) -> str:
             _pct(before.params_no_bn, after.params_no_bn),
         ),
     ]
+    if before.activation_macs or after.activation_macs:
+        ab, aa = before.activation_macs, after.activation_macs
+        totals.insert(2, ("activation MACs (apart)", f"{ab:,}", f"{aa:,}", _pct(ab, aa)))
     return f"{out}\n\n{text_table(totals)}\nconvention: {before.convention}"
 
 
@@ -577,13 +507,14 @@ def _flops_of(cost) -> float:
     return float(sum(values))
 
 
-def xla_flops(model, variables: Mapping[str, Any], input_shape: Sequence[int] | None = None) -> float:
+def xla_flops(model, variables: Mapping[str, Any] | None = None, input_shape=None) -> float:
     """XLA's FLOP count of the compiled inference forward: ``jax.jit(f).lower(...).compile().cost_analysis()``.
 
-    Convention (docs/perf-notes.md, surprise 4): 2 FLOPs per MAC over in-bounds kernel taps only (zero padding is
-    skipped), plus BN (about 3 per element), ReLU, pooling and bias adds. For VGG-16 on the plain `lax.conv` path it
-    is about 0.79 x 2 * `count_macs(...).macs`, so a saving measured here differs from the paper's (e.g. 30.0 % vs
-    34.2 % for VGG-16-A).
+    The forward is compiled abstractly (`jax.ShapeDtypeStruct` variables and inputs: nothing runs, nothing is
+    allocated). Convention (docs/perf-notes.md, surprise 4): 2 FLOPs per MAC over in-bounds kernel taps only (zero
+    padding is skipped), plus BN (about 3 per element), ReLU, pooling and bias adds, and for a transformer the
+    attention products, softmax and norms. For VGG-16 on the plain `lax.conv` path it is about 0.79 x 2 *
+    `count_macs(...).macs`, so a saving measured here differs from the paper's (e.g. 30.0 % vs 34.2 % for VGG-16-A).
 
     The figure is that of the computation XLA actually compiles, so it depends on the conv path
     (`jaxprune.models.layers`): on CPU the zoo models' ``conv_impl="auto"`` computes convs with <= 2x2 outputs and
@@ -592,42 +523,80 @@ def xla_flops(model, variables: Mapping[str, Any], input_shape: Sequence[int] | 
     work), and computes some widths (56, 57, 120...) with zero filters up to a multiple of 16, which are counted too.
     So ``auto`` gives a higher figure than the plain path, and a pruned model's XLA saving can differ between paths;
     compare on ``model.clone(conv_impl="lax")`` for XLA's in-bounds convention. `count_macs` does not depend on the
-    path. Results are cached per model configuration, variable shapes and input shape (the compile takes about a
-    second for VGG-16).
+    path. Results are cached per model (configuration, traced model or NNX graph), variable shapes and input shapes
+    (the compile takes about a second for VGG-16).
 
     Args:
-      model: A model with the prunable-model protocol, applied as ``model.apply(variables, x, train=False)``.
-      variables: Its variables (arrays or `jax.ShapeDtypeStruct`s: only shapes and dtypes are read).
-      input_shape: NHWC input shape; None means the model's own.
+      model: A zoo model or another model with the prunable-model protocol (``model.apply(variables, x,
+        train=False)``); a `TracedModel` (`jaxprune.trace_model`; its traced program at its current widths, with as
+        many inputs as it was traced with: ``trace_model(unet, v, x, t)`` takes two); a Flax NNX module (run as
+        ``module(*inputs)``: put it in eval mode first); or a plain Flax Linen module (``module.apply(variables,
+        *inputs)``, with ``train=False`` when its ``__call__`` takes ``train``).
+      variables: Its variables (arrays or `jax.ShapeDtypeStruct`s: only shapes and dtypes are read). None: the
+        model's own abstract ones (a zoo model's, a `TracedModel`'s at its current widths, an abstract ``init`` of a
+        Linen module); an NNX module always uses its own, and variables given for it must match them.
+      input_shape: The input: a shape (float32; NHWC for the zoo), a `jax.ShapeDtypeStruct` or an array, or a tuple
+        of those, one per input (``((2, 16, 16, 3), jax.ShapeDtypeStruct((2,), jnp.int32))`` for ``(x, t)``). None: a
+        zoo model's own shape, a `TracedModel`'s traced example inputs; required for NNX and Linen modules.
 
     Returns:
       The flops figure as a float (for the whole batch).
 
     Raises:
-      TypeError: `model` lacks the protocol, `variables` is not a mapping, `input_shape` is not a tuple of ints.
-      ValueError: `input_shape` of the wrong rank or channels, or too small for the model's pooling.
+      TypeError: a model of no supported kind, `variables` that is not a mapping, `input_shape` of the wrong kind.
+      ValueError: `input_shape` of the wrong rank or channels, or too small for a zoo model's pooling; another number
+        of inputs than a `TracedModel` takes, or shapes the model cannot run at; NNX variables that differ from the
+        module's own (names the leaf); no `input_shape` for an NNX or Linen module.
       RuntimeError: the backend reports no cost analysis.
+
+    Example:
+      >>> import jaxprune as jp
+      >>> m = jp.models.resnet20()
+      >>> jp.xla_flops(m) > 2 * 0.5 * jp.count_macs(m).macs
+      True
     """
-    check_prunable_model(model)
-    if not isinstance(variables, Mapping):
+    if variables is not None and not isinstance(variables, Mapping):
         raise TypeError(f"variables must be a mapping of collections (e.g. {{'params': ...}}), got {type(variables)}")
+    if _program.is_traced(model) or not is_prunable_model(model):
+        inputs = _program.input_specs(input_shape, what="xla_flops")
+        program = _program.as_program(model, inputs, variables, what="xla_flops")
+        return _compiled_flops(program, program.cache_key)
     shape = _check_input_shape(model, input_shape)
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), variables)
+    if variables is None:
+        from jaxprune.utils import abstract_variables
+
+        variables = abstract_variables(model, shape)
     model_key = _model_key(model)
-    key = None
-    if model_key is not None:
-        sig = tuple(
-            (jax.tree_util.keystr(p), a.shape, str(a.dtype)) for p, a in jax.tree_util.tree_leaves_with_path(abstract)
-        )
-        key = (model_key, shape, sig, jax.default_backend())
-        if key in _XLA_CACHE:
-            return _XLA_CACHE[key]
 
     def forward(v, x):
         return model.apply(v, x, train=False)
 
-    compiled = jax.jit(forward).lower(abstract, jax.ShapeDtypeStruct(shape, jnp.float32)).compile()
-    flops = _flops_of(compiled.cost_analysis())
+    program = _program.Program(
+        forward, variables, (jax.ShapeDtypeStruct(shape, jnp.float32),), _label(model), ("zoo", model_key)
+    )
+    return _compiled_flops(program, None if model_key is None else program.cache_key)
+
+
+def _compiled_flops(program, key) -> float:
+    """``cost_analysis()`` flops of the program compiled at its abstract variables and inputs; cached under `key`
+    and the program's shapes (None: not cached)."""
+    if key is not None:
+        key = (key, _program.signature(program), jax.default_backend())
+        if key in _XLA_CACHE:
+            return _XLA_CACHE[key]
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), dict(program.variables)
+    )
+    try:
+        lowered = jax.jit(program.fn).lower(abstract, *program.inputs)
+    except (TypeError, ValueError) as err:
+        if program.cache_key is not None and program.cache_key[0] == "zoo":
+            raise
+        raise ValueError(
+            f"xla_flops: {program.label} cannot run at input(s) {_program.shape_list(program.inputs)}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    flops = _flops_of(lowered.compile().cost_analysis())
     if key is not None:
         if len(_XLA_CACHE) > 256:
             _XLA_CACHE.clear()
@@ -721,6 +690,8 @@ def cost_report(
       WidthAlignmentWarning: a group that pruning changed has a width that is not a multiple of 8 (the message names
         the groups and widths and suggests ``round_to=8``; `CostReport.unaligned` lists them too).
     """
+    check_prunable_model(model)  # the width check below reads group_widths()
+    check_prunable_model(new_model)
     before = count_macs(model, input_shape, exclude_projections=exclude_projections)
     after = count_macs(new_model, before.input_shape, exclude_projections=exclude_projections)
     xb = xla_flops(model, variables, before.input_shape)

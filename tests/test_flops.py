@@ -303,10 +303,15 @@ def test_bad_kinds():
 
 
 def test_model_without_the_protocol():
+    # A plain Linen module is counted from its jaxpr (and compiled for XLA), variables from an abstract init.
+    conv = nn.Conv(4, (3, 3))
+    r = jp.count_macs(conv, (1, 8, 8, 3))
+    assert [(x.name, x.kind, x.macs, x.params) for x in r.rows] == [("<root>", "conv", 8 * 8 * 4 * 9 * 3, 4 * 27 + 4)]
+    assert jp.xla_flops(conv, None, (1, 8, 8, 3)) > 0
+    with pytest.raises(ValueError, match="input_shape is required for Conv"):
+        jp.count_macs(conv)
+    with pytest.raises(TypeError, match="int is not a model jaxprune can count"):
+        jp.count_macs(3, (1, 8, 8, 3))
     protocol = r"Conv is not a prunable model: it needs channel_groups\(\) and with_widths\(mapping\)"
     with pytest.raises(TypeError, match=protocol):
-        jp.count_macs(nn.Conv(4, (3, 3)), (1, 8, 8, 3))
-    with pytest.raises(TypeError, match=protocol):
-        jp.xla_flops(nn.Conv(4, (3, 3)), {}, (1, 8, 8, 3))
-    with pytest.raises(TypeError, match=protocol):
-        jp.cost_report(nn.Conv(4, (3, 3)), {}, nn.Conv(4, (3, 3)), {}, (1, 8, 8, 3))
+        jp.cost_report(conv, {}, conv, {}, (1, 8, 8, 3))
