@@ -1,8 +1,10 @@
 """One door for every kind of model the public verbs take: `as_prunable` turns a user's model into a prunable one.
 
-`make_plan`, `prune`, `prune_like_params` and `count_macs` call `as_prunable` first (a couple of lines each). A zoo
-model, a `TracedModel` or any object with the prunable-model protocol passes through unchanged; a Flax NNX module is
-traced (`jaxprune.trace_model`, with an example input) into a `TracedModel` whose variables are the module's own.
+`make_plan`, `prune` and `prune_like_params` call `as_prunable` first (a couple of lines each; the cost counters have
+their own door, `jaxprune._program`). A zoo model, a `TracedModel` or any object with the prunable-model protocol
+passes through unchanged; a Flax NNX module is traced (`jaxprune.trace_model`, with an example input) into a
+`TracedModel` whose variables are the module's own; a plain Linen module (no protocol) is traced on the spot the same
+way, with its variables.
 Another framework registers itself here (`_ADAPTERS`), in one place.
 
 Framework objects are recognised without importing the framework: an NNX module can only exist once ``flax.nnx`` has
@@ -33,7 +35,7 @@ def _trace_nnx(module, example_input, what: str):
             raise ValueError(
                 f"{what} on an NNX module needs an example input to trace it: pass {what}(module, ..., "
                 "example_input=x) with an array (or a jax.ShapeDtypeStruct) of the module's input shape, e.g. one "
-                "batch of data"
+                "batch of data, or trace it first with jaxprune.trace_model(module, None, x) and pass the TracedModel"
             )
         return traced
     traced = trace_model(module, None, example_input)
@@ -41,24 +43,51 @@ def _trace_nnx(module, example_input, what: str):
     return traced
 
 
+def _is_plain_linen(model) -> bool:
+    """A Flax Linen module without the prunable-model protocol (not a zoo model): traced on the spot."""
+    import flax.linen as nn
+
+    return isinstance(model, nn.Module) and not callable(getattr(model, "channel_groups", None))
+
+
+def _trace_linen(module, variables, example_input, what: str):
+    name = type(module).__name__
+    if example_input is None:
+        raise ValueError(
+            f"{what} on the Linen module {name} needs an example input to trace its channel groups: pass "
+            f"{what}(module, variables, ..., example_input=x) with an array (or a jax.ShapeDtypeStruct) of the "
+            "module's input shape, or trace it first with jaxprune.trace_model(module, variables, x) (several "
+            "inputs: jaxprune.trace_model(module, variables, x, t)) and pass the TracedModel"
+        )
+    if variables is None:
+        raise TypeError(f"{what} on the Linen module {name} needs its variables: {what}(module, variables, ...)")
+    from jaxprune.trace.api import trace_model
+
+    return trace_model(module, variables, example_input)
+
+
 def as_prunable(model, variables=None, example_input=None, *, what: str) -> tuple[Any, Any]:
     """``(prunable model, its variables)`` for any model a public verb takes.
 
     Args:
-      model: A zoo model, a `TracedModel` (anything with `channel_groups()` / `with_widths()`), or a Flax NNX module.
+      model: A zoo model, a `TracedModel` (anything with `channel_groups()` / `with_widths()`), a Flax NNX module,
+        or a plain Flax Linen module (traced on the spot with `example_input`, `jaxprune.trace_model`).
       variables: The variables (None for an NNX module: it carries its own).
       example_input: For an NNX module: an example input to trace it with (array or `jax.ShapeDtypeStruct`). May be
-        left out after `make_plan` traced the same module object.
+        left out after `make_plan` traced the same module object. Required for a plain Linen module.
       what: The caller's name, for messages.
 
     Returns:
       ``(model, variables)`` unchanged for a prunable model; ``(TracedModel, nnx_variables(module))`` for an NNX
-      module.
+      module; ``(TracedModel, variables)`` for a plain Linen module.
 
     Raises:
-      TypeError: variables passed with an NNX module.
-      ValueError: an NNX module without an example input (says what to pass).
+      TypeError: variables passed with an NNX module, or none with a Linen module.
+      ValueError: an NNX or plain Linen module without an example input (says to pass ``example_input=`` or a
+        `jaxprune.trace_model` result).
     """
+    if _is_plain_linen(model):
+        return _trace_linen(model, variables, example_input, what), variables
     if is_nnx_module(model):
         if variables is not None:
             raise TypeError(

@@ -235,7 +235,7 @@ def traced_jaxpr(program: Program, *, what: str):
     abs_vars = jax.tree_util.tree_map(_abstract, program.variables)
     try:
         closed = jax.make_jaxpr(program.fn)(abs_vars, *program.inputs)
-    except (TypeError, ValueError) as err:
+    except Exception as err:  # the model's own error (a shape mismatch inside Flax): named, with the inputs
         raise ValueError(
             f"{what}: {program.label} cannot run at input(s) {shape_list(program.inputs)}: {type(err).__name__}: {err}"
         ) from err

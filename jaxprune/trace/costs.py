@@ -12,7 +12,9 @@ sliced) and which from the inputs (activations). Every ``conv_general_dilated`` 
 * a product of parameters or constants only (a kernel computed from two factors, a constant transform of an
   activation): no row.
 
-A conv costs output elements x kernel taps x input channels per group; a contraction output elements x contracted size.
+A conv costs output elements x kernel taps x input channels per group (zero-padded taps included, the paper's
+convention); a transposed conv (input dilation) input pixels x taps x input channels per group x output channels (the
+dilation's zeros are not multiplied); a contraction output elements x contracted size.
 Sub-programs (jit, custom_jvp / custom_vjp, remat) are walked in place; a ``scan`` body counts ``length`` times; a
 ``cond`` counts its first branch; a ``while`` body counts once (its trip count is not known from the program).
 Modules owning parameters but no weight call get a ``bn`` row (every leaf a 1-D ``scale`` / ``bias`` / ``weight``: the
@@ -144,7 +146,12 @@ class _Walk:
             lspec, rspec, ospec = eqn.params["dimension_numbers"]
             kshape = rhs.aval.shape
             taps = tuple(int(kshape[d]) for d in rspec[2:])
-            macs = _size(out.shape) * _size(taps) * int(kshape[rspec[1]])
+            if any(int(d) > 1 for d in eqn.params.get("lhs_dilation") or ()):
+                # A transposed conv: every input pixel meets every tap once (the dilation's zeros are not MACs).
+                pixels = _size(lhs.aval.shape) // int(lhs.aval.shape[lspec[1]])
+                macs = pixels * _size(taps) * int(kshape[rspec[1]]) * int(kshape[rspec[0]])
+            else:
+                macs = _size(out.shape) * _size(taps) * int(kshape[rspec[1]])
             in_w, out_w = int(lhs.aval.shape[lspec[1]]), int(out.shape[ospec[1]])
             hw = tuple(int(out.shape[d]) for d in ospec[2:4]) if len(ospec) == 4 else None
             ksz = taps if len(taps) == 2 else None
