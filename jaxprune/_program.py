@@ -78,12 +78,12 @@ def _is_one(s) -> bool:
     return isinstance(s, jax.ShapeDtypeStruct) or (hasattr(s, "shape") and hasattr(s, "dtype")) or _is_shape(s)
 
 
-def input_specs(spec, *, what: str) -> tuple[jax.ShapeDtypeStruct, ...] | None:
+def input_specs(spec, *, what: str, like=None) -> tuple[jax.ShapeDtypeStruct, ...] | None:
     """The inputs a cost counter is asked about, one `jax.ShapeDtypeStruct` each (None stays None).
 
     `spec` is one input (a shape: a tuple of ints, float32; a `jax.ShapeDtypeStruct`; an array: its shape and dtype)
     or a tuple of them, one per input (``((2, 16, 16, 3), jax.ShapeDtypeStruct((2,), jnp.int32))`` for a U-Net's
-    ``(x, t)``).
+    ``(x, t)``). `like`: example inputs (a `TracedModel`'s) whose dtypes a bare shape takes, input by input.
 
     Raises:
       TypeError: anything else (says what is allowed).
@@ -101,12 +101,14 @@ def input_specs(spec, *, what: str) -> tuple[jax.ShapeDtypeStruct, ...] | None:
             f"of those (one per input), got {spec!r}"
         )
     out = []
-    for s in items:
+    for i, s in enumerate(items):
         if _is_shape(s):
             shape = tuple(int(d) for d in s)
             if any(d < 1 for d in shape):
                 raise ValueError(f"{what}: input_shape must hold positive ints, got {shape}")
-            out.append(jax.ShapeDtypeStruct(shape, jnp.float32))
+            ref = like[i] if like is not None and i < len(like) else None
+            dtype = ref.dtype if isinstance(ref, jax.ShapeDtypeStruct) else jnp.float32
+            out.append(jax.ShapeDtypeStruct(shape, dtype))
         else:
             out.append(_abstract(s))
     return tuple(out)

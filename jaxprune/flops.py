@@ -348,32 +348,41 @@ def _jaxpr_report(program, exclude_projections: bool) -> MacReport:
 def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_projections: bool = False) -> MacReport:
     """Analytic MACs and parameters per layer, from the model's configuration and the input shape (docs/paper.md §3).
 
-    The model is traced abstractly (`jax.eval_shape` of ``model.init`` with a `flax.linen.intercept_methods` hook on
-    every conv, dense and BatchNorm call): no compile, no variables, milliseconds, any widths. A conv costs
-    out_elements * kh * kw * c_in MACs (zero-padded taps included, as in the paper's n_{i+1} n_i k^2 h w); a dense
-    layer in * out per input row.
+    Nothing is compiled and no variables are needed: a zoo model (or another model with the prunable-model protocol)
+    is traced abstractly (`jax.eval_shape` of ``model.init`` with a `flax.linen.intercept_methods` hook on every conv,
+    dense and BatchNorm call; cached per configuration); any other model is counted from the jaxpr of its forward
+    pass (`jax.make_jaxpr`, `jaxprune.trace.costs`): a row per conv or contraction of an activation with a kernel,
+    named after the kernel's module, and an ``act`` row per product of two activations (attention scores q·k,
+    attention weights times values), whose MACs are reported apart (`MacReport.activation_macs`), never in `.macs`.
+    A conv costs out_elements * kh * kw * c_in MACs (zero-padded taps included, as in the paper's n_{i+1} n_i k^2 h
+    w; a transposed conv: input pixels * taps * c_in * c_out); a dense layer in * out per input row; a contraction
+    out_elements * contracted size.
 
     Args:
       model: A zoo model (or any Linen module with the prunable-model protocol whose convs are
-        `jaxprune.models.Conv` or `flax.linen.Conv` and whose dense layers are `flax.linen.Dense`), or a Flax NNX
-        module: counted from its jaxpr (a row per conv / contraction of an activation with a kernel, named after the
-        kernel's module; activation-by-activation products such as attention scores are not weight MACs and get no
-        row; norms and other parameter owners get 0-MAC rows), at an `input_shape` of any rank (required), or a
-        `TracedModel` (`jaxprune.trace_model`): counted the same way from its traced program at its current widths
-        (`input_shape` None: the traced example input's; `exclude_projections` does not apply).
-      input_shape: NHWC input shape; MACs are for the whole batch (use batch 1, the default, for per-image figures).
-        None means the model's own (`jaxprune.models.default_input_shape`).
+        `jaxprune.models.Conv` or `flax.linen.Conv` and whose dense layers are `flax.linen.Dense`); a `TracedModel`
+        (`jaxprune.trace_model`), counted from its traced program at its current widths, with as many inputs as it
+        was traced with (``trace_model(unet, v, x, t)``: two); a Flax NNX module (run as ``module(*inputs)``; its
+        norms and other parameter owners get 0-MAC ``bn`` / ``other`` rows); or a plain Flax Linen module
+        (``module.apply(variables, *inputs)``, ``train=False`` when its ``__call__`` takes ``train``; variables from
+        an abstract ``init``).
+      input_shape: The input: a shape (float32; NHWC for the zoo), a `jax.ShapeDtypeStruct` or an array, or a tuple
+        of those, one per input (``((2, 16, 16, 3), jax.ShapeDtypeStruct((2,), jnp.int32))`` for ``(x, t)``). MACs
+        are for the whole batch (use batch 1, the zoo's default, for per-image figures). None: a zoo model's own
+        (`jaxprune.models.default_input_shape`), a `TracedModel`'s traced example inputs; required for NNX and Linen
+        modules.
       exclude_projections: Leave the 1x1 projection-shortcut convs out of MACs and params (rows too), as the paper
         does for ResNet-34 (docs/paper.md §3). Their BNs stay in `.params`.
 
     Returns:
-      A `MacReport`: `.rows`, `.macs` (conv + dense MACs, the paper's FLOP), `.params` (every `params` leaf),
-      `.params_no_bn` (the paper's Table 1 parameters), `.convention`.
+      A `MacReport`: `.rows`, `.macs` (conv + dense MACs, the paper's FLOP), `.activation_macs` (products of two
+      activations), `.params` (every `params` leaf), `.params_no_bn` (the paper's Table 1 parameters), `.convention`.
 
     Raises:
-      TypeError: `model` lacks the protocol (``channel_groups()`` / ``with_widths()``), or `input_shape` is not a
-        tuple of ints.
-      ValueError: `input_shape` of the wrong rank or channels, or too small for the model's pooling.
+      TypeError: a model of no supported kind, or `input_shape` of the wrong kind.
+      ValueError: `input_shape` of the wrong rank or channels, or too small for a zoo model's pooling; sizes < 1;
+        another number of inputs than a `TracedModel` takes, or shapes the model cannot run at (names the inputs and
+        the model's error); no `input_shape` for an NNX or Linen module.
 
     Example:
       >>> import jaxprune as jp
@@ -385,7 +394,8 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
     if not isinstance(exclude_projections, bool):
         raise TypeError(f"exclude_projections must be a bool, got {type(exclude_projections).__name__}")
     if _program.is_traced(model) or not is_prunable_model(model):  # any other model: counted from its jaxpr
-        inputs = _program.input_specs(input_shape, what="count_macs")
+        like = model.example_inputs if _program.is_traced(model) else None
+        inputs = _program.input_specs(input_shape, what="count_macs", like=like)
         return _jaxpr_report(_program.as_program(model, inputs, what="count_macs"), exclude_projections)
     check_prunable_model(model)
     shape = _check_input_shape(model, input_shape)
@@ -558,7 +568,8 @@ def xla_flops(model, variables: Mapping[str, Any] | None = None, input_shape=Non
     if variables is not None and not isinstance(variables, Mapping):
         raise TypeError(f"variables must be a mapping of collections (e.g. {{'params': ...}}), got {type(variables)}")
     if _program.is_traced(model) or not is_prunable_model(model):
-        inputs = _program.input_specs(input_shape, what="xla_flops")
+        like = model.example_inputs if _program.is_traced(model) else None
+        inputs = _program.input_specs(input_shape, what="xla_flops", like=like)
         program = _program.as_program(model, inputs, variables, what="xla_flops")
         return _compiled_flops(program, program.cache_key)
     shape = _check_input_shape(model, input_shape)

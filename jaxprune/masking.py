@@ -75,7 +75,7 @@ def masked_forward(model, *, train: bool = False):
     return fn
 
 
-def mask_dropped(model, variables: Mapping[str, Any], plan: PruningPlan, x, *, train: bool = False):
+def mask_dropped(model, variables: Mapping[str, Any], plan: PruningPlan, x, *more_inputs, train: bool = False):
     """Output of the original model with the plan's removed channels zeroed after BN: what `prune` must equal.
 
     Args:
@@ -83,7 +83,14 @@ def mask_dropped(model, variables: Mapping[str, Any], plan: PruningPlan, x, *, t
       variables: Its variables.
       plan: The plan.
       x: NHWC input batch.
+      *more_inputs: Further inputs of a `TracedModel` traced with several (``trace_model(unet, v, x, t)``:
+        ``mask_dropped(traced, v, plan, x, t)``).
       train: Batch-statistics mode; then returns ``(logits, new_batch_stats)``.
     """
     masks = {k: jnp.asarray(v) for k, v in plan_masks(model, plan).items()}
+    if more_inputs:  # a TracedModel's apply compiles its masked program itself
+        if train:
+            y, updates = model.apply(variables, x, *more_inputs, train=True, masks=masks, mutable=["batch_stats"])
+            return y, updates["batch_stats"]
+        return model.apply(variables, x, *more_inputs, train=False, masks=masks)
     return masked_forward(model, train=train)(variables, x, masks)

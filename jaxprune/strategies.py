@@ -244,7 +244,8 @@ def make_plan(
     Args:
       model: A zoo model (or any object with `channel_groups()` and `with_widths()`, e.g. a `TracedModel`), or a Flax
         NNX module: ``make_plan(module, prune_ratio=..., example_input=x)`` traces it (`trace_model`) and scores its
-        own variables; ``prune(module, plan)`` then reuses that trace.
+        own variables; ``prune(module, plan)`` then reuses that trace. A plain Linen module is traced on the spot
+        the same way, ``make_plan(module, variables, prune_ratio=..., example_input=x)``.
       variables: Its variables (`params` at least; only the scored kernels are read). None for an NNX module.
       prune_ratio: Fraction of filters removed: a float for every conv-filter group, or a mapping from group or stage
         names (`stage1`...) to ratios; a group name overrides its stage. Streams and `fc1` only when named. With
@@ -277,14 +278,17 @@ def make_plan(
       target_params: The same for the fraction of parameters kept (every `params` leaf); with `target_macs`, both
         must hold.
       input_shape: NHWC shape at which MACs are counted for `target_macs` (default: the model's own).
-      example_input: For an NNX module: an example input (array or `jax.ShapeDtypeStruct`) to trace it with.
+      example_input: For an NNX module or a plain Linen module (one without the prunable-model protocol): an example
+        input (array or `jax.ShapeDtypeStruct`) to trace it with (`jaxprune.trace_model`). A model called with
+        several inputs is traced first, ``jaxprune.trace_model(module, variables, x, t)``, and the `TracedModel`
+        passed.
 
     Returns:
       A `PruningPlan` naming every reached group with a ratio > 0 (global scope: every reached group). With a
       target, `plan.meta` records the kept MACs/params reached (`kept_macs`, `total_macs`, ...).
 
     Raises:
-      ValueError: bad ratio, unknown group/stage/strategy/criterion/scope/normalize, `round_to` or `min_keep` < 1,
+      ValueError: an NNX or plain Linen module without `example_input` (the message says what to pass), bad ratio, unknown group/stage/strategy/criterion/scope/normalize, `round_to` or `min_keep` < 1,
         NaN/inf weights, `max_ratio` or a target outside (0, 1], a target that cannot be met under the caps (names
         the closest reachable one), `criterion="taylor"` without `scores=`, a group without BN for `bn_scale`.
       TypeError: a model without the protocol, or mistyped options.
