@@ -560,9 +560,11 @@ def xla_flops(model, variables: Mapping[str, Any] | None = None, input_shape=Non
       RuntimeError: the backend reports no cost analysis.
 
     Example:
-      >>> import jaxprune as jp
-      >>> m = jp.models.resnet20()
-      >>> jp.xla_flops(m) > 2 * 0.5 * jp.count_macs(m).macs
+      >>> import flax.linen as nn, jaxprune as jp
+      >>> conv = nn.Conv(8, (3, 3), padding="VALID")  # any Linen module; variables from an abstract init
+      >>> jp.count_macs(conv, (1, 6, 6, 3)).macs
+      3456
+      >>> jp.xla_flops(conv, None, (1, 6, 6, 3)) >= 2 * 3456  # 2 per MAC, plus the bias adds
       True
     """
     if variables is not None and not isinstance(variables, Mapping):

@@ -163,6 +163,9 @@ def test_unet_traced_with_two_inputs_runs_as_the_module(unet):
     t = jnp.array([3, 7], jnp.int32)
     # float32, the same ops in the same order: equal to 1e-5.
     np.testing.assert_allclose(tm.apply(v, x, t), m.apply(v, x, t), rtol=1e-5, atol=1e-5)
+    # The call route (mutable collections / rngs: the module's own apply, traced) unpacks both inputs too.
+    out = tm.apply(v, x, t, rngs={"dropout": jax.random.key(0)})
+    np.testing.assert_allclose(out, m.apply(v, x, t), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"traced with 2 input\(s\) and is called as apply\(variables, x0, x1\)"):
         tm.apply(v, x)
 
@@ -197,7 +200,11 @@ def test_unet_counts_and_xla_flops(unet):
     assert jp.count_macs(tm2, (jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32), (1,))).macs == _unet_macs(4, 8, 4, 1)
     before, after = jp.xla_flops(tm), jp.xla_flops(tm2, v2)
     assert isinstance(before, float) and 0 < after < before
-    assert jp.xla_flops(m, None, (XS, TS)) == pytest.approx(before, rel=0.05)  # the module itself, same program
+    # The module itself: the traced re-run binds the module's own primitives, so XLA compiles the same program.
+    assert jp.xla_flops(m, None, (XS, TS)) == before
+    # A plain function of two inputs, traced with both, is counted the same way.
+    fn = jp.trace_model(lambda v, x, t: m.apply(v, x, t), tm.abstract_variables(), XS, TS)
+    assert jp.count_macs(fn).rows == r.rows and fn.kind == "function"
 
 
 def test_unet_bad_input(unet):
