@@ -179,7 +179,7 @@ def test_unet_pruned_equals_the_masked_original(unet):
 
 
 def test_unet_counts_and_xla_flops(unet):
-    m, _, tm, plan, tm2, v2 = unet
+    m, v, tm, plan, tm2, v2 = unet
     r = jp.count_macs(tm)
     assert [(row.name, row.kind) for row in r.rows] == [
         ("temb", "dense"),
@@ -202,6 +202,9 @@ def test_unet_counts_and_xla_flops(unet):
     assert isinstance(before, float) and 0 < after < before
     # The module itself: the traced re-run binds the module's own primitives, so XLA compiles the same program.
     assert jp.xla_flops(m, None, (XS, TS)) == before
+    with pytest.warns(jp.WidthAlignmentWarning, match="not a multiple of 8"):
+        rep = jp.cost_report(tm, v, tm2, v2)  # both figures side by side; the XLA ones from the cache
+    assert (rep.before.macs, rep.after.macs, rep.xla_before, rep.xla_after) == (87_104, 30_240, before, after)
     # A plain function of two inputs, traced with both, is counted the same way.
     fn = jp.trace_model(lambda v, x, t: m.apply(v, x, t), tm.abstract_variables(), XS, TS)
     assert jp.count_macs(fn).rows == r.rows and fn.kind == "function"

@@ -134,8 +134,8 @@ def check_prunable_model(model: Any) -> None:
     if not is_prunable_model(model):
         raise TypeError(
             f"{type(model).__name__} is not a prunable model: it needs channel_groups() and with_widths(mapping) "
-            "(the jaxprune.models protocol); for your own model, trace it with jaxprune.trace_model(model, "
-            "variables, example_input), or give make_plan example_input= (a Linen or NNX module)"
+            "(the jaxprune.models protocol); for your own model, trace it first: jaxprune.trace_model(model, "
+            "variables, example_input) gives a TracedModel that every verb takes"
         )
 
 
