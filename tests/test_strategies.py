@@ -187,8 +187,11 @@ def test_bad_scores(zoo):
 def test_not_a_prunable_model():
     import flax.linen as nn
 
-    with pytest.raises(TypeError, match=r"Dense is not a prunable model: it needs channel_groups\(\)"):
+    # A plain Linen module is traced on the spot, so it needs an example input; the error says what to pass.
+    with pytest.raises(ValueError, match=r"Linen module Dense needs an example input.*example_input=x.*trace_model"):
         jp.make_plan(nn.Dense(3), {"params": {}}, prune_ratio=0.5)
+    with pytest.raises(TypeError, match=r"object is not a prunable model: it needs channel_groups\(\).*trace_model"):
+        jp.make_plan(object(), {"params": {}}, prune_ratio=0.5)
 
 
 def test_meta_is_json_ready_and_skip_may_be_a_generator(zoo):
