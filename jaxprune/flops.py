@@ -345,7 +345,7 @@ def _jaxpr_report(program, exclude_projections: bool) -> MacReport:
     return _report(rows, xs[0] if len(xs) == 1 else xs, exclude_projections, program.label)
 
 
-def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_projections: bool = False) -> MacReport:
+def count_macs(model, input_shape=None, *, exclude_projections: bool = False) -> MacReport:
     """Analytic MACs and parameters per layer, from the model's configuration and the input shape (docs/paper.md §3).
 
     Nothing is compiled and no variables are needed: a zoo model (or another model with the prunable-model protocol)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import linen_random_variables, random_leaf
 from flax import nnx
+from test_trace import ScanStack, TinyViT  # the tracing tests' scan / remat / cond stack and ViT
 
 import jaxprune as jp
 
@@ -220,6 +221,38 @@ def test_unet_bad_input(unet):
         jp.count_macs(tm, ((2, 8, 8, 5), TS))
     with pytest.raises(ValueError, match="positive ints"):
         jp.count_macs(tm, ((2, 0, 8, 3), TS))
+
+
+# -- the counter through scan / remat / cond / custom_vjp, and Linen attention -----------------------------------------
+
+
+def _abstract_init(m, x):
+    return jax.eval_shape(lambda x: m.init(jax.random.key(0), x), x)
+
+
+def test_scan_stack_counts_each_layer_of_the_scan():
+    m = ScanStack()  # embed 6 -> 12; a scan of 3 remat'd residual blocks 12 -> 20 -> 12; a cond; out 12 -> 3
+    x = jax.ShapeDtypeStruct((4, 6), jnp.float32)
+    r = jp.count_macs(jp.trace_model(m, _abstract_init(m, x), x))
+    assert [(row.name, row.macs, row.params) for row in r.rows] == [
+        ("embed", 4 * 6 * 12, 6 * 12 + 12),
+        ("blocks/up", 3 * 4 * 12 * 20, 3 * (12 * 20 + 20)),  # the scan body counts once per layer
+        ("blocks/down", 3 * 4 * 20 * 12, 3 * (20 * 12 + 12)),
+        ("out", 4 * 12 * 3, 12 * 3 + 3),
+    ]
+    assert r.macs == 6192 and r.activation_macs == 0 and jp.count_macs(m, x).rows == r.rows
+
+
+def test_linen_attention_activation_macs():
+    m = TinyViT()  # 4x4 stride-4 patches of 8x8: 4 tokens + a class token, width 16, 2 heads of 4 features
+    x = jax.ShapeDtypeStruct((2, 8, 8, 3), jnp.float32)
+    r = jp.count_macs(m, x)
+    n, t = 2, 5
+    assert [row.name for row in r.rows if row.kind == "act"] == ["attn/dot_general_0", "attn/dot_general_1"]
+    assert r.activation_macs == 2 * (n * 2 * t * t * 4) == 800  # q.k and attention x values
+    patch = n * 2 * 2 * 16 * 16 * 3
+    assert r.macs == patch + n * t * (3 * 16 * 8 + 8 * 16 + 2 * 16 * 24) + n * 16 * 3 == 19_040
+    assert r.row("ln_a").kind == "bn" and r.row("<root>").kind == "other" and r.row("<root>").params == 16 + 5 * 16
 
 
 # -- make_plan on a plain Linen module ---------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ slices variables (`scoring`, `strategies` and `surgery` do).
 One concept a module: `dims` (the union-find), `rules` (the table primitive -> rule), `tracer` (the abstract
 interpreter), `extract` (groups from the dimension classes), `policy` (which groups are prunable), `runner` (the
 re-run at new widths / with masks), `model` (`TracedModel`), `linen` and `nnx_adapter` (one adapter per framework),
-`api` (`trace_model`, `trace_groups`) and `describe` (tables).
+`api` (`trace_model`, `trace_groups`), `describe` (tables) and `costs` (MACs per layer read from a jaxpr, for
+`jaxprune.count_macs`).
 
 What the trace decides and what it leaves to policy: the trace says which axes are coupled and which channel spaces
 are tied to the model's input or output (never groups). Which traced groups may be pruned is policy: a traced group
