@@ -117,6 +117,27 @@ def test_block_bad_input(block):
         jp.count_macs(m, "2,4,8")
 
 
+class Conditioned(nnx.Module):
+    """An NNX module of two inputs: features x (B, 6) and a condition c (B, 3)."""
+
+    def __init__(self, *, rngs):
+        self.fx = nnx.Linear(6, 8, rngs=rngs)
+        self.fc = nnx.Linear(3, 8, rngs=rngs)
+        self.out = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x, c):
+        return self.out(nnx.relu(self.fx(x) + self.fc(c)))
+
+
+def test_nnx_module_of_two_inputs():
+    m = nnx.eval_shape(lambda: Conditioned(rngs=nnx.Rngs(0)))
+    xs = (jax.ShapeDtypeStruct((B, 6), jnp.float32), jax.ShapeDtypeStruct((B, 3), jnp.float32))
+    r = jp.count_macs(m, xs)
+    assert [(row.name, row.macs) for row in r.rows] == [("fx", B * 6 * 8), ("fc", B * 3 * 8), ("out", B * 8 * 2)]
+    tm = jp.trace_model(m, None, *xs)
+    assert tm.n_inputs == 2 and jp.count_macs(tm).rows == r.rows and r.input_shape == ((B, 6), (B, 3))
+
+
 # -- a Linen U-Net called as unet.apply(v, x, t) ------------------------------------------------------------------------
 
 
