@@ -184,10 +184,11 @@ def test_unet_traced_with_two_inputs_runs_as_the_module(unet):
     x = jax.random.normal(jax.random.key(0), XS.shape)
     t = jnp.array([3, 7], jnp.int32)
     # float32, the same ops in the same order: equal to 1e-5.
-    np.testing.assert_allclose(tm.apply(v, x, t), m.apply(v, x, t), rtol=1e-5, atol=1e-5)
+    want = jax.jit(m.apply)(v, x, t)
+    np.testing.assert_allclose(tm.apply(v, x, t), want, rtol=1e-5, atol=1e-5)
     # The call route (mutable collections / rngs: the module's own apply, traced) unpacks both inputs too.
     out = tm.apply(v, x, t, rngs={"dropout": jax.random.key(0)})
-    np.testing.assert_allclose(out, m.apply(v, x, t), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"traced with 2 input\(s\) and is called as apply\(variables, x0, x1\)"):
         tm.apply(v, x)
 
