@@ -253,9 +253,8 @@ class TracedModel:
 
         Raises:
           ValueError: another number of inputs than traced, `train=True` on a model traced without a ``train``
-            argument (no `train_kwargs`), variables that
-            do not match the current widths, a mask for an unknown group or of the wrong length, a training pass in
-            which a pruned group's channels cannot be followed.
+            argument (no `train_kwargs`), variables that do not match the current widths, a mask for an unknown group
+            or of the wrong length, a training pass in which a pruned group's channels cannot be followed.
           TypeError: `mutable` or `rngs` of the wrong kind.
         """
         x = self._packed(inputs)
