@@ -353,7 +353,9 @@ def count_macs(model, input_shape=None, *, exclude_projections: bool = False) ->
     dense and BatchNorm call; cached per configuration); any other model is counted from the jaxpr of its forward
     pass (`jax.make_jaxpr`, `jaxprune.trace.costs`): a row per conv or contraction of an activation with a kernel,
     named after the kernel's module, and an ``act`` row per product of two activations (attention scores q·k,
-    attention weights times values), whose MACs are reported apart (`MacReport.activation_macs`), never in `.macs`.
+    attention weights times values), whose MACs are reported apart (`MacReport.activation_macs`), never in `.macs`;
+    a ``scan`` body counts once per iteration, a ``cond`` its first branch, a ``while`` body once (its trip count is
+    not in the program).
     A conv costs out_elements * kh * kw * c_in MACs (zero-padded taps included, as in the paper's n_{i+1} n_i k^2 h
     w; a transposed conv: input pixels * taps * c_in * c_out); a dense layer in * out per input row; a contraction
     out_elements * contracted size.
