@@ -2,7 +2,8 @@
 
 `make_plan`, `prune`, `prune_like_params` and `count_macs` call `as_prunable` first (a couple of lines each). A zoo
 model, a `TracedModel` or any object with the prunable-model protocol passes through unchanged; a Flax NNX module is
-traced (`jaxprune.trace_model`, with an example input) into a `TracedModel` whose variables are the module's own.
+traced (`jaxprune.trace_model`, with an example input) into a `TracedModel` whose variables are the module's own; an
+Equinox module likewise, through its adapter (`jaxprune.trace.eqx_adapter`, with its `eqx.nn.State` if it has one).
 Another framework registers itself here (`_ADAPTERS`), in one place.
 
 Framework objects are recognised without importing the framework: an NNX module can only exist once ``flax.nnx`` has
@@ -15,9 +16,9 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from jaxprune._detect import is_nnx_module, is_nnx_optimizer
+from jaxprune._detect import is_eqx_module, is_nnx_module, is_nnx_optimizer
 
-__all__ = ["as_prunable", "is_nnx_module", "is_nnx_optimizer"]
+__all__ = ["as_prunable", "is_eqx_module", "is_nnx_module", "is_nnx_optimizer"]
 
 
 #: NNX module -> the `TracedModel` `make_plan` traced it into, so that ``prune(module, plan)`` needs no example input.
@@ -41,24 +42,38 @@ def _trace_nnx(module, example_input, what: str):
     return traced
 
 
-def as_prunable(model, variables=None, example_input=None, *, what: str) -> tuple[Any, Any]:
+def as_prunable(model, variables=None, example_input=None, *, what: str, state=None) -> tuple[Any, Any]:
     """``(prunable model, its variables)`` for any model a public verb takes.
 
     Args:
-      model: A zoo model, a `TracedModel` (anything with `channel_groups()` / `with_widths()`), or a Flax NNX module.
-      variables: The variables (None for an NNX module: it carries its own).
-      example_input: For an NNX module: an example input to trace it with (array or `jax.ShapeDtypeStruct`). May be
-        left out after `make_plan` traced the same module object.
+      model: A zoo model, a `TracedModel` (anything with `channel_groups()` / `with_widths()`), a Flax NNX module or
+        an Equinox module.
+      variables: The variables (None for an NNX or Equinox module: it carries its own).
+      example_input: For an NNX or Equinox module: an example input to trace it with (array or
+        `jax.ShapeDtypeStruct`). May be left out after `make_plan` traced the same module object.
       what: The caller's name, for messages.
+      state: An Equinox module's `eqx.nn.State` (its BatchNorm statistics); only for an Equinox module.
 
     Returns:
       ``(model, variables)`` unchanged for a prunable model; ``(TracedModel, nnx_variables(module))`` for an NNX
       module.
 
     Raises:
-      TypeError: variables passed with an NNX module.
-      ValueError: an NNX module without an example input (says what to pass).
+      TypeError: variables passed with an NNX or Equinox module; `state` for anything but an Equinox module.
+      ValueError: an NNX or Equinox module without an example input (says what to pass).
     """
+    if is_eqx_module(model):
+        if variables is not None:
+            raise TypeError(
+                f"{what}: an Equinox module carries its own parameters; call {what}(model, ...) without variables "
+                "(its eqx.nn.State goes in state=)"
+            )
+        from jaxprune.trace.eqx_adapter import prunable
+
+        traced, own, _, _ = prunable(model, example_input, state, what=what)
+        return traced, own
+    if state is not None:
+        raise TypeError(f"{what}: state= is for an Equinox module (its eqx.nn.State); got a {type(model).__name__}")
     if is_nnx_module(model):
         if variables is not None:
             raise TypeError(

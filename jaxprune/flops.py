@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxprune._models import is_nnx_module
+from jaxprune._models import is_eqx_module, is_nnx_module
 from jaxprune._table import text_table
 from jaxprune.models import VGG, CifarResNet, ImageNetResNet, default_input_shape
 from jaxprune.models.base import check_prunable_model
@@ -446,6 +446,8 @@ def count_macs(model, input_shape: Sequence[int] | None = None, *, exclude_proje
         raise TypeError(f"exclude_projections must be a bool, got {type(exclude_projections).__name__}")
     if is_nnx_module(model):  # counted from its jaxpr, at any input rank
         return _count_nnx(model, input_shape, exclude_projections)
+    if is_eqx_module(model):  # counted from its trace, at the input shape it takes (one example for eqx.nn layers)
+        return _count_eqx(model, input_shape, exclude_projections)
     check_prunable_model(model)
     shape = _check_input_shape(model, input_shape)
     key = _model_key(model)
@@ -471,18 +473,30 @@ def _report(rows, shape, exclude_projections: bool, label: str) -> MacReport:
     )
 
 
-def _count_nnx(module, input_shape, exclude_projections: bool) -> MacReport:
-    from jaxprune.trace.nnx_adapter import count_rows
-
+def _module_input_shape(input_shape, what: str, example: str) -> tuple[int, ...]:
     if input_shape is None:
-        raise ValueError(f"input_shape is required for the NNX module {type(module).__name__} (e.g. (1, H, W, C))")
+        raise ValueError(f"input_shape is required for the {what} (e.g. {example})")
     if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
         raise TypeError(f"input_shape must be a tuple of ints, got {type(input_shape).__name__}")
     if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in input_shape):
         raise ValueError(f"input_shape must hold positive ints, got {tuple(input_shape)!r}")
-    shape = tuple(int(d) for d in input_shape)
+    return tuple(int(d) for d in input_shape)
+
+
+def _count_nnx(module, input_shape, exclude_projections: bool) -> MacReport:
+    from jaxprune.trace.nnx_adapter import count_rows
+
+    shape = _module_input_shape(input_shape, f"NNX module {type(module).__name__}", "(1, H, W, C)")
     rows = tuple(MacRow(**r) for r in count_rows(module, shape))
     return _report(rows, shape, exclude_projections, type(module).__name__)
+
+
+def _count_eqx(model, input_shape, exclude_projections: bool) -> MacReport:
+    from jaxprune.trace.eqx_adapter import traced_for_count
+
+    shape = _module_input_shape(input_shape, f"Equinox module {type(model).__name__}", "(C, H, W), as it takes it")
+    rows, _ = _traced_rows(traced_for_count(model, shape), None)
+    return _report(rows, shape, exclude_projections, type(model).__name__)
 
 
 def _pct(before: int, after: int) -> str:
