@@ -432,10 +432,16 @@ def prune_like_params(
       A new optimizer state of the same structure; untouched leaves shared by reference.
 
     Raises:
-      TypeError: an abstract (`jax.ShapeDtypeStruct`) or non-array optimizer-state leaf (names the path).
+      TypeError: an abstract (`jax.ShapeDtypeStruct`) or non-array optimizer-state leaf (names the path); an Equinox
+        module (its optax state goes to ``prune(model, plan, opt_state=...)``).
       ValueError: a plan made for another model, or a non-scalar leaf whose path names no parameter or whose shape
         differs from it (never a silent pass-through of a leaf that might be stale).
     """
+    if is_eqx_module(model):
+        raise TypeError(
+            "prune_like_params: an Equinox module's optax state is pruned with the module, which its structure "
+            "follows: prune(model, plan, state=..., opt_state=opt_state)"
+        )
     if is_nnx_module(model):  # its traced model (from make_plan's trace of this module) and its own params
         model, own = as_prunable(model, None, example_input, what="prune_like_params")
         params = own["params"] if params is None else params

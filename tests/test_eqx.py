@@ -290,3 +290,22 @@ def test_eqx_wrong_kinds_are_refused(cnn, zoo):
         jp.prune(model, plan, state={})
     with pytest.raises(ValueError, match="holds no eqx.nn.StateIndex, so it takes no state="):
         jp.prune(_random(eqx.filter_eval_shape(Holder, jax.random.key(0)), 1), plan, state=state)
+
+
+def test_eqx_module_keeping_its_initial_state_needs_no_state():
+    """Built without `eqx.nn.make_with_state`, each StateIndex keeps its initial value: it is the state's template, so
+    no `state=` is needed, and it is sliced with the channels (as is an optax state over it)."""
+    model = _random(eqx.filter_eval_shape(CNN, jax.random.key(0)), 8)
+    x = jnp.ones((1, 8, 8))
+    plan = jp.make_plan(model, prune_ratio={"blocks/1/conv": 0.5}, example_input=x)
+    opt_state = optax.sgd(0.1, momentum=0.9).init(eqx.filter(model, eqx.is_array))
+    m2, o2 = jp.prune(model, plan, opt_state=opt_state)
+    keep = np.array(plan.keep["blocks/1/conv"])
+    init = m2.blocks[1].bn.batch_state_index.init
+    np.testing.assert_array_equal(init[1], np.asarray(model.blocks[1].bn.batch_state_index.init[1])[keep])
+    state2 = eqx.nn.State(m2)  # the pruned module makes its own state again
+    assert _infer(m2, state2, x).shape == (10,) and m2.blocks[1].bn.input_size == 8
+    assert o2[0].trace.blocks[1].bn.batch_state_index.init[0].shape == (8,)  # the momentum of the initial value too
+    assert jp.count_macs(m2, (1, 8, 8)).macs == _macs((8, 8, 16))
+    with pytest.raises(TypeError, match=r"prune_like_params: an Equinox module.*opt_state=opt_state"):
+        jp.prune_like_params(opt_state, model, plan)

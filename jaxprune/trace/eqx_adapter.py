@@ -285,35 +285,43 @@ def remember_state(model, state) -> None:
     _STATES.put(model, _abstract_state(state))
 
 
-def traced_for_count(model, input_shape):
-    """The `TracedModel` of an Equinox module at `input_shape` (float32), for `jaxprune.count_macs`.
+def as_function(model, *, what: str):
+    """``(fn, abstract variables)``: the module as the pure inference function ``fn(variables, x)`` with its variables'
+    `jax.ShapeDtypeStruct`s, for a cost counter (its state's shapes from the module's kept initial values, or from a
+    state a verb saw for this module object).
 
     Raises:
       ValueError: a module holding state whose shapes are unknown (its initial value taken out and no verb has seen
         its state yet): says what to do.
     """
+    state = _STATES.get(model)
+    try:
+        parts, variables = split(model, state, what=what)
+    except ValueError as err:
+        if state is None and "state=" in str(err):
+            raise ValueError(
+                f"{what}: the Equinox module {type(model).__name__} holds state whose initial value was taken out "
+                "(eqx.nn.make_with_state), so its shapes are unknown: call jaxprune.make_plan(model, ..., "
+                f"state=state) first ({what} then knows them; a module returned by prune(..., state=) too), or "
+                "trace it with jaxprune.trace.eqx_adapter.trace_eqx(model, x, state=state)"
+            ) from None
+        raise
+    return apply_fn(parts), jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), variables)
+
+
+def traced_for_count(model, input_shape):
+    """The `TracedModel` of an Equinox module at `input_shape` (float32), for `jaxprune.count_macs`: `make_plan`'s
+    trace of this module object when it was at that shape, else a new abstract trace (`as_function`)."""
     import jax.numpy as jnp
+
+    from jaxprune.trace.api import trace_model
 
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
     hit = _TRACES.get(model)
     if hit is not None and _avals(hit[0]) == _avals(x):
         return hit[1]
-    state = _STATES.get(model)
-    try:
-        parts, variables = split(model, state, what="count_macs")
-    except ValueError as err:
-        if state is None and "state=" in str(err):
-            raise ValueError(
-                f"count_macs: the Equinox module {type(model).__name__} holds state whose initial value was taken out "
-                "(eqx.nn.make_with_state), so its shapes are unknown: call jaxprune.make_plan(model, ..., "
-                "state=state) first (count_macs then knows them; a module returned by prune(..., state=) too), or "
-                "count jaxprune.trace.eqx_adapter.trace_eqx(model, x, state=state)[0]"
-            ) from None
-        raise
-    from jaxprune.trace.api import trace_model
-
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), variables)
-    return trace_model(apply_fn(parts), abstract, x)
+    fn, abstract = as_function(model, what="count_macs")
+    return trace_model(fn, abstract, x)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
