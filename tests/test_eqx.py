@@ -216,6 +216,53 @@ def test_eqx_stateless_model_with_a_key():
     assert jp.count_macs(m2, (2, 4, 4)).macs == 4 * 4 * 4 * 9 * 2 + 4 * 3
 
 
+class Attn(eqx.Module):
+    """A pre-norm transformer block on one (tokens, features) example: MultiheadAttention, an MLP, a pooled head."""
+
+    ln: eqx.nn.LayerNorm
+    attn: eqx.nn.MultiheadAttention
+    mlp: eqx.nn.MLP
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k = jax.random.split(key, 3)
+        self.ln = eqx.nn.LayerNorm(16)
+        self.attn = eqx.nn.MultiheadAttention(4, 16, key=k[0])
+        self.mlp = eqx.nn.MLP(16, 16, 32, 2, key=k[1])
+        self.head = eqx.nn.Linear(16, 5, key=k[2])
+
+    def __call__(self, x):
+        h = jax.vmap(self.ln)(x)
+        x = x + self.attn(h, h, h)
+        x = x + jax.vmap(self.mlp)(x)
+        return self.head(x.mean(0))
+
+
+def test_eqx_attention_and_mlp_sizes_follow_their_arrays():
+    model = _random(eqx.filter_eval_shape(Attn, jax.random.key(0)), 9)
+    x = jax.random.normal(jax.random.key(3), (6, 16))
+    ratios = {"attn/value_proj": 0.5, "mlp/layers/0": 0.5, "mlp/layers/1": 0.5}  # value head features, MLP hidden
+    plan = jp.make_plan(model, prune_ratio=ratios, example_input=x)
+    m2 = jp.prune(model, plan)
+    a = m2.attn
+    assert (a.num_heads, a.qk_size, a.vo_size, a.query_size, a.output_size) == (4, 4, 2, 16, 16)
+    assert (m2.mlp.width_size, m2.mlp.layers[1].in_features, m2.mlp.layers[2].in_features) == (16, 16, 16)
+    tm, v = trace_eqx(model, x)
+    # float32, a block of six contractions: the masked original sums the zeroed features in other orders (1e-4).
+    np.testing.assert_allclose(m2(x), jp.mask_dropped(tm, v, plan, x), rtol=1e-4, atol=1e-4)
+
+    def macs(vo, hidden, t=6, d=16):  # q, k, v and out projections, the MLP, the head on the pooled tokens
+        return 2 * t * d * d + 2 * t * d * vo + t * (d * hidden + hidden * hidden + hidden * d) + d * 5
+
+    # Weight MACs only: the attention scores (activation x activation) are not among them.
+    assert (jp.count_macs(model, (6, 16)).macs, jp.count_macs(m2, (6, 16)).macs) == (macs(16, 32), macs(8, 16))
+    with pytest.raises(ValueError, match=r"cannot rebuild MultiheadAttention at attn: field qk_size would change"):
+        jp.prune(model, jp.make_plan(model, prune_ratio={"attn/query_proj": 0.5}, example_input=x))
+    uneven = jp.make_plan(model, prune_ratio={"mlp/layers/0": 0.5, "mlp/layers/1": 0.25}, example_input=x)
+    with pytest.raises(ValueError, match=r"cannot rebuild MLP at mlp: field width_size .* keeps \[16, 24\]"):
+        jp.prune(model, uneven)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Bad inputs
 # ----------------------------------------------------------------------------------------------------------------------

@@ -400,6 +400,32 @@ def _sizes(path, m, state_shapes) -> dict[str, Any]:
             "out_features": m.out_features if m.out_features == "scalar" else w[0],
             "in_features": m.in_features if m.in_features == "scalar" else w[1],
         }
+    if isinstance(m, nn.MultiheadAttention):
+        h = m.num_heads
+        q, k, v, o = (_shape(p.weight) for p in (m.query_proj, m.key_proj, m.value_proj, m.output_proj))
+        if q[0] // h != m.qk_size:
+            raise ValueError(
+                f"cannot rebuild MultiheadAttention at {_where(path)}: field qk_size would change from {m.qk_size} to "
+                f"{q[0] // h}, and eqx.nn.MultiheadAttention scales its scores by 1/sqrt(qk_size) read at call time, "
+                "so the pruned module would not equal the masked original; keep the query/key head-feature group out "
+                "(make_plan(..., skip=[...]))"
+            )
+        return {
+            "query_size": q[1],
+            "key_size": k[1],
+            "value_size": v[1],
+            "output_size": o[0],
+            "qk_size": q[0] // h,
+            "vo_size": v[0] // h,
+        }
+    if isinstance(m, nn.MLP):
+        hidden = {_shape(layer.weight)[0] for layer in m.layers[:-1]}
+        if len(hidden) > 1:
+            raise ValueError(
+                f"cannot rebuild MLP at {_where(path)}: field width_size is one size for every hidden layer, but the "
+                f"plan keeps {sorted(hidden)}; give the hidden layers' groups the same ratio"
+            )
+        return {"width_size": hidden.pop()} if hidden else {}
     if isinstance(m, nn.Embedding):
         n, d = _shape(m.weight)
         return {"num_embeddings": n, "embedding_size": d}
@@ -428,23 +454,32 @@ def _sizes(path, m, state_shapes) -> dict[str, Any]:
 
 def update_sizes(model, state_shapes: Mapping[tuple[str, ...], tuple[int, ...]]):
     """`model` with the size fields of its `eqx.nn` layers (Conv / ConvTranspose channels and groups, Linear
-    features, BatchNorm ``input_size``, LayerNorm / RMSNorm ``shape``, GroupNorm ``channels``, Embedding sizes) read
-    from their arrays, every other field kept; and the (module path, field) pairs it manages."""
+    features, BatchNorm ``input_size``, LayerNorm / RMSNorm ``shape``, GroupNorm ``channels``, Embedding sizes,
+    MultiheadAttention sizes, MLP ``width_size``) read from their arrays, every other field kept; and the (module
+    path, field) pairs it manages."""
     import equinox as eqx
 
-    paths, news, managed = [], [], set()
-    for path, m in _modules(model):
-        want = _sizes(tuple(str(k) for k in path), m, state_shapes)
-        managed.update((path, k) for k in want)
-        changed = {k: v for k, v in want.items() if getattr(m, k) != v}
-        if changed:
-            paths.append(path)
-            news.append(_with_fields(m, changed))
-    if not paths:
-        return model, managed
-    if paths == [()]:
-        return news[0], managed
-    return eqx.tree_at(lambda r: [_at(r, p) for p in paths], model, news), managed
+    managed = set()
+    # Deepest first, one level at a time: a parent (an MLP) is copied after its children (its Linears) were, so it
+    # holds them; `eqx.tree_at` replaces modules of one depth at once (never nested ones).
+    by_depth: dict[int, list] = {}
+    for path, _ in _modules(model):
+        by_depth.setdefault(len(path), []).append(path)
+    for depth in sorted(by_depth, reverse=True):
+        paths, news = [], []
+        for path in by_depth[depth]:
+            m = _at(model, path)
+            want = _sizes(tuple(str(k) for k in path), m, state_shapes)
+            managed.update((path, k) for k in want)
+            changed = {k: v for k, v in want.items() if getattr(m, k) != v}
+            if changed:
+                paths.append(path)
+                news.append(_with_fields(m, changed))
+        if paths == [()]:
+            model = news[0]
+        elif paths:
+            model = eqx.tree_at(lambda r, ps=tuple(paths): [_at(r, p) for p in ps], model, news)
+    return model, managed
 
 
 def _index_path(keypath) -> tuple:
