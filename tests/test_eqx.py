@@ -273,6 +273,10 @@ def test_eqx_make_plan_without_example_input_or_state_says_what_to_pass(cnn):
         jp.make_plan(fresh, prune_ratio=0.5, state=fresh_state)
     with pytest.raises(ValueError, match=r"holds state \(blocks/0/bn/.*make_plan\(\.\.\., state=state\)"):
         jp.make_plan(fresh, prune_ratio=0.5, example_input=x)
+    with pytest.raises(ValueError, match=r"fails on the example input of shape \(4, 1, 8, 8\).*pass x\[0\] of a batch"):
+        jp.make_plan(model, prune_ratio=0.5, example_input=jnp.ones((4, 1, 8, 8)), state=state)
+    with pytest.raises(TypeError, match="example_input must be an array or a jax.ShapeDtypeStruct.*got str"):
+        jp.make_plan(model, prune_ratio=0.5, example_input="x", state=state)
     with pytest.raises(TypeError, match="carries its own parameters"):
         jp.make_plan(model, {"params": {}}, prune_ratio=0.5, example_input=x, state=state)
     with pytest.raises(ValueError, match="input_shape is required for the Equinox module CNN"):

@@ -197,6 +197,42 @@ def apply_fn(parts: Parts):
     return apply
 
 
+def _abstract_input(example_input, what: str):
+    """`jax.ShapeDtypeStruct`s of an example input (arrays or `jax.ShapeDtypeStruct`s, or a pytree of them).
+
+    Raises:
+      TypeError: anything else (names the kind found).
+    """
+    leaves = jax.tree_util.tree_leaves(example_input)
+    bad = [type(a).__name__ for a in leaves if not (hasattr(a, "shape") and hasattr(a, "dtype"))]
+    if not leaves or bad:
+        raise TypeError(
+            f"{what}: example_input must be an array or a jax.ShapeDtypeStruct (or a pytree of them), got "
+            f"{bad[0] if bad else 'no leaves'}"
+        )
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), example_input)
+
+
+def _traced(model, parts: Parts, variables, example_input, what: str):
+    """`jaxprune.trace_model` of the module's function, after one abstract call that turns the module's own failure
+    on the example input (a batch given to a one-example module) into an error saying how it is called."""
+    from jaxprune.trace.api import trace_model
+
+    _abstract_input(example_input, what)
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), (variables, example_input))
+    try:
+        jax.eval_shape(apply_fn(parts), *abstract)
+    except Exception as err:  # the user's module failing on the input: said with how jaxprune called it
+        shapes = ", ".join(str(tuple(np.shape(a))) for a in jax.tree_util.tree_leaves(example_input))
+        first = str(err).splitlines()[0][:300] if str(err) else ""
+        raise ValueError(
+            f"{what}: the Equinox module {type(model).__name__} fails on the example input of shape {shapes} "
+            f"({type(err).__name__}: {first}). jaxprune calls it as it takes it, eqx.nn.inference_mode(model)(x) or "
+            "(x, state): one example for the eqx.nn layers ((C, H, W) for a Conv2d; pass x[0] of a batch)"
+        ) from err
+    return trace_model(apply_fn(parts), variables, example_input)
+
+
 def trace_eqx(model, example_input, *, state=None):
     """Traces an Equinox module: ``(TracedModel, variables)``, what `make_plan`, `prune` and `mask_dropped` take.
 
@@ -214,10 +250,8 @@ def trace_eqx(model, example_input, *, state=None):
     Raises:
       TypeError / ValueError: see `split`, and everything `jaxprune.trace_model` raises.
     """
-    from jaxprune.trace.api import trace_model
-
     parts, variables = split(model, state, what="trace_eqx")
-    return trace_model(apply_fn(parts), variables, example_input), variables
+    return _traced(model, parts, variables, example_input, "trace_eqx"), variables
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -270,12 +304,10 @@ def prunable(model, example_input, state, *, what: str):
                 "it (one example (C, H, W) for eqx.nn.Conv2d layers)"
             )
         return hit[1], variables, parts, hit[0]
-    example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), example_input)
+    example = _abstract_input(example_input, what)
     if hit is not None and _avals(hit[0]) == _avals(example):
         return hit[1], variables, parts, hit[0]
-    from jaxprune.trace.api import trace_model
-
-    traced = trace_model(apply_fn(parts), variables, example_input)
+    traced = _traced(model, parts, variables, example_input, what)
     _TRACES.put(model, (example, traced))
     return traced, variables, parts, example
 
