@@ -247,6 +247,7 @@ def test_eqx_attention_and_mlp_sizes_follow_their_arrays():
     a = m2.attn
     assert (a.num_heads, a.qk_size, a.vo_size, a.query_size, a.output_size) == (4, 4, 2, 16, 16)
     assert (m2.mlp.width_size, m2.mlp.layers[1].in_features, m2.mlp.layers[2].in_features) == (16, 16, 16)
+    assert (m2.mlp.in_size, m2.mlp.out_size) == (16, 16)
     tm, v = trace_eqx(model, x)
     # float32, a block of six contractions: the masked original sums the zeroed features in other orders (1e-4).
     np.testing.assert_allclose(m2(x), jp.mask_dropped(tm, v, plan, x), rtol=1e-4, atol=1e-4)

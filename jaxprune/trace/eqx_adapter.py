@@ -457,7 +457,12 @@ def _sizes(path, m, state_shapes) -> dict[str, Any]:
                 f"cannot rebuild MLP at {_where(path)}: field width_size is one size for every hidden layer, but the "
                 f"plan keeps {sorted(hidden)}; give the hidden layers' groups the same ratio"
             )
-        return {"width_size": hidden.pop()} if hidden else {}
+        out = {} if not hidden else {"width_size": hidden.pop()}
+        if m.in_size != "scalar":
+            out["in_size"] = _shape(m.layers[0].weight)[1]
+        if m.out_size != "scalar":
+            out["out_size"] = _shape(m.layers[-1].weight)[0]
+        return out
     if isinstance(m, nn.Embedding):
         n, d = _shape(m.weight)
         return {"num_embeddings": n, "embedding_size": d}
@@ -540,15 +545,23 @@ def _sliced_inits(model, parts: Parts, ops):
     return eqx.tree_at(lambda r: [_at(r, p) for p in where], model, new)
 
 
+#: Fields of the `eqx.nn` layers that hold a width (the others, kernel sizes and strides, never do).
+_SIZE_FIELDS = frozenset(
+    "shape channels input_size in_features out_features in_channels out_channels num_heads width_size in_size "
+    "out_size query_size key_size value_size output_size qk_size vo_size num_embeddings embedding_size".split()
+)
+
+
 def _width_fields(model, widths: Mapping[str, int], managed: set) -> list[str]:
     """``Class path: field=value`` for every int (or int tuple) field, other than the size fields `update_sizes`
     manages, equal to the unpruned width of a pruned group."""
     out = []
     for path, m in _modules(model):
+        ours = type(m).__module__.split(".")[0] == "equinox"  # an eqx.nn layer: only its size fields, not its strides
         for f in dataclasses.fields(m):
             v = getattr(m, f.name, None)
             vals = v if isinstance(v, tuple) else (v,)
-            if (path, f.name) in managed or not vals:
+            if (path, f.name) in managed or not vals or (ours and f.name not in _SIZE_FIELDS):
                 continue
             if not all(isinstance(a, int) and not isinstance(a, bool) for a in vals):
                 continue
