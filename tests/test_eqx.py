@@ -91,8 +91,14 @@ def cnn():
     return model, state, x, plan
 
 
+@eqx.filter_jit  # one compile per model shape (eager calls compile every op on its own)
 def _infer(model, state, x):
     return eqx.nn.inference_mode(model)(x, state)[0]
+
+
+@eqx.filter_jit
+def _infer_stateless(model, x, **kw):
+    return eqx.nn.inference_mode(model)(x, **kw)
 
 
 def test_eqx_cnn_pruned_is_its_own_class(cnn):
@@ -210,7 +216,7 @@ def test_eqx_stateless_model_with_a_key():
     assert type(m2) is KeyNet
     assert (m2.conv.out_channels, m2.gn.channels, m2.gn.groups, m2.head.in_features) == (4, 4, 2, 4)
     tm, v = trace_eqx(model, x)
-    out = eqx.nn.inference_mode(m2)(x, key=jax.random.key(0))
+    out = _infer_stateless(m2, x, key=jax.random.key(0))
     # float32, two layers; GroupNorm's statistics over the kept channels in both (docs/design.md §6).
     np.testing.assert_allclose(out, jp.mask_dropped(tm, v, plan, x), rtol=1e-4, atol=1e-4)
     assert jp.count_macs(m2, (2, 4, 4)).macs == 4 * 4 * 4 * 9 * 2 + 4 * 3
@@ -250,7 +256,7 @@ def test_eqx_attention_and_mlp_sizes_follow_their_arrays():
     assert (m2.mlp.in_size, m2.mlp.out_size) == (16, 16)
     tm, v = trace_eqx(model, x)
     # float32, a block of six contractions: the masked original sums the zeroed features in other orders (1e-4).
-    np.testing.assert_allclose(m2(x), jp.mask_dropped(tm, v, plan, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_infer_stateless(m2, x), jp.mask_dropped(tm, v, plan, x), rtol=1e-4, atol=1e-4)
 
     def macs(vo, hidden, t=6, d=16):  # q, k, v and out projections, the MLP, the head on the pooled tokens
         return 2 * t * d * d + 2 * t * d * vo + t * (d * hidden + hidden * hidden + hidden * d) + d * 5
