@@ -301,15 +301,19 @@ def prune(
 
     Returns:
       ``(new_model, new_variables)`` where ``new_model = model.with_widths(plan.new_widths)``; for an NNX module the
-      new module, or ``(new_module, new_optimizer)`` with `optimizer`.
+      new module, or ``(new_module, new_optimizer)`` with `optimizer`; for an Equinox module the new module, then
+      the new state (with `state`), then the new optax state (with `opt_state`).
 
     Raises:
       TypeError: a model without the protocol, a plan that is not a PruningPlan, or an abstract
-        (`jax.ShapeDtypeStruct`) or non-array variables leaf (names the path).
+        (`jax.ShapeDtypeStruct`) or non-array variables leaf (names the path); `state` / `opt_state` for a model that
+        is not an Equinox module.
       ValueError: variables that do not match the model (missing collection or leaf, a leaf shape other than the
         model's), or a plan that does not (made for another model, unknown group, wrong width); an NNX module never
         traced by `make_plan` and no `example_input`; an optimizer state leaf that matches no parameter (names it); a
-        custom `nnx.Variable` holding state of a pruned width that no parameter's slicing fits (names it).
+        custom `nnx.Variable` holding state of a pruned width that no parameter's slicing fits (names it); an
+        Equinox module holding state without `state`, or one that cannot be rebuilt (names the module path and
+        field; `jaxprune.trace.eqx_adapter.rebuild`).
 
     Example:
       >>> import jaxprune as jp
