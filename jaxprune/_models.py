@@ -4,7 +4,8 @@
 their own door, `jaxprune._program`). A zoo model, a `TracedModel` or any object with the prunable-model protocol
 passes through unchanged; a Flax NNX module is traced (`jaxprune.trace_model`, with an example input) into a
 `TracedModel` whose variables are the module's own; a plain Linen module (no protocol) is traced on the spot the same
-way, with its variables.
+way, with its variables; an Equinox module is traced through its adapter
+(`jaxprune.trace.eqx_adapter`, with its `eqx.nn.State` if it has one).
 Another framework registers itself here (`_ADAPTERS`), in one place.
 
 Framework objects are recognised without importing the framework: an NNX module can only exist once ``flax.nnx`` has
@@ -17,9 +18,9 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from jaxprune._detect import is_nnx_module, is_nnx_optimizer
+from jaxprune._detect import is_eqx_module, is_nnx_module, is_nnx_optimizer
 
-__all__ = ["as_prunable", "is_nnx_module", "is_nnx_optimizer"]
+__all__ = ["as_prunable", "is_eqx_module", "is_nnx_module", "is_nnx_optimizer"]
 
 
 #: NNX module -> the `TracedModel` `make_plan` traced it into, so that ``prune(module, plan)`` needs no example input.
@@ -66,26 +67,41 @@ def _trace_linen(module, variables, example_input, what: str):
     return trace_model(module, variables, example_input)
 
 
-def as_prunable(model, variables=None, example_input=None, *, what: str) -> tuple[Any, Any]:
+def as_prunable(model, variables=None, example_input=None, *, what: str, state=None) -> tuple[Any, Any]:
     """``(prunable model, its variables)`` for any model a public verb takes.
 
     Args:
       model: A zoo model, a `TracedModel` (anything with `channel_groups()` / `with_widths()`), a Flax NNX module,
-        or a plain Flax Linen module (traced on the spot with `example_input`, `jaxprune.trace_model`).
-      variables: The variables (None for an NNX module: it carries its own).
-      example_input: For an NNX module: an example input to trace it with (array or `jax.ShapeDtypeStruct`). May be
+        an Equinox module, or a plain Flax Linen module (traced on the spot with `example_input`,
+        `jaxprune.trace_model`).
+      variables: The variables (None for an NNX or Equinox module: it carries its own).
+      example_input: For an NNX or Equinox module: an example input to trace it with (array or `jax.ShapeDtypeStruct`). May be
         left out after `make_plan` traced the same module object. Required for a plain Linen module.
       what: The caller's name, for messages.
+      state: An Equinox module's `eqx.nn.State` (its BatchNorm statistics); only for an Equinox module.
 
     Returns:
       ``(model, variables)`` unchanged for a prunable model; ``(TracedModel, nnx_variables(module))`` for an NNX
       module; ``(TracedModel, variables)`` for a plain Linen module.
 
     Raises:
-      TypeError: variables passed with an NNX module, or none with a Linen module.
-      ValueError: an NNX or plain Linen module without an example input (says to pass ``example_input=`` or a
+      TypeError: variables passed with an NNX or Equinox module, or none with a Linen module; `state` for
+        anything but an Equinox module.
+      ValueError: an NNX, Equinox or plain Linen module without an example input (says to pass ``example_input=`` or a
         `jaxprune.trace_model` result).
     """
+    if is_eqx_module(model):
+        if variables is not None:
+            raise TypeError(
+                f"{what}: an Equinox module carries its own parameters; call {what}(model, ...) without variables "
+                "(its eqx.nn.State goes in state=)"
+            )
+        from jaxprune.trace.eqx_adapter import prunable
+
+        traced, own, _, _ = prunable(model, example_input, state, what=what)
+        return traced, own
+    if state is not None:
+        raise TypeError(f"{what}: state= is for an Equinox module (its eqx.nn.State); got a {type(model).__name__}")
     if _is_plain_linen(model):
         return _trace_linen(model, variables, example_input, what), variables
     if is_nnx_module(model):

@@ -4,7 +4,8 @@
 function ``fn(variables, *inputs)``, its variables (arrays or `jax.ShapeDtypeStruct`; only shapes and dtypes are read)
 and abstract inputs. It takes a `TracedModel` (its traced program at its current widths), a Flax NNX module (its own
 variables, `nnx.split` / `nnx.merge`) and a plain Flax Linen module (``module.apply(variables, *inputs,
-train=False)``, variables from an abstract ``init`` when not given). Zoo models and other models with the
+train=False)``, variables from an abstract ``init`` when not given) and an Equinox module (in inference mode, its
+state's shapes from `jaxprune.trace.eqx_adapter.as_function`). Zoo models and other models with the
 prunable-model protocol keep their own route in `jaxprune.flops` (named layers, cached per configuration). Another
 framework adds one branch to `as_program`.
 
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._detect import is_nnx_module
+from jaxprune._detect import is_eqx_module, is_nnx_module
 
 __all__ = ["Program", "as_program", "input_specs", "is_linen_module", "is_traced"]
 
@@ -186,6 +187,21 @@ def as_program(model, inputs, variables=None, *, what: str) -> Program:
                     )
         graphdef, states = _nnx.split(model)
         return Program(_nnx.apply_fn(graphdef, states), own, tuple(inputs), name, ("nnx", graphdef))
+    if is_eqx_module(model):
+        from jaxprune.trace import eqx_adapter as _eqx
+
+        name = type(model).__name__
+        if inputs is None:
+            raise ValueError(
+                f"input_shape is required for the Equinox module {name} (the shape it takes: (C, H, W) for one "
+                "example through the eqx.nn layers)"
+            )
+        if len(inputs) != 1:
+            raise ValueError(f"{what}: the Equinox module {name} is called on one input; got {len(inputs)}")
+        if variables is not None:
+            raise TypeError(f"{what}: an Equinox module carries its own parameters; leave variables out")
+        fn, abstract = _eqx.as_function(model, what=what)
+        return Program(fn, abstract, tuple(inputs), name, None)
     if is_linen_module(model):
         from jaxprune.trace import linen as _linen
 
@@ -209,8 +225,8 @@ def as_program(model, inputs, variables=None, *, what: str) -> Program:
         return Program(linen, _plain(variables), tuple(inputs), name, key)
     raise TypeError(
         f"{what}: {type(model).__name__} is not a model jaxprune can count: pass a zoo model, a model with "
-        "channel_groups() and with_widths(mapping), a jaxprune.TracedModel (jaxprune.trace_model), a Flax NNX module "
-        "or a Flax Linen module"
+        "channel_groups() and with_widths(mapping), a jaxprune.TracedModel (jaxprune.trace_model), a Flax NNX module, "
+        "an Equinox module or a Flax Linen module"
     )
 
 

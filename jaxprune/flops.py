@@ -542,14 +542,16 @@ def xla_flops(model, variables: Mapping[str, Any] | None = None, input_shape=Non
       model: A zoo model or another model with the prunable-model protocol (``model.apply(variables, x,
         train=False)``); a `TracedModel` (`jaxprune.trace_model`; its traced program at its current widths, with as
         many inputs as it was traced with: ``trace_model(unet, v, x, t)`` takes two); a Flax NNX module (run as
-        ``module(*inputs)``: put it in eval mode first); or a plain Flax Linen module (``module.apply(variables,
+        ``module(*inputs)``: put it in eval mode first); an Equinox module (``eqx.nn.inference_mode(model)(x)``, or
+        ``(x, state)`` for one with state; one input, as it takes it); or a plain Flax Linen module (``module.apply(variables,
         *inputs)``, with ``train=False`` when its ``__call__`` takes ``train``).
       variables: Its variables (arrays or `jax.ShapeDtypeStruct`s: only shapes and dtypes are read). None: the
         model's own abstract ones (a zoo model's, a `TracedModel`'s at its current widths, an abstract ``init`` of a
-        Linen module); an NNX module always uses its own, and variables given for it must match them.
+        Linen module); an NNX module always uses its own, and variables given for it must match them; an Equinox
+        module takes none.
       input_shape: The input: a shape (float32; NHWC for the zoo), a `jax.ShapeDtypeStruct` or an array, or a tuple
         of those, one per input (``((2, 16, 16, 3), jax.ShapeDtypeStruct((2,), jnp.int32))`` for ``(x, t)``). None: a
-        zoo model's own shape, a `TracedModel`'s traced example inputs; required for NNX and Linen modules.
+        zoo model's own shape, a `TracedModel`'s traced example inputs; required for NNX, Equinox and Linen modules.
 
     Returns:
       The flops figure as a float (for the whole batch).

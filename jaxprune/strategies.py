@@ -238,6 +238,7 @@ def make_plan(
     target_params: float | None = None,
     input_shape: Sequence[int] | None = None,
     example_input=None,
+    state=None,
 ) -> PruningPlan:
     """Decides which filters every reached group keeps (paper §3.1-3.2, docs/design.md §1, §3).
 
@@ -245,8 +246,10 @@ def make_plan(
       model: A zoo model (or any object with `channel_groups()` and `with_widths()`, e.g. a `TracedModel`), or a Flax
         NNX module: ``make_plan(module, prune_ratio=..., example_input=x)`` traces it (`trace_model`) and scores its
         own variables; ``prune(module, plan)`` then reuses that trace. A plain Linen module is traced on the spot
-        the same way, ``make_plan(module, variables, prune_ratio=..., example_input=x)``.
-      variables: Its variables (`params` at least; only the scored kernels are read). None for an NNX module.
+        the same way, ``make_plan(module, variables, prune_ratio=..., example_input=x)``. An Equinox module likewise
+        (``make_plan(model, prune_ratio=..., example_input=x, state=state)``; docs/design.md §6).
+      variables: Its variables (`params` at least; only the scored kernels are read). None for an NNX or Equinox
+        module.
       prune_ratio: Fraction of filters removed: a float for every conv-filter group, or a mapping from group or stage
         names (`stage1`...) to ratios; a group name overrides its stage. Streams and `fc1` only when named. With
         `scope="global"` one float: the fraction of all reached filters removed (at most
@@ -278,10 +281,12 @@ def make_plan(
       target_params: The same for the fraction of parameters kept (every `params` leaf); with `target_macs`, both
         must hold.
       input_shape: NHWC shape at which MACs are counted for `target_macs` (default: the model's own).
-      example_input: For an NNX module or a plain Linen module (one without the prunable-model protocol): an example
+      example_input: For an NNX module, an Equinox module (as it takes it: one example for
+        the `eqx.nn` layers) or a plain Linen module (one without the prunable-model protocol): an example
         input (array or `jax.ShapeDtypeStruct`) to trace it with (`jaxprune.trace_model`). A model called with
         several inputs is traced first, ``jaxprune.trace_model(module, variables, x, t)``, and the `TracedModel`
         passed.
+      state: For an Equinox module holding state (BatchNorm): its `eqx.nn.State`.
 
     Returns:
       A `PruningPlan` naming every reached group with a ratio > 0 (global scope: every reached group). With a
@@ -305,7 +310,8 @@ def make_plan(
       >>> plan.meta["kept_macs"] == jp.count_macs(m.with_widths(plan.new_widths)).macs <= 0.5 * jp.count_macs(m).macs
       True
     """
-    model, variables = as_prunable(model, variables, example_input, what="make_plan")  # an NNX module: traced
+    # An NNX or Equinox module: traced (its trace kept for `prune`).
+    model, variables = as_prunable(model, variables, example_input, what="make_plan", state=state)
     check_prunable_model(model)
     check_touched(model, variables, [g.scored.path for g in model.channel_groups() if g.scored], what="make_plan")
     if strategy not in STRATEGIES:

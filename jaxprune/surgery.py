@@ -19,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxprune._checks import check_inputs, check_opt_state
-from jaxprune._models import as_prunable, is_nnx_module
+from jaxprune._models import as_prunable, is_eqx_module, is_nnx_module
 from jaxprune.groups import check_groups, flatten_variables, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
@@ -262,7 +262,9 @@ class _Shapes(Mapping):
         return len(self._flat)
 
 
-def prune(model, variables, plan: PruningPlan | None = None, *, example_input=None, optimizer=None):
+def prune(
+    model, variables, plan: PruningPlan | None = None, *, example_input=None, optimizer=None, state=None, opt_state=None
+):
     """Physically removes the plan's filters: returns the smaller model and its variables.
 
     Every producer axis (conv kernel outputs, BN scale/bias/mean/var, dense bias) and consumer axis (the next layer's
@@ -278,6 +280,14 @@ def prune(model, variables, plan: PruningPlan | None = None, *, example_input=No
     norms, `nnx.Embed`); ``prune(module, plan, optimizer=opt)`` returns ``(new_module, new_optimizer)``, the
     `nnx.Optimizer`'s optax state sliced like the parameters (`prune_like_params`).
 
+    An Equinox module is pruned as ``prune(model, plan, state=state, opt_state=opt_state)``: a new module of the same
+    classes (the original untouched) with its arrays sliced and the size fields of its `eqx.nn` layers updated
+    (Conv / ConvTranspose channels and groups, Linear features, BatchNorm ``input_size``, LayerNorm / RMSNorm
+    ``shape``, GroupNorm ``channels``, Embedding sizes), its `eqx.nn.State` (running statistics) sliced alike, and an
+    optax state over ``eqx.filter(model, eqx.is_array)`` sliced like the parameters. It returns the new module, then
+    the new state if `state` was given, then the new optax state if `opt_state` was: ``model``, ``(model, state)``,
+    ``(model, opt_state)`` or ``(model, state, opt_state)`` (docs/design.md §6).
+
     Args:
       model: A zoo model (or any object with `channel_groups()` and `with_widths()`, e.g. a `TracedModel`), or an
         NNX module.
@@ -286,18 +296,24 @@ def prune(model, variables, plan: PruningPlan | None = None, *, example_input=No
       example_input: NNX only: an example input to trace the module with; not needed when `make_plan` traced this
         module object.
       optimizer: NNX only: the module's `nnx.Optimizer`, pruned alongside.
+      state: Equinox only: the module's `eqx.nn.State` (needed when it holds state), pruned alongside.
+      opt_state: Equinox only: an optax state over ``eqx.filter(model, eqx.is_array)``, pruned alongside.
 
     Returns:
       ``(new_model, new_variables)`` where ``new_model = model.with_widths(plan.new_widths)``; for an NNX module the
-      new module, or ``(new_module, new_optimizer)`` with `optimizer`.
+      new module, or ``(new_module, new_optimizer)`` with `optimizer`; for an Equinox module the new module, then
+      the new state (with `state`), then the new optax state (with `opt_state`).
 
     Raises:
       TypeError: a model without the protocol, a plan that is not a PruningPlan, or an abstract
-        (`jax.ShapeDtypeStruct`) or non-array variables leaf (names the path).
+        (`jax.ShapeDtypeStruct`) or non-array variables leaf (names the path); `state` / `opt_state` for a model that
+        is not an Equinox module.
       ValueError: variables that do not match the model (missing collection or leaf, a leaf shape other than the
         model's), or a plan that does not (made for another model, unknown group, wrong width); an NNX module never
         traced by `make_plan` and no `example_input`; an optimizer state leaf that matches no parameter (names it); a
-        custom `nnx.Variable` holding state of a pruned width that no parameter's slicing fits (names it).
+        custom `nnx.Variable` holding state of a pruned width that no parameter's slicing fits (names it); an
+        Equinox module holding state without `state`, or one that cannot be rebuilt (names the module path and
+        field; `jaxprune.trace.eqx_adapter.rebuild`).
 
     Example:
       >>> import jaxprune as jp
@@ -308,6 +324,17 @@ def prune(model, variables, plan: PruningPlan | None = None, *, example_input=No
       >>> m2.widths[0], v2["params"]["conv2"]["kernel"].shape
       (32, (3, 3, 32, 64))
     """
+    if is_eqx_module(model):  # an Equinox module: traced (or its make_plan trace reused), rebuilt as its own classes
+        if optimizer is not None:
+            raise TypeError(
+                "prune: optimizer= is for an nnx.Optimizer; an Equinox module's optax state goes in opt_state="
+            )
+        return _prune_eqx(model, variables, plan, example_input=example_input, state=state, opt_state=opt_state)
+    if state is not None or opt_state is not None:
+        raise TypeError(
+            f"prune: state= and opt_state= are for an Equinox module, got a {type(model).__name__}; for other models "
+            "slice the optax state with jaxprune.prune_like_params"
+        )
     if is_nnx_module(model):  # an NNX module: traced (or its make_plan trace reused), rebuilt as its own classes
         return _prune_nnx(model, variables, plan, example_input=example_input, optimizer=optimizer)
     if optimizer is not None or example_input is not None:
@@ -340,6 +367,32 @@ def _prune_nnx(module, plan, extra, *, example_input, optimizer):
         return new_module
     state = prune_like_params(_nnx.optimizer_state(optimizer), traced, plan, params=variables["params"])
     return new_module, _nnx.with_optimizer_state(optimizer, state)
+
+
+def _prune_eqx(model, plan, extra, *, example_input, state, opt_state):
+    """`prune` of an Equinox module: its trace's variables sliced, the module rebuilt as its own classes (with its
+    state), the optax state sliced like the parameters; the logic lives in `jaxprune.trace.eqx_adapter`."""
+    from jaxprune.trace import eqx_adapter as _eqx
+
+    if extra is not None:
+        raise TypeError(
+            "prune takes an Equinox module as prune(model, plan, state=...): the module carries its own parameters"
+        )
+    if not isinstance(plan, PruningPlan):
+        raise TypeError(f"prune(model, plan): plan must be a jaxprune.PruningPlan, got {type(plan).__name__}")
+    traced, variables, parts, example = _eqx.prunable(model, example_input, state, what="prune")
+    _, new_variables = _prune_variables(traced, variables, plan)  # checks the plan against the module first
+    shapes = {p: tuple(np.shape(a)) for p, a in flatten_variables(variables).items()}
+    ops = slicing_ops(traced, plan, shapes=shapes)
+    changed = {n: plan.widths[n] for n, k in plan.keep.items() if len(k) < plan.widths[n]}
+    new_model, new_state = _eqx.rebuild(model, parts, variables, new_variables, ops, changed, example)
+    out = [new_model]
+    if state is not None:
+        _eqx.remember_state(new_model, new_state)
+        out.append(new_state)
+    if opt_state is not None:
+        out.append(_eqx.slice_opt_state(opt_state, model, new_model, parts, ops))
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def _prune_variables(model, variables: Mapping[str, Any], plan: PruningPlan):
@@ -383,10 +436,16 @@ def prune_like_params(
       A new optimizer state of the same structure; untouched leaves shared by reference.
 
     Raises:
-      TypeError: an abstract (`jax.ShapeDtypeStruct`) or non-array optimizer-state leaf (names the path).
+      TypeError: an abstract (`jax.ShapeDtypeStruct`) or non-array optimizer-state leaf (names the path); an Equinox
+        module (its optax state goes to ``prune(model, plan, opt_state=...)``).
       ValueError: a plan made for another model, or a non-scalar leaf whose path names no parameter or whose shape
         differs from it (never a silent pass-through of a leaf that might be stale).
     """
+    if is_eqx_module(model):
+        raise TypeError(
+            "prune_like_params: an Equinox module's optax state is pruned with the module, which its structure "
+            "follows: prune(model, plan, state=..., opt_state=opt_state)"
+        )
     if is_nnx_module(model):  # its traced model (from make_plan's trace of this module) and its own params
         model, own = as_prunable(model, None, example_input, what="prune_like_params")
         params = own["params"] if params is None else params

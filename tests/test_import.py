@@ -29,6 +29,7 @@ NOT_AT_IMPORT = (
     "sklearn",
     "torch",
     "flax.nnx",
+    "equinox",
     "PIL",
 )
 

@@ -12,7 +12,7 @@ from jax.extend import source_info_util
 class _Frame:
     """One evaluation of one jaxpr (the top level, or a sub-jaxpr at one call site): nodes per variable."""
 
-    __slots__ = ("consts", "counts", "ctx", "divisors", "env", "jaxpr", "meta", "pd", "src", "subs")
+    __slots__ = ("consts", "counts", "ctx", "divisors", "env", "jaxpr", "less", "meta", "pd", "src", "subs")
 
     def __init__(self, jaxpr, consts, ctx: tuple):
         self.jaxpr = jaxpr
@@ -27,6 +27,9 @@ class _Frame:
         # unchanged), and eqn index -> (operand index, count, nodes, op) for the division by that count (a mean).
         self.counts: dict[Any, tuple[int, tuple[int, ...]]] = {}
         self.divisors: dict[int, tuple[int, int, tuple[int, ...], str]] = {}
+        # A scalar ``N - x`` of a literal N (jnp.var's ``count - ddof``): var -> (eqn index, N); it becomes a divisor
+        # (its literal is the count) when a sum of N elements is divided by it.
+        self.less: dict[Any, tuple[int, float]] = {}
 
 
 def _is_literal(v) -> bool:

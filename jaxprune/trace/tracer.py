@@ -87,8 +87,9 @@ class _Tracer:
         self.count_divisor(f, i, eqn)
 
     def count_divisor(self, f: _Frame, i: int, eqn) -> None:
-        """Follows the element count of a sum to the division that makes it a mean (``jnp.mean``, the statistics of
-        LayerNorm, GroupNorm, RMSNorm), so the re-run divides by the channels kept (docs/design.md §6)."""
+        """Follows the element count of a sum to the division that makes it a mean (``jnp.mean``, ``jnp.var``'s
+        ``sum / (N - ddof)``, the statistics of LayerNorm, GroupNorm, RMSNorm), so the re-run divides by the channels
+        kept (docs/design.md §6)."""
         name = eqn.primitive.name
         ins = eqn.invars
         if name == "reduce_sum" and not _is_literal(ins[0]):
@@ -97,6 +98,13 @@ class _Tracer:
             f.counts[eqn.outvars[0]] = (int(np.prod([_shape(ins[0])[a] for a in axes])), nodes)
         elif name in _CARRY_COUNT and len(ins) == 1 and not _is_literal(ins[0]) and ins[0] in f.counts:
             f.counts[eqn.outvars[0]] = f.counts[ins[0]]
+        elif name == "sub" and len(ins) == 2 and _is_literal(ins[0]) and np.ndim(ins[0].val) == 0:
+            f.less[eqn.outvars[0]] = (i, float(ins[0].val))
+        elif name == "div" and len(ins) == 2 and not _is_literal(ins[1]) and ins[1] in f.less and ins[0] in f.counts:
+            j, value = f.less[ins[1]]  # sum / (N - ddof), jnp.var: the count is the literal of the subtraction
+            count, nodes = f.counts[ins[0]]
+            if value == count:
+                f.divisors[j] = (0, count, nodes, "div")
         elif name in ("div", "mul") and len(ins) == 2:
             a, b = ins
             if _is_literal(b) and not _is_literal(a) and a in f.counts:
