@@ -18,7 +18,7 @@ The header of an NNX module's checkpoint has an ``"nnx"`` entry::
                            "leaves": {path: [shape, dtype]} of the optimizer's step and optax state}}
 
 and its payload holds ``"nnx_state"`` ({path: array}) beside the variables, and the optimizer's leaves as
-``"opt_state"`` ({path: array}). A PRNG key leaf is stored as its key data, its dtype recorded as
+``"opt_state"`` ({path: array}); an orbax directory holds the same arrays (`jaxprune._orbax`). A PRNG key leaf is stored as its key data, its dtype recorded as
 ``"key:<implementation>"``. `flax.nnx` is imported inside the functions only (it pulls optax); this module is
 imported only when a user's model is saved or loaded.
 """
@@ -113,23 +113,23 @@ def _eval_trace(module, example_input):
 # ----------------------------------------------------------------------------------------------------------------------
 # Saving
 # ----------------------------------------------------------------------------------------------------------------------
-def nnx_save_parts(module, variables, opt_state, *, optimizer, example_input, step, format):
+def nnx_save_parts(module, variables, opt_state, *, optimizer, example_input, step):
     """What `save_checkpoint` stores for an NNX module.
 
     Args:
       module: What was given to `save_checkpoint` (an NNX module, or another model with an NNX keyword: refused).
       variables, opt_state: What was given with it (must be None).
-      optimizer, example_input, step, format: `save_checkpoint`'s keywords.
+      optimizer, example_input, step: `save_checkpoint`'s keywords.
 
     Returns:
-      ``(traced model, host variables, header "nnx" entry, payload "nnx_state", payload "opt_state" or None, step)``;
+      ``(traced model, variables, header "nnx" entry, "nnx_state" arrays, "opt_state" arrays or None, step)``;
       `step` defaults to the optimizer's step (0 without one).
 
     Raises:
       TypeError: `optimizer` or `example_input` with another model; `variables` or `opt_state` with an NNX module;
         `optimizer` that is not an `nnx.Optimizer`; a variable holding something other than an array.
-      ValueError: ``format="orbax"``; a module never traced and no `example_input` (says what to pass); an optimizer
-        whose state does not fit the module's parameters (names the leaf).
+      ValueError: a module never traced and no `example_input` (says what to pass); an optimizer whose state does not
+        fit the module's parameters (names the leaf).
     """
     if not is_nnx_module(module):
         raise TypeError(
@@ -141,8 +141,6 @@ def nnx_save_parts(module, variables, opt_state, *, optimizer, example_input, st
             "save_checkpoint(path, module, ...): an NNX module carries its own variables; pass its nnx.Optimizer "
             "as optimizer=, not variables or opt_state"
         )
-    if format == "orbax":
-        raise ValueError("format='orbax' does not store NNX modules yet; save them with format='file'")
     from flax import nnx
 
     if optimizer is not None:
@@ -164,7 +162,7 @@ def nnx_save_parts(module, variables, opt_state, *, optimizer, example_input, st
         value = var.get_value()
         where = f"{type(var).__name__} {path} of the NNX module"
         state_table[path] = _entry(value, where)
-        state_arrays[path] = np.asarray(host_array(value))
+        state_arrays[path] = jax.random.key_data(value) if _is_key(value.dtype) else value
     entry = {
         "class": type(module).__qualname__,
         "input": [list(x.shape), jnp.dtype(x.dtype).name],
@@ -185,7 +183,7 @@ def nnx_save_parts(module, variables, opt_state, *, optimizer, example_input, st
             "returned)",
         )
         entry["optimizer"] = {"wrt": _wrt_name(optimizer.wrt), "leaves": table}
-        opt_arrays = {p: np.asarray(host_array(v.get_value())) for p, v in leaves}
+        opt_arrays = {p: v.get_value() for p, v in leaves}
         if step is None:
             step = int(np.asarray(host_array(optimizer.step.get_value())))
     return traced, variables, entry, state_arrays, opt_arrays, 0 if step is None else step
@@ -421,9 +419,9 @@ def load_optimizer(path: str, entry: Mapping[str, Any], module, raw, tx, wrt):
     if not isinstance(raw, dict) or set(raw) != set(info["leaves"]):
         raise ValueError(f"checkpoint {path} is corrupted: its optimizer state differs from its header's table")
     for p, var in leaves:
-        arr = np.asarray(raw[p])
+        arr = raw[p] if isinstance(raw[p], jax.Array) else np.asarray(raw[p])  # an orbax restore keeps its sharding
         want = var.get_value()
-        if list(arr.shape) != list(want.shape) or arr.dtype != jnp.dtype(want.dtype):
+        if list(arr.shape) != list(want.shape) or jnp.dtype(arr.dtype) != jnp.dtype(want.dtype):
             raise ValueError(f"checkpoint {path} is corrupted: optimizer-state leaf {p} is {arr.shape} {arr.dtype}")
         var.set_value(jnp.asarray(arr))
     return optimizer

@@ -219,7 +219,7 @@ def save_checkpoint(
       metadata: Free-form JSON-serializable information (accuracies, command line...).
       format: ``"file"`` (one file; arrays gathered to the host) or ``"orbax"`` (a directory written by
         orbax-checkpoint, for sharded and multi-host arrays: every process calls, each writes its shards; layout in
-        `jaxprune._orbax`; not for NNX modules yet). Both are read by `load_checkpoint`.
+        `jaxprune._orbax`). Both are read by `load_checkpoint`.
       optimizer: NNX only: the module's `nnx.Optimizer` (step and optax state; `step` defaults to its step).
       example_input: NNX only: an input (or `jax.ShapeDtypeStruct`) to trace the module with; not needed for a module
         that `make_plan` traced, `prune` returned or `load_checkpoint` loaded.
@@ -255,7 +255,6 @@ def save_checkpoint(
             optimizer=optimizer,
             example_input=example_input,
             step=step,
-            format=format,
         )
     elif _is_train_state(model_or_state):
         if variables is not None or opt_state is not None or step is not None or rng is not None:
@@ -290,7 +289,9 @@ def save_checkpoint(
     config = model.config() if zoo else None
     rebuilt = _models.from_config(config) if zoo else model
     if format == "orbax":
-        _save_orbax(os.fspath(path), rebuilt, config, variables, opt_state, step, rng, plans, metadata)
+        _save_orbax(
+            os.fspath(path), rebuilt, config, variables, opt_state, step, rng, plans, metadata, nnx_entry, nnx_state
+        )
         return
     host_vars = {str(k): host_tree(_plain_dict(v)) for k, v in variables.items()}
     _check_variables(rebuilt, host_vars, what="variables to save")
@@ -300,7 +301,7 @@ def save_checkpoint(
     if opt_state is not None:
         body["opt_state"] = serialization.to_state_dict(host_tree(opt_state))
     if nnx_entry is not None:
-        body["nnx_state"] = nnx_state
+        body["nnx_state"] = host_tree(nnx_state)
     payload = serialization.msgpack_serialize(body)
     header = {
         **_header_base(config, rebuilt, host_vars, plans, step, rng, opt_state, metadata),
@@ -362,7 +363,7 @@ def _encode_header(header: Mapping[str, Any], payload: bytes = b"") -> tuple[byt
     return line, _DIGEST_PREFIX + _digest(_MAGIC, line, payload).encode("ascii") + b"\n"
 
 
-def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, metadata) -> None:
+def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, metadata, nnx_entry, nnx_state) -> None:
     from jaxprune import _orbax
 
     plain = {str(k): _plain_dict(v) for k, v in variables.items()}
@@ -374,6 +375,7 @@ def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, m
     if os.path.lexists(path) and not _orbax.is_orbax_dir(path):
         raise FileExistsError(f"cannot write orbax checkpoint {path}: it exists and is not a jaxprune orbax directory")
     header = _header_base(config, rebuilt, plain, plans, step, rng, opt_state, metadata)
+    header.update({"nnx": nnx_entry} if nnx_entry is not None else {})
     _encode_header({**header, "variables": {}, "payload": {}})  # metadata errors before any file is written
 
     def encode(full: Mapping[str, Any]) -> bytes:
@@ -381,7 +383,7 @@ def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, m
         return _MAGIC + line + digest
 
     opt = serialization.to_state_dict(opt_state) if opt_state is not None else None
-    _orbax.write(path, header, plain, opt, encode=encode)
+    _orbax.write(path, header, plain, opt, encode=encode, nnx_state=nnx_state)
 
 
 def _digest(*parts: bytes) -> str:
@@ -448,7 +450,7 @@ def _check_header(header: Mapping[str, Any], path: str, *, orbax: bool = False) 
         raise ValueError(f"checkpoint {path} has a malformed header: {field} {what}")
 
     keys = _HEADER_KEYS + (("made_for",) if header.get("version", 1) >= 2 else ())
-    keys += ("nnx",) if "nnx" in header and not orbax and header.get("version", 1) >= 2 else ()
+    keys += ("nnx",) if "nnx" in header and header.get("version", 1) >= 2 else ()
     for key in keys:
         if key not in header:
             raise ValueError(f"checkpoint {path} is corrupted: its header has no {key!r} entry")
@@ -502,7 +504,7 @@ def _check_header(header: Mapping[str, Any], path: str, *, orbax: bool = False) 
             bad("'payload'", "must be an object with exactly ['orbax'] in an orbax directory")
         from jaxprune import _orbax
 
-        _orbax.check_payload(info["orbax"], bad)
+        _orbax.check_payload(info["orbax"], bad, nnx="nnx" in keys)
         return
     keys = {"bytes", "sha256"} if header["version"] == 1 else {"bytes"}
     if not isinstance(info, dict) or set(info) != keys:
@@ -728,8 +730,9 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=No
             for k, e in header["variables"].items()
         }
         _check_variables(stored_model, traverse_util.unflatten_dict(shapes), what=f"variables in checkpoint {path}")
-        variables, raw = _orbax.read(path, header, sharding=sharding)
+        variables, raw, nnx_state = _orbax.read(path, header, sharding=sharding)
         body = {"variables": variables, **({"opt_state": raw} if raw is not None else {})}
+        body.update({"nnx_state": nnx_state} if nnx_state is not None else {})
     else:
         try:
             body = serialization.msgpack_restore(payload)

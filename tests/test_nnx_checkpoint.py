@@ -138,6 +138,24 @@ def test_pruned_module_and_optimizer_reload_exactly(saved, loaded):
     jax.tree_util.tree_map(np.testing.assert_array_equal, ck.variables, jp.nnx_variables(m2))
 
 
+def test_an_orbax_directory_round_trips_module_and_optimizer(saved, tmp_path):
+    _, _, m2, opt2, plan, _ = saved
+    path = tmp_path / "cnn-orbax"
+    jp.save_checkpoint(path, m2, optimizer=opt2, plans=[plan], format="orbax")
+    header = jp.read_checkpoint_header(path)
+    assert header["nnx"]["state"]["drop/rngs/key"] == [[], "key:threefry2x32"]
+    assert header["payload"]["orbax"]["nnx_state"]["drop/rngs/key"] == [[2], "uint32"]  # stored as its key data
+    ck = jp.load_checkpoint(path, model=_abstract(), tx=TX)
+    assert type(ck.model) is SmallCNN and ck.step == 7
+    _assert_same_state(ck.model, m2)
+    _assert_same_state(ck.optimizer, opt2)
+    # A flipped byte in the header (here: the NNX entry) is an error.
+    head = path / "checkpoint.jaxprune"
+    head.write_bytes(head.read_bytes().replace(b'"class": "SmallCNN"', b'"class": "SmallCNX"'))
+    with pytest.raises(ValueError, match="is corrupted or was modified: its header's SHA-256 does not match"):
+        jp.load_checkpoint(path, model=_abstract())
+
+
 def test_loaded_module_prunes_and_saves_again_without_an_example_input(saved, loaded, tmp_path):
     _, _, _, _, plan, _ = saved
     module = loaded.model
@@ -175,8 +193,6 @@ def test_save_refuses_wrong_arguments_for_an_nnx_module(saved, tmp_path):
         jp.save_checkpoint(p, m2, opt_state=nnx.as_pure(opt2.opt_state))
     with pytest.raises(TypeError, match="optimizer must be an nnx.Optimizer, got GradientTransformationExtraArgs"):
         jp.save_checkpoint(p, m2, optimizer=TX)
-    with pytest.raises(ValueError, match="format='orbax' does not store NNX modules yet"):
-        jp.save_checkpoint(tmp_path / "dir", m2, format="orbax")
     with pytest.raises(ValueError, match="the plan history does not end at the model's widths"):
         jp.save_checkpoint(p, m, plans=[plan])  # the unpruned module with the plan that pruned it
     assert not p.exists()
