@@ -126,6 +126,7 @@ def test_pruned_module_and_optimizer_reload_exactly(saved, loaded):
     assert type(ck.model) is SmallCNN and ck.model is not m2
     assert (ck.step, ck.metadata, ck.plans[0].new_widths) == (7, {"acc": 0.5}, plan.new_widths)
     assert dict(plan.new_widths) == {"b1/conv": 4, "b2/conv": 8}
+    assert (plan.made_for["class"], plan.made_for["name"]) == ("SmallCNN", "SmallCNN")  # the plan binds the class
     b1, b2 = ck.model.b1, ck.model.b2
     assert (b1.conv.out_features, b1.bn.num_features, b2.conv.in_features, b2.conv.out_features) == (4, 4, 4, 8)
     assert (ck.model.head.in_features, ck.model.head.kernel[...].shape) == (8, (8, 10))
@@ -232,7 +233,10 @@ def test_load_refuses_a_module_of_another_class(saved):
 
 
 def test_load_refuses_a_module_of_other_widths(saved):
-    with pytest.raises(ValueError, match=r"not the one plan 0 was made for.*b1/conv: 8 in the plan's, 6 in the given"):
+    with pytest.raises(
+        ValueError,
+        match=r"not the one plan 0 was made for: .*made for SmallCNN .*b1/conv: 8 in the plan's, 6 in the given",
+    ):
         jp.load_checkpoint(saved[0], model=_abstract(width=6))
     with pytest.raises(ValueError, match=r"not the one plan 0 was made for.*leaf params/head/bias had shape \(10,\)"):
         jp.load_checkpoint(saved[0], model=_abstract(classes=5))  # the same groups, another leaf shape
