@@ -337,3 +337,13 @@ def test_an_edited_variable_table_names_the_leaf(saved, tmp_path):
     _forge(forged, header, payload)
     with pytest.raises(ValueError, match=r"other than parameters and batch statistics .*leaf b2/ema is \[\[16\]"):
         jp.load_checkpoint(forged, model=_abstract())
+
+
+def test_a_plan_of_another_nnx_class_is_refused(saved):
+    _, _, _, _, plan, x = saved
+    other = _randomized(OtherCNN, seed=5)  # the same layers and shapes, another class
+    other.eval()
+    with pytest.raises(
+        ValueError, match=r"made for SmallCNN \(SmallCNN\), not for the given OtherCNN .*classes differ"
+    ):
+        jp.prune(other, plan, example_input=x)
