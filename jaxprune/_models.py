@@ -20,11 +20,17 @@ from typing import Any
 
 from jaxprune._detect import is_eqx_module, is_nnx_module, is_nnx_optimizer
 
-__all__ = ["as_prunable", "is_eqx_module", "is_nnx_module", "is_nnx_optimizer"]
+__all__ = ["as_prunable", "is_eqx_module", "is_nnx_module", "is_nnx_optimizer", "remember_trace"]
 
 
 #: NNX module -> the `TracedModel` `make_plan` traced it into, so that ``prune(module, plan)`` needs no example input.
 _NNX_TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remember_trace(module, traced) -> None:
+    """Records `traced` as the trace of the NNX `module` (a pruned or loaded module: the trace it was built from, at
+    its widths), so that `make_plan`, `prune` and `save_checkpoint` of it need no example input."""
+    _NNX_TRACES[module] = traced
 
 
 def _trace_nnx(module, example_input, what: str):

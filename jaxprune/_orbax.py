@@ -9,6 +9,8 @@ Layout of a checkpoint directory ``D``::
 The header is the single-file header (model config, plans, step, RNG, metadata, the variables' leaf table) whose
 ``payload`` entry is ``{"orbax": {"opt_state": leaf table, "files": {relative path: sha256}}}``: leaf ``i`` of the
 orbax tree is the ``i``-th entry of the variables table, then of the optimizer-state table, in sorted path order.
+An NNX module's checkpoint (`jaxprune._user_checkpoint`) adds ``"nnx_state"``, the leaf table of the module's other
+variables, whose leaves follow.
 Every file under ``arrays/`` is hashed, so a changed byte anywhere (orbax's own metadata included) is a `ValueError`,
 and the restore target is built from the digest-checked tables after they were checked against the rebuilt model:
 orbax never decides a shape. orbax-checkpoint is a runtime dependency (flax requires it anyway), imported only
@@ -82,7 +84,9 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def write(path: str, header: dict[str, Any], variables: Mapping[str, Any], opt_state_dict, *, encode) -> None:
+def write(
+    path: str, header: dict[str, Any], variables: Mapping[str, Any], opt_state_dict, *, encode, nnx_state=None
+) -> None:
     """Writes the directory `path` (every process must call; process 0 writes the header and renames).
 
     `encode(header) -> bytes` gives the header file's bytes (magic, header line, digest line). The directory is
@@ -91,7 +95,8 @@ def write(path: str, header: dict[str, Any], variables: Mapping[str, Any], opt_s
     ocp = _ocp()
     var_table, var_leaves = _table(variables, keep_empty=False)
     opt_table, opt_leaves = _table(opt_state_dict, keep_empty=True) if opt_state_dict is not None else ({}, [])
-    leaves = var_leaves + opt_leaves
+    nnx_table, nnx_leaves = _table(nnx_state, keep_empty=False) if nnx_state is not None else ({}, [])
+    leaves = var_leaves + opt_leaves + nnx_leaves
     tree = {f"{i:06d}": leaf for i, leaf in enumerate(leaves)}
     partial = f"{path}.partial"
     if jax.process_index() == 0 and os.path.lexists(partial):
@@ -107,7 +112,13 @@ def write(path: str, header: dict[str, Any], variables: Mapping[str, Any], opt_s
         header = {
             **header,
             "variables": var_table,
-            "payload": {"orbax": {"opt_state": opt_table, "files": _file_digests(os.path.join(partial, _ARRAYS))}},
+            "payload": {
+                "orbax": {
+                    "opt_state": opt_table,
+                    "files": _file_digests(os.path.join(partial, _ARRAYS)),
+                    **({"nnx_state": nnx_table} if nnx_state is not None else {}),
+                }
+            },
         }
         from jaxprune._atomic import atomic_write
 
@@ -128,8 +139,9 @@ def _shape_dtype(entry) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(entry[0]), jnp.dtype(entry[1])
 
 
-def read(path: str, header: Mapping[str, Any], *, sharding) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The variables and optimizer state-dict of a verified header, restored at `sharding`.
+def read(path: str, header: Mapping[str, Any], *, sharding) -> tuple[dict[str, Any], Any, Any]:
+    """The variables, optimizer state-dict and (an NNX module's checkpoint, else None) the module's other variables
+    of a verified header, restored at `sharding`.
 
     The caller has checked the header's digest and its tables against the rebuilt model. This checks every file
     under ``arrays/`` against the header's digests, restores exactly the tables' shapes and dtypes, and checks the
@@ -156,6 +168,7 @@ def read(path: str, header: Mapping[str, Any], *, sharding) -> tuple[dict[str, A
             raise ValueError(f"orbax checkpoint {path} is corrupted or was modified: {_ARRAYS}/{name} changed")
     names = [("variables", k, e) for k, e in header["variables"].items() if e is not None]
     names += [("opt_state", k, e) for k, e in info["opt_state"].items() if e is not None]
+    names += [("nnx_state", k, e) for k, e in info.get("nnx_state", {}).items()]
 
     def place(leaf: str, shape):
         if sharding is None:
@@ -181,7 +194,7 @@ def read(path: str, header: Mapping[str, Any], *, sharding) -> tuple[dict[str, A
         raise ValueError(f"orbax could not restore checkpoint directory {path}: {type(e).__name__}: {e}") from e
     if not isinstance(restored, Mapping) or set(restored) != set(target):
         raise ValueError(f"orbax checkpoint {path} restored another tree than its header describes")
-    out: dict[str, dict] = {"variables": {}, "opt_state": {}}
+    out: dict[str, dict] = {"variables": {}, "opt_state": {}, "nnx_state": {}}
     for i, (part, leaf, entry) in enumerate(names):
         arr = restored[f"{i:06d}"]
         shape, dtype = _shape_dtype(entry)
@@ -190,20 +203,26 @@ def read(path: str, header: Mapping[str, Any], *, sharding) -> tuple[dict[str, A
                 f"orbax checkpoint {path}: leaf {leaf} restored as {tuple(arr.shape)} {arr.dtype}, its header says "
                 f"{shape} {dtype}"
             )
-        out[part][tuple(leaf.split("/"))] = arr
+        out[part][leaf if part == "nnx_state" else tuple(leaf.split("/"))] = arr
     for part, table in (("variables", header["variables"]), ("opt_state", info["opt_state"])):
         for leaf, entry in table.items():
             if entry is None:
                 out[part][tuple(leaf.split("/"))] = {}
     variables = traverse_util.unflatten_dict(out["variables"])
     opt = traverse_util.unflatten_dict(out["opt_state"]) if header["has_opt_state"] else None
-    return variables, opt
+    return variables, opt, out["nnx_state"] if "nnx_state" in info else None
 
 
-def check_payload(info, bad: Callable[[str, str], None]) -> None:
-    """Strict types of the header's ``payload.orbax`` entry."""
-    if not isinstance(info, dict) or set(info) != {"opt_state", "files"}:
-        bad("'payload.orbax'", "must be an object with exactly 'opt_state' and 'files'")
+def check_payload(info, bad: Callable[[str, str], None], *, nnx: bool = False) -> None:
+    """Strict types of the header's ``payload.orbax`` entry (with ``nnx_state`` for an NNX module's checkpoint)."""
+    keys = {"opt_state", "files", "nnx_state"} if nnx else {"opt_state", "files"}
+    if not isinstance(info, dict) or set(info) != keys:
+        bad("'payload.orbax'", f"must be an object with exactly {sorted(keys)}")
+    if nnx and not (
+        isinstance(info["nnx_state"], dict)
+        and all(isinstance(e, list) and len(e) == 2 for e in info["nnx_state"].values())
+    ):
+        bad("'payload.orbax.nnx_state'", "must map variable paths to [shape, dtype]")
     table = info["opt_state"]
     if not isinstance(table, dict) or not all(
         e is None

@@ -97,3 +97,45 @@ def rng_header(rng) -> dict[str, Any] | None:
     if arr.dtype != np.uint32:
         raise TypeError(f"rng must be a typed PRNG key or raw uint32 key data, got dtype {arr.dtype}")
     return {"impl": None, "data": arr.tolist()}
+
+
+def rng_from_header(info, path: str):
+    """The PRNG key `rng_header` recorded (None for None).
+
+    Raises:
+      ValueError: data that makes no key (ragged, an unknown implementation, data of another key shape); names `path`.
+    """
+    if info is None:
+        return None
+    impl = info["impl"]
+    try:
+        data = np.asarray(info["data"], np.uint32)
+        return jax.random.wrap_key_data(data, impl=impl) if impl else jnp.asarray(data)
+    except Exception as e:  # ragged data, an unknown impl, data of another key shape
+        raise ValueError(
+            f"checkpoint {path} has a malformed header: 'rng' does not make a PRNG key ({type(e).__name__}: {e})"
+        ) from e
+
+
+def checked_metadata(metadata) -> dict[str, Any]:
+    """A checkpoint's metadata as a dict, its keys checked to be str at every depth (TypeError naming the key)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"checkpoint metadata must be a mapping with str keys, got {type(metadata).__name__}")
+
+    def check(value, where: str) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise TypeError(
+                        f"checkpoint metadata keys must be str (JSON objects have str keys): {where} has key {k!r} "
+                        f"({type(k).__name__})"
+                    )
+                check(v, f"{where}[{k!r}]")
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                check(v, f"{where}[{i}]")
+
+    check(metadata, "metadata")
+    return dict(metadata)

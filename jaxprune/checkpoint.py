@@ -53,10 +53,13 @@ from flax import serialization, traverse_util
 
 from jaxprune import models as _models
 from jaxprune._atomic import atomic_write
+from jaxprune._detect import is_nnx_module
 from jaxprune._trees import check_variables as _check_variables
+from jaxprune._trees import checked_metadata as _checked_metadata
 from jaxprune._trees import dtype_name as _dtype_name
 from jaxprune._trees import host_array, host_tree
 from jaxprune._trees import plain_dict as _plain_dict
+from jaxprune._trees import rng_from_header as _rng_from_header
 from jaxprune._trees import rng_header as _rng_header
 from jaxprune.plan import PruningPlan, model_fingerprint, strict_json_loads
 
@@ -103,6 +106,8 @@ class Checkpoint:
       metadata: The free-form JSON metadata given to `save_checkpoint`.
       header: The whole JSON header as read.
       tx: The optax transformation given to `load_checkpoint`, if any.
+      optimizer: An NNX checkpoint loaded with `tx`: the `nnx.Optimizer` of `model` with its saved step and optax
+        state (`opt_state` is then None); else None.
     """
 
     model: Any
@@ -115,6 +120,7 @@ class Checkpoint:
     metadata: dict[str, Any]
     header: dict[str, Any]
     tx: Any = None
+    optimizer: Any = None
 
     def train_state(self, tx=None):
         """A `jaxprune.train.TrainState` continuing exactly where the saved one stopped.
@@ -132,6 +138,8 @@ class Checkpoint:
         """
         from jaxprune.train import TrainState  # optax lives there; only imported when a train state is wanted
 
+        if is_nnx_module(self.model):
+            raise TypeError("an NNX checkpoint has no train state: train ck.model with ck.optimizer (load with tx=)")
         tx = self.tx if tx is None else tx
         if tx is None:
             raise ValueError("train_state needs the optax transformation the state was trained with: pass tx=")
@@ -188,11 +196,15 @@ def save_checkpoint(
     plans: Sequence[PruningPlan] = (),
     metadata: Mapping[str, Any] | None = None,
     format: str = "file",
+    optimizer=None,
+    example_input=None,
 ) -> None:
     """Writes a checkpoint atomically: a crash at any point leaves the previous file at `path` intact.
 
     Either pass a train state (anything with `model`, `params`, `batch_stats`, `opt_state`, `step`, `rng`, such as
-    `jaxprune.train.TrainState`) alone, or a model and its variables with the optional keyword parts.
+    `jaxprune.train.TrainState`) alone, or a model and its variables with the optional keyword parts, or a Flax NNX
+    module alone: ``save_checkpoint(path, module, optimizer=opt, plans=[plan])``, read back by ``load_checkpoint(path,
+    model=nnx.eval_shape(lambda: MyModule(rngs=nnx.Rngs(0))), tx=tx)`` (`jaxprune._user_checkpoint`).
 
     Args:
       path: The file to write (its folder must exist). Conventionally ``*.ckpt``.
@@ -208,12 +220,16 @@ def save_checkpoint(
       format: ``"file"`` (one file; arrays gathered to the host) or ``"orbax"`` (a directory written by
         orbax-checkpoint, for sharded and multi-host arrays: every process calls, each writes its shards; layout in
         `jaxprune._orbax`). Both are read by `load_checkpoint`.
+      optimizer: NNX only: the module's `nnx.Optimizer` (step and optax state; `step` defaults to its step).
+      example_input: NNX only: an input (or `jax.ShapeDtypeStruct`) to trace the module with; not needed for a module
+        that `make_plan` traced, `prune` returned or `load_checkpoint` loaded.
 
     Raises:
       TypeError: a model without `config()`, a non-mapping `variables`, keyword parts given with a train state,
-        plans that are not `PruningPlan`s, or metadata that is not JSON-serializable.
+        plans that are not `PruningPlan`s, or metadata that is not JSON-serializable; NNX: variables or `opt_state`.
       ValueError: variables that do not match the model (names the leaf, expected vs found shape), or a plan history
-        whose last plan does not end at the model's widths.
+        whose last plan does not end at the model's widths; NNX: no trace and no `example_input`, or an optimizer
+        whose state does not fit the module (names the leaf).
       FileNotFoundError: the folder of `path` does not exist.
 
     Example:
@@ -228,7 +244,19 @@ def save_checkpoint(
     """
     if format not in ("file", "orbax"):
         raise ValueError(f"unknown checkpoint format {format!r}; valid formats: 'file', 'orbax'")
-    if _is_train_state(model_or_state):
+    nnx_entry = nnx_state = None
+    if is_nnx_module(model_or_state) or optimizer is not None or example_input is not None:
+        from jaxprune import _user_checkpoint
+
+        model, variables, nnx_entry, nnx_state, opt_state, step = _user_checkpoint.nnx_save_parts(
+            model_or_state,
+            variables,
+            opt_state,
+            optimizer=optimizer,
+            example_input=example_input,
+            step=step,
+        )
+    elif _is_train_state(model_or_state):
         if variables is not None or opt_state is not None or step is not None or rng is not None:
             raise TypeError(
                 "save_checkpoint got a train state and also variables/opt_state/step/rng; a train state carries "
@@ -261,7 +289,9 @@ def save_checkpoint(
     config = model.config() if zoo else None
     rebuilt = _models.from_config(config) if zoo else model
     if format == "orbax":
-        _save_orbax(os.fspath(path), rebuilt, config, variables, opt_state, step, rng, plans, metadata)
+        _save_orbax(
+            os.fspath(path), rebuilt, config, variables, opt_state, step, rng, plans, metadata, nnx_entry, nnx_state
+        )
         return
     host_vars = {str(k): host_tree(_plain_dict(v)) for k, v in variables.items()}
     _check_variables(rebuilt, host_vars, what="variables to save")
@@ -270,11 +300,14 @@ def save_checkpoint(
     body = {"variables": serialization.to_state_dict(host_vars)}
     if opt_state is not None:
         body["opt_state"] = serialization.to_state_dict(host_tree(opt_state))
+    if nnx_entry is not None:
+        body["nnx_state"] = host_tree(nnx_state)
     payload = serialization.msgpack_serialize(body)
     header = {
         **_header_base(config, rebuilt, host_vars, plans, step, rng, opt_state, metadata),
         "variables": _leaf_table(host_vars),
         "payload": {"bytes": len(payload)},
+        **({"nnx": nnx_entry} if nnx_entry is not None else {}),
     }
     header_bytes, digest_line = _encode_header(header, payload)
 
@@ -330,7 +363,7 @@ def _encode_header(header: Mapping[str, Any], payload: bytes = b"") -> tuple[byt
     return line, _DIGEST_PREFIX + _digest(_MAGIC, line, payload).encode("ascii") + b"\n"
 
 
-def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, metadata) -> None:
+def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, metadata, nnx_entry, nnx_state) -> None:
     from jaxprune import _orbax
 
     plain = {str(k): _plain_dict(v) for k, v in variables.items()}
@@ -342,6 +375,7 @@ def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, m
     if os.path.lexists(path) and not _orbax.is_orbax_dir(path):
         raise FileExistsError(f"cannot write orbax checkpoint {path}: it exists and is not a jaxprune orbax directory")
     header = _header_base(config, rebuilt, plain, plans, step, rng, opt_state, metadata)
+    header.update({"nnx": nnx_entry} if nnx_entry is not None else {})
     _encode_header({**header, "variables": {}, "payload": {}})  # metadata errors before any file is written
 
     def encode(full: Mapping[str, Any]) -> bytes:
@@ -349,7 +383,7 @@ def _save_orbax(path, rebuilt, config, variables, opt_state, step, rng, plans, m
         return _MAGIC + line + digest
 
     opt = serialization.to_state_dict(opt_state) if opt_state is not None else None
-    _orbax.write(path, header, plain, opt, encode=encode)
+    _orbax.write(path, header, plain, opt, encode=encode, nnx_state=nnx_state)
 
 
 def _digest(*parts: bytes) -> str:
@@ -357,29 +391,6 @@ def _digest(*parts: bytes) -> str:
     for part in parts:
         h.update(part)
     return h.hexdigest()
-
-
-def _checked_metadata(metadata) -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, Mapping):
-        raise TypeError(f"checkpoint metadata must be a mapping with str keys, got {type(metadata).__name__}")
-
-    def check(value, where: str) -> None:
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                if not isinstance(k, str):
-                    raise TypeError(
-                        f"checkpoint metadata keys must be str (JSON objects have str keys): {where} has key {k!r} "
-                        f"({type(k).__name__})"
-                    )
-                check(v, f"{where}[{k!r}]")
-        elif isinstance(value, list | tuple):
-            for i, v in enumerate(value):
-                check(v, f"{where}[{i}]")
-
-    check(metadata, "metadata")
-    return dict(metadata)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -439,6 +450,7 @@ def _check_header(header: Mapping[str, Any], path: str, *, orbax: bool = False) 
         raise ValueError(f"checkpoint {path} has a malformed header: {field} {what}")
 
     keys = _HEADER_KEYS + (("made_for",) if header.get("version", 1) >= 2 else ())
+    keys += ("nnx",) if "nnx" in header and header.get("version", 1) >= 2 else ()
     for key in keys:
         if key not in header:
             raise ValueError(f"checkpoint {path} is corrupted: its header has no {key!r} entry")
@@ -452,6 +464,12 @@ def _check_header(header: Mapping[str, Any], path: str, *, orbax: bool = False) 
             bad("'made_for'", "must be null with a model config, or a model fingerprint without one")
     elif not isinstance(header["model"], dict):
         bad("'model'", "must be an object (a model config)")
+    if "nnx" in keys:
+        if not user_model:
+            bad("'nnx'", "must come with a model fingerprint ('made_for')")
+        from jaxprune import _user_checkpoint
+
+        _user_checkpoint.check_entry(header["nnx"], bad)
     if not isinstance(header["plans"], list) or not all(isinstance(p, dict) for p in header["plans"]):
         bad("'plans'", "must be a list of plan objects")
     if not _is_int(header["step"], 0, _MAX_STEP):
@@ -486,7 +504,7 @@ def _check_header(header: Mapping[str, Any], path: str, *, orbax: bool = False) 
             bad("'payload'", "must be an object with exactly ['orbax'] in an orbax directory")
         from jaxprune import _orbax
 
-        _orbax.check_payload(info["orbax"], bad)
+        _orbax.check_payload(info["orbax"], bad, nnx="nnx" in keys)
         return
     keys = {"bytes", "sha256"} if header["version"] == 1 else {"bytes"}
     if not isinstance(info, dict) or set(info) != keys:
@@ -597,36 +615,6 @@ def _config_diff(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> list
     return out
 
 
-def _replay(path: str, header: Mapping[str, Any], model):
-    """A user model's checkpoint: the model at its saved widths, rebuilt from the unpruned `model` by the plans."""
-    if model is None:
-        raise ValueError(
-            f"checkpoint {path} holds a user model (no zoo config): pass the unpruned model it was pruned from as "
-            "model= (e.g. the jaxprune.trace_model of your module); the stored plan history rebuilds the rest"
-        )
-    if not callable(getattr(model, "with_widths", None)):
-        raise TypeError(f"model must have with_widths() (a traced model), got {type(model).__name__}")
-    try:
-        plans = [PruningPlan.from_dict(p) for p in header["plans"]]
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"checkpoint {path} has a malformed plan history: {e}") from e
-    current = model
-    for i, plan in enumerate(plans):
-        try:
-            plan.check_model(current)
-        except ValueError as e:
-            raise ValueError(f"checkpoint {path}: the given model is not the one plan {i} was made for: {e}") from e
-        current = current.with_widths({n: len(k) for n, k in plan.keep.items() if len(k) < plan.widths[n]})
-    fp = header["made_for"]
-    groups = {g.name: int(g.width) for g in current.channel_groups()}
-    if not isinstance(fp, dict) or groups != fp.get("groups"):
-        raise ValueError(
-            f"checkpoint {path}: the given model, pruned by the stored plans, has group widths {groups}; the "
-            f"checkpoint's model had {fp.get('groups') if isinstance(fp, dict) else fp}"
-        )
-    return current
-
-
 def _check_plan_history(model, plans: Sequence[PruningPlan]) -> None:
     if not plans:
         return
@@ -675,7 +663,7 @@ def restore_opt_state(raw, tx, params):
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
 
 
-def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=None, wrt=None) -> Checkpoint:
     """Loads a checkpoint into the model its config describes: a pruned one comes back at its reduced widths.
 
     Everything is checked before anything is returned: magic, format version, payload length and SHA-256, the model
@@ -687,10 +675,14 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=No
       model: For a zoo model's checkpoint, if given, the model the caller expects; a checkpoint of another family,
         depth, number of classes or other widths is an error that lists each difference. For a user model's
         checkpoint (no config), required: the unpruned model the stored plans were made for (they are replayed on
-        it, each checked against the model it was made for).
-      tx: The optax transformation the optimizer state belongs to; with it `Checkpoint.opt_state` is that state.
+        it, each checked against the model it was made for). For an NNX module's checkpoint: the unpruned module
+        of the same class, concrete or abstract (``nnx.eval_shape(lambda: MyModule(rngs=nnx.Rngs(0)))``);
+        `Checkpoint.model` is then a new module of that class at the saved widths holding the saved state.
+      tx: The optax transformation the optimizer state belongs to; with it `Checkpoint.opt_state` is that state
+        (for an NNX module, `Checkpoint.optimizer` is an `nnx.Optimizer` of the loaded module holding it).
       sharding: For an orbax directory: where the arrays go, a `jax.sharding.Sharding` for all or a callable
         ``(leaf path, shape) -> Sharding``; default the first device. (A single file gives host arrays.)
+      wrt: NNX only: the variable filter the saved `nnx.Optimizer` was built with (default `nnx.Param`).
 
     Returns:
       A `Checkpoint`.
@@ -699,7 +691,7 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=No
       FileNotFoundError: no file at `path`.
       ValueError: not a checkpoint, truncated or corrupted (length or checksum), an unknown format version, a config
         that rebuilds no model, a model other than `model` (lists the differences), variables or an optimizer state
-        that do not match (names the leaf and both shapes).
+        that do not match (names the leaf and both shapes); an NNX module of another class or widths (names it).
 
     Example:
       >>> ckpt = load_checkpoint("pruned.ckpt")  # doctest: +SKIP
@@ -713,9 +705,14 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=No
         header = _read_orbax_header(path)
     else:
         header, payload = _read_verified(path)
-    if header["model"] is None:
-        stored_model = _replay(path, header, model)
+    nnx_entry = header.get("nnx")
+    if header["model"] is None:  # a user's model: the plans replayed on the unpruned one (an NNX module: its trace)
+        from jaxprune import _user_checkpoint
+
+        stored_model, traced_like = _user_checkpoint.replay(path, header, model, wrt=wrt)
     else:
+        if wrt is not None:
+            raise TypeError("load_checkpoint: wrt= is for a checkpoint of an NNX module and its nnx.Optimizer")
         try:
             stored_model = _models.from_config(header["model"])
         except Exception as e:  # any config that builds no model is a bad file, whatever the error
@@ -733,8 +730,9 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=No
             for k, e in header["variables"].items()
         }
         _check_variables(stored_model, traverse_util.unflatten_dict(shapes), what=f"variables in checkpoint {path}")
-        variables, raw = _orbax.read(path, header, sharding=sharding)
+        variables, raw, nnx_state = _orbax.read(path, header, sharding=sharding)
         body = {"variables": variables, **({"opt_state": raw} if raw is not None else {})}
+        body.update({"nnx_state": nnx_state} if nnx_state is not None else {})
     else:
         try:
             body = serialization.msgpack_restore(payload)
@@ -745,7 +743,8 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=No
         if (
             not isinstance(body, dict)
             or not isinstance(body.get("variables"), dict)
-            or set(body) - {"variables", "opt_state"}
+            or set(body) - {"variables", "opt_state", "nnx_state"}
+            or ("nnx_state" in body) != (nnx_entry is not None)
         ):
             raise ValueError(f"checkpoint {path} is corrupted: its payload holds no variables")
 
@@ -763,31 +762,24 @@ def load_checkpoint(path: str | os.PathLike, *, model=None, tx=None, sharding=No
     raw_opt = body.get("opt_state")
     if header["has_opt_state"] != (raw_opt is not None):
         raise ValueError(f"checkpoint {path} is corrupted: header and payload disagree on the optimizer state")
-    opt_state = None
-    if tx is not None and raw_opt is not None:
+    opt_state = optimizer = None
+    if nnx_entry is not None:  # the module of the user's class holding the stored state, and its optimizer
+        stored_model, optimizer = _user_checkpoint.load_nnx(
+            path, nnx_entry, model, traced_like, stored_model, variables, body["nnx_state"], raw_opt, tx=tx, wrt=wrt
+        )
+    elif tx is not None and raw_opt is not None:
         opt_state = restore_opt_state(raw_opt, tx, variables["params"])
 
-    rng = None
-    if header["rng"] is not None:
-        impl = header["rng"]["impl"]
-        try:
-            data = np.asarray(header["rng"]["data"], np.uint32)
-            rng = jax.random.wrap_key_data(data, impl=impl) if impl else jnp.asarray(data)
-        except Exception as e:  # ragged data, an unknown impl, data of another key shape
-            raise ValueError(
-                f"checkpoint {path} has a malformed header: 'rng' does not make a PRNG key ({type(e).__name__}: {e})"
-            ) from e
-
-    step = header["step"]
     return Checkpoint(
         model=stored_model,
         variables=variables,
         opt_state=opt_state,
         raw_opt_state=raw_opt,
-        step=step,
-        rng=rng,
+        step=header["step"],
+        rng=_rng_from_header(header["rng"], path),
         plans=plans,
         metadata=dict(header["metadata"]),
         header=header,
         tx=tx,
+        optimizer=optimizer,
     )

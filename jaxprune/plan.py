@@ -40,7 +40,15 @@ def _network(model):
     return inner if isinstance(inner, nn.Module) else model
 
 
+def _network_class(model) -> type:
+    """The class a plan binds to: a traced NNX module's own class, else the class of `_network(model)`."""
+    cls = getattr(model, "nnx_class", None)
+    return cls if isinstance(cls, type) else type(_network(model))
+
+
 def _model_label(model) -> str:
+    if isinstance(getattr(model, "nnx_class", None), type):
+        return model.nnx_class.__name__
     model = _network(model)
     cfg = getattr(model, "config", None)
     if callable(cfg):
@@ -70,7 +78,7 @@ def model_fingerprint(model, variables: Mapping[str, Any]) -> dict[str, Any]:
     """
     from jaxprune._checks import model_leaf_shapes
 
-    cls = type(_network(model))
+    cls = _network_class(model)
     return {
         "class": cls.__qualname__,  # not the module: a plan survives the class moving within jaxprune
         "name": _model_label(model),
@@ -214,7 +222,7 @@ class PruningPlan:
         fp = self.made_for
         if fp is None:
             return
-        here = type(_network(model)).__qualname__
+        here = _network_class(model).__qualname__
         head = (
             f"plan does not match the model: it was made for {fp['name']} ({fp['class']}), not for the given "
             f"{_model_label(model)} ({here})"

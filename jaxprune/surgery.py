@@ -19,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxprune._checks import check_inputs, check_opt_state
-from jaxprune._models import as_prunable, is_eqx_module, is_nnx_module
+from jaxprune._models import as_prunable, is_eqx_module, is_nnx_module, remember_trace
 from jaxprune.groups import check_groups, flatten_variables, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
@@ -357,12 +357,13 @@ def _prune_nnx(module, plan, extra, *, example_input, optimizer):
     if optimizer is not None:
         _nnx.check_optimizer(optimizer)
     traced, variables = as_prunable(module, None, example_input, what="prune")
-    _, new_variables = _prune_variables(traced, variables, plan)  # checks the plan against the module first
+    new_traced, new_variables = _prune_variables(traced, variables, plan)  # checks the plan against the module first
     _nnx.check_head_sizes(module, traced, plan)
     shapes = {p: tuple(np.shape(a)) for p, a in flatten_variables(variables).items()}
     ops = slicing_ops(traced, plan, shapes=shapes)
     changed = {n: plan.widths[n] for n, k in plan.keep.items() if len(k) < plan.widths[n]}
     new_module = _nnx.rebuild(module, variables, new_variables, ops, changed)
+    remember_trace(new_module, new_traced)  # its trace: make_plan / prune / save_checkpoint of it need no input
     if optimizer is None:
         return new_module
     state = prune_like_params(_nnx.optimizer_state(optimizer), traced, plan, params=variables["params"])

@@ -15,14 +15,14 @@ import pytest
 from conftest import HANG_TIMEOUT_S
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ("01_quickstart.ipynb", "02_paper_table1.ipynb", "03_sensitivity_finetune.ipynb")
+NAMES = ("01_quickstart.ipynb", "02_paper_table1.ipynb", "03_sensitivity_finetune.ipynb", "04_your_own_model.ipynb")
 
 
 def _cells(name: str) -> list[dict]:
     return json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))["cells"]
 
 
-def test_the_three_notebooks_exist():
+def test_the_notebooks_exist():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NAMES)
 
 

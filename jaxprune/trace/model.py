@@ -420,6 +420,11 @@ class TracedModel:
         return self._retraced[key]
 
     # -- NNX --------------------------------------------------------------------------------------------------
+    @property
+    def nnx_class(self) -> type | None:
+        """The class of the NNX module this model was traced from (the root of its graph); None for other kinds."""
+        return self._nnx[0].nodes[0].type if self.kind == "nnx" else None
+
     def nnx_module(self, variables: Mapping[str, Any]):
         """A new NNX module holding `variables` (e.g. pruned ones), with feature attributes updated to the new shapes.
 
