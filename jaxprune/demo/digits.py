@@ -54,14 +54,14 @@ class Recipe:
         one size means one compiled evaluation step per model (120 splits the 360 test images into 3 full batches).
     """
 
-    epochs: int = 6
+    epochs: int = 4
     batch_size: int = 16
     lr: float = 0.05
     augment: str | None = None
     nesterov: bool = True
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
-    finetune_epochs: int = 3
+    finetune_epochs: int = 2
     finetune_lr: float = 0.02
     scan_images: int = 256
     scan_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
@@ -86,10 +86,10 @@ class Recipe:
         }
 
 
-#: `run_demo`'s default recipe (about 3 minutes for ResNet-20 on a 2-core CPU).
+#: `run_demo`'s default recipe (its CPU and wall seconds from a cold start: docs/benchmarks.md).
 FULL_RECIPE = Recipe()
 #: `run_demo(quick=True)`: the same pipeline, shorter (CI): two epochs of 89 steps train ResNet-20 to about 97 % test
-#: accuracy on the digits, as four epochs of 22 steps at batch 64 did, in about 40 % of the CPU time.
+#: accuracy on the digits, as four epochs of 22 steps at batch 64 did, in about half the CPU time.
 QUICK_RECIPE = Recipe(
     epochs=2,
     finetune_epochs=1,

@@ -95,8 +95,10 @@ def run_demo(
 
     Args:
       out: Output folder (created; reused as the training cache).
-      model: One of `DIGITS_MODELS` (ResNet-20 takes about 3 minutes on a 2-core CPU; VGG-16 much longer).
-      quick: Use `QUICK_RECIPE` (fewer epochs, ratios and timings; about a minute) instead of `FULL_RECIPE`.
+      model: One of `DIGITS_MODELS` (ResNet-20 is the quickest; VGG-16 takes much longer). CPU and wall seconds of
+        ResNet-20 from a cold start, per phase: docs/benchmarks.md.
+      quick: Use `QUICK_RECIPE` (fewer epochs, ratios and timings: about half the CPU time) instead of
+        `FULL_RECIPE`.
       epochs: Training epochs instead of the recipe's.
       finetune_epochs: Fine-tuning epochs instead of the recipe's.
       tolerance: Allowed single-layer accuracy drop; alone it selects the paper's tolerance mode, with `target_macs`
