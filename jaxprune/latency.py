@@ -47,6 +47,9 @@ class LatencyResult:
       samples_ms: Batch size -> the timed calls, in milliseconds, in the order they ran.
       compile_s: Batch size -> seconds spent compiling that forward (not part of the samples).
       backend: The jax backend it ran on (``cpu``, ``gpu``, ``tpu``).
+      xla_flops: Batch size -> XLA's FLOP count of that compiled forward (``cost_analysis()['flops']``, the figure
+        `jaxprune.xla_flops` reports for the same model, variables and input shape), read from the program timed,
+        so no second compile; empty when the backend reports no cost analysis.
     """
 
     name: str
@@ -54,6 +57,7 @@ class LatencyResult:
     samples_ms: Mapping[int, tuple[float, ...]]
     compile_s: Mapping[int, float]
     backend: str
+    xla_flops: Mapping[int, float] = dataclasses.field(default_factory=dict)
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
@@ -243,6 +247,16 @@ def _compile(model, variables, shape: tuple[int, ...]):
     return compiled, time.perf_counter() - t
 
 
+def _cost_flops(compiled) -> float | None:
+    """XLA's flops of a compiled forward (`jaxprune.xla_flops`' figure), or None if the backend reports none."""
+    from jaxprune.flops import _flops_of  # flops imports the zoo; keep this module's import light
+
+    try:
+        return _flops_of(compiled.cost_analysis())
+    except RuntimeError:
+        return None
+
+
 def benchmark_many(
     entries: Mapping[str, tuple[Any, Mapping[str, Any]]],
     image_shape: Sequence[int],
@@ -296,12 +310,16 @@ def benchmark_many(
     device_vars = {n: jax.device_put(entries[n][1]) for n in names}
     samples: dict[str, dict[int, list[float]]] = {n: {} for n in names}
     compile_s: dict[str, dict[int, float]] = {n: {} for n in names}
+    flops: dict[str, dict[int, float]] = {n: {} for n in names}
     rng = np.random.default_rng(seed)
     for b in sizes:
         x = jax.device_put(rng.standard_normal((b, *shape), dtype=np.float32))
         fns = {}
         for n in names:
             fns[n], compile_s[n][b] = _compile(entries[n][0], device_vars[n], (b, *shape))
+            f = _cost_flops(fns[n])
+            if f is not None:
+                flops[n][b] = f
         for n in names:
             for _ in range(warmup):
                 jax.block_until_ready(fns[n](device_vars[n], x))
@@ -322,6 +340,7 @@ def benchmark_many(
             samples_ms={b: tuple(samples[n][b]) for b in sizes},
             compile_s=dict(compile_s[n]),
             backend=backend,
+            xla_flops=dict(flops[n]),
         )
         for n in names
     }

@@ -94,6 +94,15 @@ def test_compare_latency_ratios(pair, comparison):
     assert c.before.name == "CifarResNet-20 (original)" and c.after.name == "CifarResNet-20 (pruned)"
 
 
+def test_latency_reports_the_xla_flops_of_the_program_it_timed(pair, comparison):
+    # Read from the timed program's cost analysis: the figure xla_flops compiles for, exactly (the same HLO).
+    m, v, small, small_v = pair
+    assert set(comparison.before.xla_flops) == set(comparison.after.xla_flops) == {1, 3}
+    assert comparison.before.xla_flops[1] == jp.xla_flops(m, v, (1, *IMAGE))
+    assert comparison.after.xla_flops[1] == jp.xla_flops(small, small_v, (1, *IMAGE))
+    assert comparison.after.xla_flops[1] < comparison.before.xla_flops[1] < comparison.before.xla_flops[3]
+
+
 def test_compare_latency_prints_latency_ratio_next_to_mac_ratio(comparison):
     text = str(comparison)
     header = next(line for line in text.splitlines() if "latency ratio" in line)

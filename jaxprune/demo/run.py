@@ -35,6 +35,11 @@ from jaxprune.demo.scan import _scan, _scan_data
 # ----------------------------------------------------------------------------------------------------------------------
 # The demo
 # ----------------------------------------------------------------------------------------------------------------------
+def _last_test_accuracy(history) -> float | None:
+    """The test accuracy `fit` recorded after the last epoch of `history`, or None if it holds none."""
+    return history[-1].get("test_accuracy") if history else None
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class DemoResult:
     """What `run_demo` measured and wrote.
@@ -90,8 +95,10 @@ def run_demo(
 
     Args:
       out: Output folder (created; reused as the training cache).
-      model: One of `DIGITS_MODELS` (ResNet-20 takes about 3 minutes on a 2-core CPU; VGG-16 much longer).
-      quick: Use `QUICK_RECIPE` (fewer epochs, ratios and timings; about a minute) instead of `FULL_RECIPE`.
+      model: One of `DIGITS_MODELS` (ResNet-20 is the quickest; VGG-16 takes much longer). CPU and wall seconds of
+        ResNet-20 from a cold start, per phase: docs/benchmarks.md.
+      quick: Use `QUICK_RECIPE` (fewer epochs, ratios and timings: about half the CPU time) instead of
+        `FULL_RECIPE`.
       epochs: Training epochs instead of the recipe's.
       finetune_epochs: Fine-tuning epochs instead of the recipe's.
       tolerance: Allowed single-layer accuracy drop; alone it selects the paper's tolerance mode, with `target_macs`
@@ -230,15 +237,19 @@ def run_demo(
     t = phase(5, "measure before -> after: accuracy, params, MACs, XLA FLOPs, CPU latency")
     new_vars = small.variables
     shape = (1, 32, 32, 3)
-    steps = ["accuracy", "MACs", "XLA FLOPs", "latency"]
+    steps = ["accuracy", "MACs", "latency", "XLA FLOPs"]
     nums: dict[str, Any] = {}
     with tqdm(total=len(steps), desc="measure", unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        acc_before = train.evaluate(state, data.x_test, data.y_test, batch_size=recipe.eval_batch_size)["accuracy"]
-        acc_after = train.evaluate(small, data.x_test, data.y_test, batch_size=recipe.eval_batch_size)["accuracy"]
+        # `fit` evaluated both states on the test split after their last epoch, with the same evaluation (batch
+        # size, mesh): those are the figures; a run without such a record evaluates here.
+        acc_before = _last_test_accuracy(history)
+        if acc_before is None:
+            acc_before = train.evaluate(state, data.x_test, data.y_test, batch_size=recipe.eval_batch_size)["accuracy"]
+        acc_after = _last_test_accuracy(ft_history)
+        if acc_after is None:
+            acc_after = train.evaluate(small, data.x_test, data.y_test, batch_size=recipe.eval_batch_size)["accuracy"]
         bar.update(1)
         r0, r1 = count_macs(m, shape), count_macs(small.model, shape)
-        bar.update(1)
-        x0, x1 = xla_flops(m, variables, shape), xla_flops(small.model, new_vars, shape)
         bar.update(1)
         lat = compare_latency(
             m,
@@ -249,6 +260,13 @@ def run_demo(
             batch_sizes=recipe.latency_batch_sizes,
             repeats=recipe.latency_repeats,
             seed=seed,
+        )
+        bar.update(1)
+        # XLA's flops of the forward at `shape`: read from the latency's compiled batch-1 forward when it timed one
+        # (the same program `xla_flops` compiles), so it is not compiled twice.
+        x0, x1 = (
+            res.xla_flops[shape[0]] if shape[0] in res.xla_flops else xla_flops(mod, var, shape)
+            for res, mod, var in ((lat.before, m, variables), (lat.after, small.model, new_vars))
         )
         bar.update(1)
     for key, acc, rep, xf, res in (
