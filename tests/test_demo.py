@@ -162,6 +162,13 @@ def env(tmp_path_factory):
 HANG_S = 1800
 
 
+def _interruptible() -> None:
+    """Runs in the child before exec: SIGINT back to its default action. A shell starts background jobs with SIGINT
+    ignored, a child inherits that, and Python then installs no KeyboardInterrupt handler; the test would wait for
+    a Ctrl-C that can never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_file(path, proc) -> None:
     t0 = time.monotonic()
     while not path.exists():
@@ -184,7 +191,9 @@ def _first_line(proc) -> str:
 def test_demo_quick_interrupted_resumed_and_reported(tmp_path, env):
     out = tmp_path / "demo"
     ckpt_path = out / "baseline" / CHECKPOINT_FILE
-    proc = subprocess.Popen(_demo_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        _demo_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_interruptible
+    )
     try:
         _wait_for_file(ckpt_path, proc)  # the first epoch's checkpoint
         proc.send_signal(signal.SIGINT)  # Ctrl-C during the second epoch
@@ -265,7 +274,7 @@ def test_interrupt_at_random_moments_exits_130_with_complete_checkpoints(tmp_pat
         where = ["--checkpoint", str(trained), "--out", str(tuned)] if finetune else ["--out", str(trained)]
         cmd = [sys.executable, "-m", "jaxprune", command, "--epochs", "1000", "--batch-size", "128", *where]
         proc = subprocess.Popen([*cmd, "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env)  # fmt: skip
+                                env=env, preexec_fn=_interruptible)  # fmt: skip
         try:
             _first_line(proc)
             if i == 0:  # the first run (cold compile) is stopped once its first checkpoint exists; the others resume
