@@ -18,6 +18,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from jaxprune import _interrupt
+
 __all__ = ["build_parser", "main"]
 
 PROG = "jaxprune"
@@ -427,9 +429,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     once stdout and stderr are flushed the process ends with ``os._exit(130)``. Every checkpoint is complete by then
     (each is written atomically). The interpreter's teardown is what crashed: SIGSEGV after the "interrupted" line,
     reproduced with a compilation cache when the interrupt came during the first compile; jax's exit handlers
-    clear the backends while XLA's threads may still hold the interrupted work, so that teardown is skipped.
+    clear the backends while XLA's threads may still hold the interrupted work, so that teardown is skipped. An
+    interrupt that Python swallows (raised inside a finaliser) is raised again before the next training step
+    (`jaxprune._interrupt`).
     """
     program = argv is None
+    if program:
+        _interrupt.install()  # an interrupt raised inside a finaliser is raised again at the next step
     return _main(sys.argv[1:] if program else argv, program=program)
 
 

@@ -653,73 +653,57 @@ def test_the_unchanged_file_loads_exactly(saved_bytes, tmp_path, pruned, adam_st
 # ----------------------------------------------------------------------------------------------------------------------
 # SIGKILL at random moments during saves
 # ----------------------------------------------------------------------------------------------------------------------
-_SAVER = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    import jax
-    from jaxprune import models
-    from jaxprune.checkpoint import save_checkpoint
-    from jaxprune.utils import abstract_variables
-
-    path, step = sys.argv[1], int(sys.argv[2])
-    m = models.resnet20()
-    shapes = abstract_variables(m)
-    while True:
-        v = jax.tree_util.tree_map(lambda a, s=step: np.full(a.shape, s, a.dtype), shapes)
-        save_checkpoint(path, m, v, step=step, metadata={"step": step})
-        print(step, flush=True)
-        step += 1
-    """
-)
-
-
-def _read_line(proc, bound_s: float = 600.0) -> str:
-    """The child's next stdout line; the bound only catches a hung child (a save takes well under a second)."""
-    import select
-
-    ready, _, _ = select.select([proc.stdout], [], [], bound_s)
-    assert ready, "the saving subprocess printed nothing (hung?)"
-    return proc.stdout.readline()
+def _logged_steps(log) -> list[int]:
+    """The steps a saver child has logged, complete lines only (a kill may cut the last one)."""
+    if not log.exists():
+        return []
+    text = log.read_text()
+    return [int(line) for line in text[: text.rfind("\n") + 1].split()]
 
 
 @pytest.mark.slow
 def test_sigkill_during_saves_leaves_the_last_complete_checkpoint(tmp_path):
+    """20 children, each killed by SIGKILL at a random moment of its save loop (tests/_sigkill_saver.py): the file
+    always holds the last complete save, and the temporary files killed saves leave are removed by the next save."""
+    import multiprocessing
     import random
-    import select
-    import signal
     import time
 
+    ctx = multiprocessing.get_context("forkserver")  # children forked from one process that imported jax once
+    ctx.set_forkserver_preload(["_sigkill_saver"])
+    import _sigkill_saver
+
+    shapes = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), jp.abstract_variables(jp.models.resnet20())
+    )
     rng = random.Random(0)
-    path = tmp_path / "c.ckpt"
+    path, folder = tmp_path / "c.ckpt", tmp_path
     step, kills, temps_seen, dead = 0, 0, 0, []
     while kills < 20:
-        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path), str(step)], stdout=subprocess.PIPE, text=True)
-        first = _read_line(proc)
-        assert first.strip() == str(step), first
+        log = tmp_path.parent / f"{tmp_path.name}-steps-{kills}.txt"  # outside the checkpoint folder
+        proc = ctx.Process(target=_sigkill_saver.save_forever, args=(str(path), step, shapes, str(log)))
+        proc.start()
+        t0 = time.monotonic()
+        while not _logged_steps(log):  # the child's first save is complete
+            assert proc.is_alive(), f"the saving child died with exit code {proc.exitcode}"
+            assert time.monotonic() - t0 < 600, "the saving child logged nothing in 600 s (hung?)"
+            time.sleep(0.01)
+        assert _logged_steps(log)[0] == step
         # The child's first save is complete: the previous children's temporary files are gone.
-        assert not [n for n in os.listdir(tmp_path) if any(n.startswith(f".tmp-{pid}-") for pid in dead)]
-        until = time.monotonic() + rng.uniform(0.0, 1.5)  # a random moment: it saves a random number of times
-        last = int(first)
-        while (left := until - time.monotonic()) > 0:
-            if select.select([proc.stdout], [], [], left)[0]:
-                line = proc.stdout.readline()
-                if line.strip():
-                    last = int(line)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        assert not [n for n in os.listdir(folder) if any(n.startswith(f".tmp-{pid}-") for pid in dead)]
+        time.sleep(rng.uniform(0.0, 1.5))  # a random moment: it saves a random number of times
+        proc.kill()  # SIGKILL
+        proc.join()
+        assert proc.exitcode == -9
         kills += 1
         dead.append(proc.pid)
-        rest = proc.stdout.read()
-        for line in rest.split():
-            last = int(line)
-        proc.stdout.close()
-        temps_seen += any(n.startswith(f".tmp-{proc.pid}-") for n in os.listdir(tmp_path))
+        last = _logged_steps(log)[-1]
+        temps_seen += any(n.startswith(f".tmp-{proc.pid}-") for n in os.listdir(folder))
         ck = load_checkpoint(path)  # the last complete save, exactly
         assert ck.step >= last and ck.metadata == {"step": ck.step}
         for leaf in jax.tree_util.tree_leaves(ck.variables):
             np.testing.assert_array_equal(np.asarray(leaf), np.full(leaf.shape, ck.step, leaf.dtype))
         step = ck.step + 1
     save_checkpoint(path, ck.model, ck.variables, step=step)
-    assert os.listdir(tmp_path) == ["c.ckpt"]  # no temporary file survives the next save
+    assert os.listdir(folder) == ["c.ckpt"]  # no temporary file survives the next save
     print(f"{kills} kills, {temps_seen} of them left a temporary file")

@@ -137,6 +137,22 @@ def test_digits_split_partitions_the_original_images():
     assert got.shape == want.shape == (1797, 65)
 
 
+def test_digits_file_read_equals_scikit_learns_loader(monkeypatch):
+    """The digits are parsed from scikit-learn's shipped csv.gz without importing it; the result is exactly
+    ``sklearn.datasets.load_digits()``'s, and a scikit-learn whose file is elsewhere falls back to that loader."""
+    from jaxprune.data import _checks
+
+    images, labels = _checks._digits_arrays()
+    raw = sk_datasets.load_digits()
+    np.testing.assert_array_equal(images, raw.images)
+    np.testing.assert_array_equal(labels, raw.target)
+    assert images.dtype == np.float64 and labels.dtype == np.int32 and not images.flags.writeable
+    monkeypatch.setattr(_checks.os.path, "isfile", lambda path: False)  # no file where scikit-learn 1.x keeps it
+    images2, labels2 = _checks._digits_arrays()
+    np.testing.assert_array_equal(images2, raw.images)
+    np.testing.assert_array_equal(labels2, raw.target)
+
+
 def test_resize_keeps_constants_and_matches_jax_bilinear():
     const = np.full((2, 8, 8), 0.375)
     out = loaders._resize_bilinear(const, 32)

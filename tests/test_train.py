@@ -245,6 +245,28 @@ def test_fit_is_deterministic_and_resumes_mid_epoch_exactly(trained, tx, small):
     assert h3[0]["train_loss"] == h1[0]["train_loss"]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_swallowed_by_a_finaliser_stops_fit_before_its_next_step(model, variables, tx, small, monkeypatch):
+    """A KeyboardInterrupt raised inside a ``__del__`` is printed and dropped by Python; the command line's SIGINT
+    handler remembers it (jaxprune._interrupt) and `fit` raises it again before its next step."""
+    import signal
+
+    from jaxprune import _interrupt
+
+    monkeypatch.setattr(_interrupt, "_pending", False)
+    _interrupt.check()  # nothing signalled: a no-op
+
+    class Swallows:
+        def __del__(self):
+            _interrupt.handler(signal.SIGINT, None)  # SIGINT arriving while a finaliser runs
+
+    Swallows()  # Python ignores the KeyboardInterrupt raised in __del__ ("Exception ignored in ...")
+    state = train.TrainState.create(model, variables, tx, seed=1)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(state, small, epochs=1, batch_size=BATCH, progress=False)
+    assert int(state.step) == 0
+
+
 def test_fit_progress_bar_shows_epoch_loss_accuracy_and_throughput(trained, small, capsys):
     state, _ = trained
     train.fit(state, small, epochs=1, batch_size=BATCH, progress=True, eval_every=0)

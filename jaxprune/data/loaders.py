@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxprune.data._checks import _check_bool, _check_int, _import_pil_image, _import_sklearn_datasets
+from jaxprune.data._checks import _check_bool, _check_int, _digits_arrays, _import_pil_image
 from jaxprune.data.dataset import Dataset, _finish
 
 CIFAR10_CLASSES = (
@@ -134,12 +134,11 @@ def load_digits(
     seed = _check_int(seed, "seed", minimum=0)
     normalize = _check_bool(normalize, "normalize")
 
-    raw = _import_sklearn_datasets().load_digits()
-    labels = np.asarray(raw.target, np.int32)
+    raw_images, labels = _digits_arrays()
     num_classes = 10
     train_idx, test_idx = _stratified_split(labels, num_classes, float(test_fraction), seed)
 
-    images = _resize_bilinear(np.asarray(raw.images, np.float64) / 16.0, image_size).astype(np.float32)
+    images = _resize_bilinear(raw_images / 16.0, image_size).astype(np.float32)
     images = np.repeat(images[..., None], channels, axis=-1)
     return _finish(
         images[train_idx],

@@ -14,6 +14,7 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from jaxprune import _interrupt
 from jaxprune._trees import host_array, host_tree
 from jaxprune.data import batches
 from jaxprune.train._checks import _check_bool, _check_int, _check_positive_float, _check_tx, _check_unit
@@ -230,6 +231,7 @@ def fit(
             it = batches(x_train, y_train, local_batch, shuffle=True, seed=order, drop_last=True)
             metrics = []
             for xb, yb in itertools.islice(it, skip, None):
+                _interrupt.check()  # a Ctrl-C the command line saw and Python swallowed (jaxprune._interrupt)
                 state, m = step_fn(
                     state,
                     place(xb),
