@@ -45,7 +45,15 @@ if _typing.TYPE_CHECKING:  # the lazy names, for type checkers and editors
         sensitivity,
         suggest_ratios,
     )
-    from jaxprune.trace import TracedModel, describe_groups, format_groups, nnx_variables, trace_groups, trace_model
+    from jaxprune.trace import (
+        TracedModel,
+        UntracedChannelsWarning,
+        describe_groups,
+        format_groups,
+        nnx_variables,
+        trace_groups,
+        trace_model,
+    )
 
 __version__ = "0.1.0"
 
@@ -70,7 +78,16 @@ _LAZY = {
         "sensitivity",
     ),
     **dict.fromkeys(
-        ("TracedModel", "describe_groups", "format_groups", "nnx_variables", "trace_groups", "trace_model"), "trace"
+        (
+            "TracedModel",
+            "UntracedChannelsWarning",
+            "describe_groups",
+            "format_groups",
+            "nnx_variables",
+            "trace_groups",
+            "trace_model",
+        ),
+        "trace",
     ),
 }
 
@@ -137,6 +154,7 @@ __all__ = [
     "taylor_scores",
     "xla_flops",
     "TracedModel",
+    "UntracedChannelsWarning",
     "describe_groups",
     "format_groups",
     "nnx_variables",

@@ -20,7 +20,7 @@ from typing import Any
 
 from jaxprune._detect import is_eqx_module, is_nnx_module, is_nnx_optimizer
 
-__all__ = ["as_prunable", "is_eqx_module", "is_nnx_module", "is_nnx_optimizer", "remember_trace"]
+__all__ = ["as_prunable", "is_eqx_module", "is_nnx_module", "is_nnx_optimizer", "is_plain_linen", "remember_trace"]
 
 
 #: NNX module -> the `TracedModel` `make_plan` traced it into, so that ``prune(module, plan)`` needs no example input.
@@ -57,20 +57,47 @@ def _is_plain_linen(model) -> bool:
     return isinstance(model, nn.Module) and not callable(getattr(model, "channel_groups", None))
 
 
+#: Plain Linen module -> ``(module, variable shapes, TracedModel)`` of its last trace, so that `prune` of the module
+#: `make_plan` traced needs no example input. Keyed by identity (a Linen module may hold unhashable fields); the
+#: module is held so that its id is not reused; the 8 most recent are kept.
+_LINEN_TRACES: dict[int, tuple[Any, Any, Any]] = {}
+
+
+def _shapes(variables):
+    import jax
+    import numpy as np
+
+    return tuple(
+        (jax.tree_util.keystr(p), tuple(np.shape(a))) for p, a in jax.tree_util.tree_leaves_with_path(variables)
+    )
+
+
 def _trace_linen(module, variables, example_input, what: str):
     name = type(module).__name__
+    if variables is None:
+        raise TypeError(f"{what} on the Linen module {name} needs its variables: {what}(module, variables, ...)")
     if example_input is None:
+        hit = _LINEN_TRACES.get(id(module))
+        if hit is not None and hit[0] is module and hit[1] == _shapes(variables):
+            return hit[2]
         raise ValueError(
             f"{what} on the Linen module {name} needs an example input to trace its channel groups: pass "
             f"{what}(module, variables, ..., example_input=x) with an array (or a jax.ShapeDtypeStruct) of the "
             "module's input shape, or trace it first with jaxprune.trace_model(module, variables, x) (several "
             "inputs: jaxprune.trace_model(module, variables, x, t)) and pass the TracedModel"
         )
-    if variables is None:
-        raise TypeError(f"{what} on the Linen module {name} needs its variables: {what}(module, variables, ...)")
     from jaxprune.trace.api import trace_model
 
-    return trace_model(module, variables, example_input)
+    traced = trace_model(module, variables, example_input)
+    _LINEN_TRACES[id(module)] = (module, _shapes(variables), traced)
+    while len(_LINEN_TRACES) > 8:
+        del _LINEN_TRACES[next(iter(_LINEN_TRACES))]
+    return traced
+
+
+def is_plain_linen(model) -> bool:
+    """A Flax Linen module without the prunable-model protocol (not a zoo model): traced on the spot."""
+    return _is_plain_linen(model)
 
 
 def as_prunable(model, variables=None, example_input=None, *, what: str, state=None) -> tuple[Any, Any]:

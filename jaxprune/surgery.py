@@ -19,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxprune._checks import check_inputs, check_opt_state
-from jaxprune._models import as_prunable, is_eqx_module, is_nnx_module, remember_trace
+from jaxprune._models import as_prunable, is_eqx_module, is_nnx_module, is_plain_linen, remember_trace
 from jaxprune.groups import check_groups, flatten_variables, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
@@ -288,13 +288,18 @@ def prune(
     the new state if `state` was given, then the new optax state if `opt_state` was: ``model``, ``(model, state)``,
     ``(model, opt_state)`` or ``(model, state, opt_state)`` (docs/design.md §6).
 
+    A plain Flax Linen module (no prunable-model protocol) is pruned as ``prune(module, variables, plan)`` after
+    ``make_plan(module, variables, ..., example_input=x)`` (whose trace of the same module object is reused; else pass
+    `example_input`): it returns the user's class rebuilt at the new widths (`TracedModel.module`) and the sliced
+    variables, or a `ValueError` naming the group and field when no constructor field sets a pruned width.
+
     Args:
-      model: A zoo model (or any object with `channel_groups()` and `with_widths()`, e.g. a `TracedModel`), or an
-        NNX module.
+      model: A zoo model (or any object with `channel_groups()` and `with_widths()`, e.g. a `TracedModel`), an NNX
+        module, an Equinox module or a plain Linen module.
       variables: Its variables, matching its widths (for an NNX module: the plan, ``prune(module, plan)``).
       plan: From `make_plan` or `preset`.
-      example_input: NNX only: an example input to trace the module with; not needed when `make_plan` traced this
-        module object.
+      example_input: NNX, Equinox and plain Linen modules: an example input to trace the module with; not needed
+        when `make_plan` traced this module object.
       optimizer: NNX only: the module's `nnx.Optimizer`, pruned alongside.
       state: Equinox only: the module's `eqx.nn.State` (needed when it holds state), pruned alongside.
       opt_state: Equinox only: an optax state over ``eqx.filter(model, eqx.is_array)``, pruned alongside.
@@ -337,12 +342,29 @@ def prune(
         )
     if is_nnx_module(model):  # an NNX module: traced (or its make_plan trace reused), rebuilt as its own classes
         return _prune_nnx(model, variables, plan, example_input=example_input, optimizer=optimizer)
+    if is_plain_linen(model) and optimizer is None:  # traced (or make_plan's trace reused), rebuilt as its own class
+        return _prune_linen(model, variables, plan, example_input=example_input)
     if optimizer is not None or example_input is not None:
         raise TypeError(
             "prune: optimizer= and example_input= are for an NNX module; for other models slice the optax state "
             "with jaxprune.prune_like_params"
         )
     return _prune_variables(model, variables, plan)
+
+
+def _prune_linen(module, variables, plan, *, example_input):
+    """`prune` of a plain Linen module: traced (or `make_plan`'s trace of it reused), sliced, and the module rebuilt
+    as its own class at the new widths (`TracedModel.module`)."""
+    traced, _ = as_prunable(module, variables, example_input, what="prune")
+    new_traced, new_variables = _prune_variables(traced, variables, plan)
+    try:
+        rebuilt = new_traced.module
+    except ValueError as err:
+        raise ValueError(
+            f"prune: {err}. To keep the pruned model as a TracedModel (it runs and trains), trace it first: "
+            "traced = jaxprune.trace_model(module, variables, x), then make_plan(traced, ...) and prune(traced, ...)"
+        ) from None
+    return rebuilt, new_variables
 
 
 def _prune_nnx(module, plan, extra, *, example_input, optimizer):

@@ -293,9 +293,37 @@ def test_make_plan_traces_a_plain_linen_module():
     v = linen_random_variables(m, x)
     plan = jp.make_plan(m, v, prune_ratio=0.5, example_input=x)
     assert plan.keep == jp.make_plan(jp.trace_model(m, v, x), v, prune_ratio=0.5).keep and len(plan.keep["c1"]) == 4
+    # A module object nothing has traced (make_plan's trace of `m` is reused for `m` itself, as for prune):
     with pytest.raises(ValueError, match=r"make_plan on the Linen module Net needs an example input.*example_input=x"):
-        jp.make_plan(m, v, prune_ratio=0.5)
+        jp.make_plan(Net(), v, prune_ratio=0.5)
     with pytest.raises(ValueError, match=r"jaxprune\.trace_model\(module, variables, x\)"):
-        jp.make_plan(m, v, prune_ratio=0.5)
+        jp.make_plan(Net(), v, prune_ratio=0.5)
     with pytest.raises(TypeError, match="make_plan on the Linen module Net needs its variables"):
         jp.make_plan(m, prune_ratio=0.5, example_input=x)
+
+
+class WideNet(nn.Module):
+    width: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(self.width, (3, 3), name="c1")(x))
+        return nn.Dense(4, name="head")(x.mean((1, 2)))
+
+
+def test_prune_rebuilds_a_plain_linen_module_as_its_own_class():
+    m, x = WideNet(), jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    v = linen_random_variables(m, x)
+    plan = jp.make_plan(m, v, prune_ratio=0.5, example_input=x)
+    m2, v2 = jp.prune(m, v, plan)  # make_plan's trace of this module object is reused: no example input
+    assert type(m2) is WideNet and m2.width == 4 and v2["params"]["c1"]["kernel"].shape == (3, 3, 3, 4)
+    # float32, one conv and a dense layer: the rebuilt module equals the masked original to rounding.
+    np.testing.assert_allclose(m2.apply(v2, x), jp.mask_dropped(jp.trace_model(m, v, x), v, plan, x), atol=1e-5)
+    m3, _ = jp.prune(WideNet(), v, plan, example_input=x)  # another module object: traced on the spot
+    assert m3 == m2
+    with pytest.raises(ValueError, match=r"prune on the Linen module WideNet needs an example input"):
+        jp.prune(WideNet(), v, plan)
+    literal = Net()  # its width is a literal in __call__: no field sets it
+    lv = linen_random_variables(literal, x)
+    with pytest.raises(ValueError, match=r"To keep the pruned model as a TracedModel"):
+        jp.prune(literal, lv, jp.make_plan(literal, lv, prune_ratio=0.5, example_input=x))
