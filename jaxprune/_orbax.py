@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxprune._trees import is_shape_entry
+
 __all__ = ["HEADER_FILE", "is_orbax_dir", "read", "write"]
 
 HEADER_FILE = "checkpoint.jaxprune"
@@ -224,17 +226,7 @@ def check_payload(info, bad: Callable[[str, str], None], *, nnx: bool = False) -
     ):
         bad("'payload.orbax.nnx_state'", "must map variable paths to [shape, dtype]")
     table = info["opt_state"]
-    if not isinstance(table, dict) or not all(
-        e is None
-        or (
-            isinstance(e, list)
-            and len(e) == 2
-            and isinstance(e[0], list)
-            and all(type(d) is int and d >= 0 for d in e[0])
-            and isinstance(e[1], str)
-        )
-        for e in table.values()
-    ):
+    if not isinstance(table, dict) or not all(e is None or is_shape_entry(e) for e in table.values()):
         bad("'payload.orbax.opt_state'", "must map leaf paths to [shape, dtype] or null")
     files = info["files"]
     if not isinstance(files, dict) or not all(isinstance(v, str) and len(v) == 64 for v in files.values()):

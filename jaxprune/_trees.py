@@ -139,3 +139,14 @@ def checked_metadata(metadata) -> dict[str, Any]:
 
     check(metadata, "metadata")
     return dict(metadata)
+
+
+def is_shape_entry(entry) -> bool:
+    """A checkpoint header's ``[shape, dtype]`` entry: a list of non-negative ints and a dtype name."""
+    return (
+        isinstance(entry, list)
+        and len(entry) == 2
+        and isinstance(entry[0], list)
+        and all(type(d) is int and d >= 0 for d in entry[0])
+        and isinstance(entry[1], str)
+    )

@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxprune._detect import is_nnx_module
 from jaxprune._models import as_prunable, remember_trace
-from jaxprune._trees import host_array
+from jaxprune._trees import host_array, is_shape_entry
 from jaxprune.plan import PruningPlan
 from jaxprune.trace import nnx_adapter as _nnx
 
@@ -193,14 +193,7 @@ def nnx_save_parts(module, variables, opt_state, *, optimizer, example_input, st
 # The header entry
 # ----------------------------------------------------------------------------------------------------------------------
 def _table_ok(table) -> bool:
-    return isinstance(table, dict) and all(
-        isinstance(e, list)
-        and len(e) == 2
-        and isinstance(e[0], list)
-        and all(type(d) is int and d >= 0 for d in e[0])
-        and isinstance(e[1], str)
-        for e in table.values()
-    )
+    return isinstance(table, dict) and all(is_shape_entry(e) for e in table.values())
 
 
 def check_entry(entry, bad: Callable[[str, str], None]) -> None:
