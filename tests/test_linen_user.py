@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_leaf
 
 import jaxprune as jp
 from jaxprune import train as jt
@@ -67,18 +68,23 @@ class ResNet(nn.Module):
 X = jax.ShapeDtypeStruct((4, 16, 16, 1), jnp.float32)
 
 
+def _variables(m, x=X, seed=0, **init_kwargs):
+    """Seeded random variables of `m` from abstract shapes (no `init` compile); BN statistics non-trivial."""
+    abstract = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype), **init_kwargs))
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: random_leaf(rng, path[-1].key, leaf), dict(abstract))
+
+
 @pytest.fixture(scope="module")
 def resnet():
     m = ResNet(stage_sizes=(1, 1), num_classes=10)
-    v = m.init(jax.random.key(0), jnp.zeros(X.shape), train=False)
-    v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape), v)  # non-trivial stats
-    v = {"params": v["params"], "batch_stats": jax.tree.map(jnp.abs, v["batch_stats"])}
+    v = _variables(m, train=False)  # random BN scale/bias/mean/var: non-trivial stats
     return m, v, jp.trace_model(m, v, X)
 
 
 @pytest.fixture(scope="module")
 def images():
-    return jax.random.normal(jax.random.key(2), X.shape)
+    return jnp.asarray(np.random.default_rng(2).standard_normal(X.shape), jnp.float32)
 
 
 def _flax_train(m, v, x):
@@ -126,7 +132,7 @@ def test_train_true_without_a_train_argument_is_refused(images):
             return nn.Dense(3)(nn.relu(nn.Conv(4, (3, 3))(x)).mean((1, 2)))
 
     m = Plain()
-    v = m.init(jax.random.key(0), jnp.zeros(X.shape))
+    v = _variables(m)
     tm = jp.trace_model(m, v, X)
     with pytest.raises(ValueError, match="traced without a `train` argument"):
         tm.apply(v, images, train=True)
@@ -146,7 +152,7 @@ def test_function_route_trains_with_kwargs_and_rngs(images):
             return nn.Dense(3)(h.mean((1, 2)))
 
     m = Drop()
-    v = m.init(jax.random.key(0), jnp.zeros(X.shape), deterministic=True)
+    v = _variables(m, deterministic=True)
     tm = jp.trace_model(m.apply, v, X, apply_kwargs={"deterministic": True}, train_kwargs={"deterministic": False})
     key = jax.random.key(5)
     out = tm.apply(v, images, train=True, rngs={"dropout": key})
@@ -220,7 +226,7 @@ def _pool(x):
 
 def test_sequential_from_a_factory_rebuilt(images):
     s = _factory(8)
-    v = s.init(jax.random.key(0), jnp.zeros(X.shape))
+    v = _variables(s)
     tm = jp.trace_model(s, v, X)
     plan = _all_half(tm, v)
     tm2, v2 = jp.prune(tm, v, plan)
@@ -260,7 +266,7 @@ def test_group_no_field_sets_is_named(images):
             return nn.Dense(self.classes)(nn.relu(nn.Conv(6, (3, 3), name="c6")(x)).mean((1, 2)))
 
     m = Literal()
-    v = m.init(jax.random.key(0), jnp.zeros(X.shape))
+    v = _variables(m)
     tm = jp.trace_model(m, v, X)
     tm2, _ = jp.prune(tm, v, jp.make_plan(tm, v, prune_ratio={"c6": 0.5}))
     with pytest.raises(
@@ -287,7 +293,7 @@ def test_user_field_shared_by_groups_with_different_counts(resnet):
 def test_fit_finetunes_the_pruned_linen_resnet_on_digits():
     data = jp.data.load_digits(image_size=16, channels=1)
     m = ResNet(stage_sizes=(1, 1), num_classes=10)
-    v = m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)
+    v = _variables(m, jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32), train=False)
     tm = jp.trace_model(m, v, jax.ShapeDtypeStruct((64, 16, 16, 1), jnp.float32))
     state = jt.TrainState.create(tm, v, jt.sgd(0.05))
     state, _ = jt.fit(state, data, epochs=2, batch_size=64, progress=False, eval_every=0)  # 2 x 22 steps
@@ -308,7 +314,7 @@ def test_iterative_prune_takes_a_traced_model_without_batch_norm():
     data = jp.data.load_digits(image_size=16, channels=1)
     small = (data.x_train[:256], data.y_train[:256], data.x_test[:128], data.y_test[:128])
     s = _factory(8)
-    v = s.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+    v = _variables(s, jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32))
     # No `train` argument: train_kwargs={} says its training pass is its inference one.
     tm = jp.trace_model(s, v, jax.ShapeDtypeStruct((64, 16, 16, 1), jnp.float32), train_kwargs={})
     state = jt.TrainState.create(tm, v, jt.sgd(0.05))  # batch_stats={}: the model has none
