@@ -89,7 +89,8 @@ def images():
 
 def _flax_train(m, v, x):
     """flax-examples' training forward, its "batch" axis bound by a size-1 vmap (what pmap would do per device)."""
-    out, upd = jax.vmap(lambda xx: m.apply(v, xx, train=True, mutable=["batch_stats"]), axis_name="batch")(x[None])
+    run = jax.jit(jax.vmap(lambda xx: m.apply(v, xx, train=True, mutable=["batch_stats"]), axis_name="batch"))
+    out, upd = run(x[None])  # jitted: one compile, not one per eager op
     return out[0], jax.tree.map(lambda a: a[0], upd)
 
 
@@ -103,7 +104,7 @@ def test_traced_with_train_false_and_runs_both_passes(resnet, images):
     m, v, tm = resnet
     # The module route traced train=False (else BatchNorm's axis_name would have failed the trace); float32, depth 6:
     # the re-run program is the same ops, so <= 1e-5.
-    np.testing.assert_allclose(tm.apply(v, images), m.apply(v, images, train=False), atol=1e-5)
+    np.testing.assert_allclose(tm.apply(v, images), jax.jit(partial(m.apply, train=False))(v, images), atol=1e-5)
     out, upd = tm.apply(v, images, train=True, mutable=["batch_stats"])
     ref, rupd = _flax_train(m, v, images)
     np.testing.assert_allclose(out, ref, atol=1e-5)
@@ -156,7 +157,8 @@ def test_function_route_trains_with_kwargs_and_rngs(images):
     tm = jp.trace_model(m.apply, v, X, apply_kwargs={"deterministic": True}, train_kwargs={"deterministic": False})
     key = jax.random.key(5)
     out = tm.apply(v, images, train=True, rngs={"dropout": key})
-    ref = m.apply(v, images, deterministic=False, rngs={"dropout": key})
+    apply_train = jax.jit(partial(m.apply, deterministic=False))  # one compile, used twice below
+    ref = apply_train(v, images, rngs={"dropout": key})
     np.testing.assert_allclose(out, ref, atol=1e-5)  # float32, same ops: <= 1e-5
     assert not np.allclose(out, tm.apply(v, images), atol=1e-3)  # dropout did act
     # jaxprune.train's step draws one dropout key per step for a model naming its streams.
@@ -172,7 +174,7 @@ def test_function_route_trains_with_kwargs_and_rngs(images):
     labels = jnp.arange(4) % 3
     _, metrics = jt.train_step(state, images, labels)
     key = jax.random.fold_in(jax.random.fold_in(state.rng, 0), 1)
-    want = jt.cross_entropy_loss(m.apply(v, images, deterministic=False, rngs={"dropout": key}), labels)
+    want = jt.cross_entropy_loss(apply_train(v, images, rngs={"dropout": key}), labels)
     np.testing.assert_allclose(metrics["loss"], want, atol=1e-5)  # float32, same ops
     with pytest.raises(TypeError, match="train_rngs"):
         jp.trace_model(m.apply, v, X, train_rngs="dropout")
