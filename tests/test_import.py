@@ -6,7 +6,6 @@ import ast
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -33,14 +32,32 @@ NOT_AT_IMPORT = (
     "PIL",
 )
 
+# One fresh interpreter answers both process-level questions (each interpreter costs seconds of imports): first what
+# `import jaxprune` loaded, then what tracing a Linen model loaded (before anything else touches the lazy names, which
+# may legitimately import optax), then whether every public name resolves.
 _PROBE = """
 import json, sys, types
 import jaxprune as jp
 loaded = sorted(m for m in NOT_AT_IMPORT if m in sys.modules)
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2)(nn.relu(nn.Dense(8)(x)))
+
+x = jnp.zeros((1, 4))
+jp.trace_model(Net(), Net().init(jax.random.key(0), x), x)
+after_trace = sorted(m for m in ("flax.nnx", "optax") if m in sys.modules)
+
 import jaxprune.sensitivity  # the submodule binds itself to the package; the public name stays the function
 unresolved = [n for n in jp.__all__ if getattr(jp, n, None) is None]
 print(json.dumps({
     "loaded": loaded,
+    "after_trace": after_trace,
     "unresolved": unresolved,
     "sensitivity": type(jp.sensitivity).__name__,
     "train": isinstance(jp.train, types.ModuleType),
@@ -49,16 +66,25 @@ print(json.dumps({
 """
 
 
-def test_import_loads_only_the_core_and_every_public_name_resolves():
+@pytest.fixture(scope="module")
+def probe():
     code = f"NOT_AT_IMPORT = {NOT_AT_IMPORT!r}\n{_PROBE}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_loads_only_the_core_and_every_public_name_resolves(probe):
+    assert {k: v for k, v in probe.items() if k != "after_trace"} == {
         "loaded": [],
         "unresolved": [],
         "sensitivity": "function",
         "train": True,
         "missing_from_dir": [],
     }
+
+
+def test_tracing_a_linen_model_loads_neither_nnx_nor_optax(probe):
+    assert probe["after_trace"] == []
 
 
 def test_public_names_exist():
@@ -120,26 +146,3 @@ def test_the_private_api_check_catches_every_spelling():
         "line 6",
         "line 7",
     ]
-
-
-def test_tracing_a_linen_model_loads_neither_nnx_nor_optax():
-    code = textwrap.dedent(
-        """
-        import sys
-        import flax.linen as nn
-        import jax
-        import jax.numpy as jnp
-        import jaxprune as jp
-
-        class Net(nn.Module):
-            @nn.compact
-            def __call__(self, x):
-                return nn.Dense(2)(nn.relu(nn.Dense(8)(x)))
-
-        x = jnp.zeros((1, 4))
-        jp.trace_model(Net(), Net().init(jax.random.key(0), x), x)
-        print(sorted(m for m in ("flax.nnx", "optax") if m in sys.modules))
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_leaf
 
 import jaxprune as jp
 from jaxprune import train as jt
@@ -67,23 +68,29 @@ class ResNet(nn.Module):
 X = jax.ShapeDtypeStruct((4, 16, 16, 1), jnp.float32)
 
 
+def _variables(m, x=X, seed=0, **init_kwargs):
+    """Seeded random variables of `m` from abstract shapes (no `init` compile); BN statistics non-trivial."""
+    abstract = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype), **init_kwargs))
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map_with_path(lambda path, leaf: random_leaf(rng, path[-1].key, leaf), dict(abstract))
+
+
 @pytest.fixture(scope="module")
 def resnet():
     m = ResNet(stage_sizes=(1, 1), num_classes=10)
-    v = m.init(jax.random.key(0), jnp.zeros(X.shape), train=False)
-    v = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape), v)  # non-trivial stats
-    v = {"params": v["params"], "batch_stats": jax.tree.map(jnp.abs, v["batch_stats"])}
+    v = _variables(m, train=False)  # random BN scale/bias/mean/var: non-trivial stats
     return m, v, jp.trace_model(m, v, X)
 
 
 @pytest.fixture(scope="module")
 def images():
-    return jax.random.normal(jax.random.key(2), X.shape)
+    return jnp.asarray(np.random.default_rng(2).standard_normal(X.shape), jnp.float32)
 
 
 def _flax_train(m, v, x):
     """flax-examples' training forward, its "batch" axis bound by a size-1 vmap (what pmap would do per device)."""
-    out, upd = jax.vmap(lambda xx: m.apply(v, xx, train=True, mutable=["batch_stats"]), axis_name="batch")(x[None])
+    run = jax.jit(jax.vmap(lambda xx: m.apply(v, xx, train=True, mutable=["batch_stats"]), axis_name="batch"))
+    out, upd = run(x[None])  # jitted: one compile, not one per eager op
     return out[0], jax.tree.map(lambda a: a[0], upd)
 
 
@@ -97,7 +104,7 @@ def test_traced_with_train_false_and_runs_both_passes(resnet, images):
     m, v, tm = resnet
     # The module route traced train=False (else BatchNorm's axis_name would have failed the trace); float32, depth 6:
     # the re-run program is the same ops, so <= 1e-5.
-    np.testing.assert_allclose(tm.apply(v, images), m.apply(v, images, train=False), atol=1e-5)
+    np.testing.assert_allclose(tm.apply(v, images), jax.jit(partial(m.apply, train=False))(v, images), atol=1e-5)
     out, upd = tm.apply(v, images, train=True, mutable=["batch_stats"])
     ref, rupd = _flax_train(m, v, images)
     np.testing.assert_allclose(out, ref, atol=1e-5)
@@ -126,7 +133,7 @@ def test_train_true_without_a_train_argument_is_refused(images):
             return nn.Dense(3)(nn.relu(nn.Conv(4, (3, 3))(x)).mean((1, 2)))
 
     m = Plain()
-    v = m.init(jax.random.key(0), jnp.zeros(X.shape))
+    v = _variables(m)
     tm = jp.trace_model(m, v, X)
     with pytest.raises(ValueError, match="traced without a `train` argument"):
         tm.apply(v, images, train=True)
@@ -146,11 +153,12 @@ def test_function_route_trains_with_kwargs_and_rngs(images):
             return nn.Dense(3)(h.mean((1, 2)))
 
     m = Drop()
-    v = m.init(jax.random.key(0), jnp.zeros(X.shape), deterministic=True)
+    v = _variables(m, deterministic=True)
     tm = jp.trace_model(m.apply, v, X, apply_kwargs={"deterministic": True}, train_kwargs={"deterministic": False})
     key = jax.random.key(5)
     out = tm.apply(v, images, train=True, rngs={"dropout": key})
-    ref = m.apply(v, images, deterministic=False, rngs={"dropout": key})
+    apply_train = jax.jit(partial(m.apply, deterministic=False))  # one compile, used twice below
+    ref = apply_train(v, images, rngs={"dropout": key})
     np.testing.assert_allclose(out, ref, atol=1e-5)  # float32, same ops: <= 1e-5
     assert not np.allclose(out, tm.apply(v, images), atol=1e-3)  # dropout did act
     # jaxprune.train's step draws one dropout key per step for a model naming its streams.
@@ -166,7 +174,7 @@ def test_function_route_trains_with_kwargs_and_rngs(images):
     labels = jnp.arange(4) % 3
     _, metrics = jt.train_step(state, images, labels)
     key = jax.random.fold_in(jax.random.fold_in(state.rng, 0), 1)
-    want = jt.cross_entropy_loss(m.apply(v, images, deterministic=False, rngs={"dropout": key}), labels)
+    want = jt.cross_entropy_loss(apply_train(v, images, rngs={"dropout": key}), labels)
     np.testing.assert_allclose(metrics["loss"], want, atol=1e-5)  # float32, same ops
     with pytest.raises(TypeError, match="train_rngs"):
         jp.trace_model(m.apply, v, X, train_rngs="dropout")
@@ -220,7 +228,7 @@ def _pool(x):
 
 def test_sequential_from_a_factory_rebuilt(images):
     s = _factory(8)
-    v = s.init(jax.random.key(0), jnp.zeros(X.shape))
+    v = _variables(s)
     tm = jp.trace_model(s, v, X)
     plan = _all_half(tm, v)
     tm2, v2 = jp.prune(tm, v, plan)
@@ -260,7 +268,7 @@ def test_group_no_field_sets_is_named(images):
             return nn.Dense(self.classes)(nn.relu(nn.Conv(6, (3, 3), name="c6")(x)).mean((1, 2)))
 
     m = Literal()
-    v = m.init(jax.random.key(0), jnp.zeros(X.shape))
+    v = _variables(m)
     tm = jp.trace_model(m, v, X)
     tm2, _ = jp.prune(tm, v, jp.make_plan(tm, v, prune_ratio={"c6": 0.5}))
     with pytest.raises(
@@ -287,7 +295,7 @@ def test_user_field_shared_by_groups_with_different_counts(resnet):
 def test_fit_finetunes_the_pruned_linen_resnet_on_digits():
     data = jp.data.load_digits(image_size=16, channels=1)
     m = ResNet(stage_sizes=(1, 1), num_classes=10)
-    v = m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)
+    v = _variables(m, jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32), train=False)
     tm = jp.trace_model(m, v, jax.ShapeDtypeStruct((64, 16, 16, 1), jnp.float32))
     state = jt.TrainState.create(tm, v, jt.sgd(0.05))
     state, _ = jt.fit(state, data, epochs=2, batch_size=64, progress=False, eval_every=0)  # 2 x 22 steps
@@ -308,7 +316,7 @@ def test_iterative_prune_takes_a_traced_model_without_batch_norm():
     data = jp.data.load_digits(image_size=16, channels=1)
     small = (data.x_train[:256], data.y_train[:256], data.x_test[:128], data.y_test[:128])
     s = _factory(8)
-    v = s.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+    v = _variables(s, jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32))
     # No `train` argument: train_kwargs={} says its training pass is its inference one.
     tm = jp.trace_model(s, v, jax.ShapeDtypeStruct((64, 16, 16, 1), jnp.float32), train_kwargs={})
     state = jt.TrainState.create(tm, v, jt.sgd(0.05))  # batch_stats={}: the model has none
