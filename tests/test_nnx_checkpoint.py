@@ -139,6 +139,42 @@ def test_pruned_module_and_optimizer_reload_exactly(saved, loaded):
     jax.tree_util.tree_map(np.testing.assert_array_equal, ck.variables, jp.nnx_variables(m2))
 
 
+@pytest.mark.slow
+def test_a_fresh_process_reloads_the_pruned_module_and_its_optimizer(saved, tmp_path):
+    """Another interpreter, which has the user's class (here: this file's `SmallCNN`) but nothing of this process,
+    rebuilds the pruned module from the file and the unpruned abstract module: the same logits, bit for bit (the
+    same program on the same values), and the optimizer's step."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    from conftest import HANG_TIMEOUT_S
+
+    path, _, m2, _, _, x = saved
+    np.save(tmp_path / "x.npy", np.asarray(x))
+    child = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+        import jaxprune as jp
+        import test_nnx_checkpoint as t
+        ck = jp.load_checkpoint({str(path)!r}, model=t._abstract(), tx=t.TX)
+        ck.model.eval()
+        x = np.load({str(tmp_path / "x.npy")!r})
+        np.save({str(tmp_path / "logits.npy")!r}, np.asarray(t._call(ck.model, x)))
+        print(type(ck.model).__name__, int(ck.optimizer.step[...]), ck.model.b2.conv.out_features)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), *sys.path])}
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["SmallCNN", "7", "8"]
+    np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), np.asarray(_call(m2, x)))
+
+
 def test_an_orbax_directory_round_trips_module_and_optimizer(saved, tmp_path):
     _, _, m2, opt2, plan, _ = saved
     path = tmp_path / "cnn-orbax"
