@@ -121,3 +121,18 @@ def linen_random_variables(model, x, seed: int = 0):
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map_with_path(lambda path, leaf: random_leaf(rng, path[-1].key, leaf), dict(abstract))
+
+
+#: The first line of a single-file checkpoint (`jaxprune.checkpoint`).
+CHECKPOINT_MAGIC = b"JAXPRUNE-CHECKPOINT\n"
+
+
+def split_checkpoint(path):
+    """(header dict, payload bytes) of a version-2 single-file checkpoint, for tests that forge or edit one."""
+    import json
+
+    raw = path.read_bytes()
+    magic_end = raw.index(b"\n") + 1
+    header_end = raw.index(b"\n", magic_end) + 1
+    digest_end = raw.index(b"\n", header_end) + 1
+    return json.loads(raw[magic_end:header_end]), raw[digest_end:]

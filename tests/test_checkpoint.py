@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import HANG_TIMEOUT_S
+from conftest import CHECKPOINT_MAGIC, HANG_TIMEOUT_S, split_checkpoint
 
 import jaxprune as jp
 from jaxprune import checkpoint
@@ -252,16 +252,8 @@ def test_a_process_killed_mid_save_leaves_the_last_good_checkpoint(saved):
 # ----------------------------------------------------------------------------------------------------------------------
 # Bad files and mismatches: each a clear error, never a partial load
 # ----------------------------------------------------------------------------------------------------------------------
-MAGIC = b"JAXPRUNE-CHECKPOINT\n"
-
-
-def _split(path):
-    """(header dict, payload bytes) of a version-2 file."""
-    raw = path.read_bytes()
-    magic_end = raw.index(b"\n") + 1
-    header_end = raw.index(b"\n", magic_end) + 1
-    digest_end = raw.index(b"\n", header_end) + 1
-    return json.loads(raw[magic_end:header_end]), raw[digest_end:]
+MAGIC = CHECKPOINT_MAGIC
+_split = split_checkpoint
 
 
 def _forge(path, header, payload, *, magic=MAGIC, header_line=None):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import random_leaf
+from conftest import CHECKPOINT_MAGIC, random_leaf, split_checkpoint
 from flax import nnx
 
 import jaxprune as jp
@@ -309,15 +309,8 @@ def test_a_traced_linen_checkpoint_is_not_an_nnx_one(tmp_path, saved):
 # ----------------------------------------------------------------------------------------------------------------------
 # Bad inputs: edited files
 # ----------------------------------------------------------------------------------------------------------------------
-MAGIC = b"JAXPRUNE-CHECKPOINT\n"
-
-
-def _split(path):
-    raw = path.read_bytes()
-    magic_end = raw.index(b"\n") + 1
-    header_end = raw.index(b"\n", magic_end) + 1
-    digest_end = raw.index(b"\n", header_end) + 1
-    return json.loads(raw[magic_end:header_end]), raw[digest_end:]
+MAGIC = CHECKPOINT_MAGIC
+_split = split_checkpoint
 
 
 def _forge(path, header, payload):
