@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, random_leaf
 from conftest import linen_random_variables as random_variables
 from flax import nnx
 
@@ -677,14 +677,7 @@ def nnx_net():
     rng = np.random.default_rng(0)
 
     def fill(path, leaf):
-        name = str(path[-2].key) if len(path) > 1 else ""
-        if name == "kernel":
-            v = rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape)
-        elif name in ("scale", "var"):
-            v = rng.uniform(0.5, 1.5, leaf.shape)
-        else:
-            v = rng.normal(0.0, 0.1, leaf.shape)
-        return jnp.asarray(v, leaf.dtype)
+        return random_leaf(rng, str(path[-2].key) if len(path) > 1 else "", leaf)
 
     m = nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
     m.eval()
