@@ -206,6 +206,30 @@ def test_nnx_conv_transpose_sizes_follow_the_kernel():
     assert (m2.conv.out_features, m2.out.in_features) == (4, 3)
 
 
+class GroupNet(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(2, 8, (3, 3), rngs=rngs)
+        self.gn = nnx.GroupNorm(8, num_groups=None, group_size=2, rngs=rngs)
+        self.grouped = nnx.Conv(8, 8, (3, 3), feature_group_count=4, rngs=rngs)
+        self.out = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.relu(self.grouped(nnx.relu(self.gn(self.conv(x))))).mean((1, 2)))
+
+
+def test_nnx_groupnorm_and_grouped_conv_keep_their_group_counts():
+    m = _randomized(lambda: GroupNet(nnx.Rngs(0)), seed=7)
+    x = jax.random.normal(jax.random.key(2), (1, 6, 6, 2))
+    ratios, tm = _all_half(m, x)
+    # 4 norm groups of 2 and 4 conv feature groups of 2: one slot space each, tied across the 4 groups.
+    assert {g.name: (g.width, g.scored.repeat) for g in tm.channel_groups()} == {"conv": (2, 4), "grouped": (2, 4)}
+    plan = jp.make_plan(m, prune_ratio=ratios, example_input=x)
+    m2, _ = _check_pruned(m, x, tm, plan, GroupNet)
+    # The norm keeps 4 groups, each of 1 channel (its group_size follows); the conv keeps 4 feature groups.
+    assert (m2.gn.num_features, m2.gn.num_groups, m2.gn.group_size) == (4, 4, 1)
+    assert (m2.grouped.in_features, m2.grouped.out_features, m2.grouped.feature_group_count) == (4, 4, 4)
+
+
 def _step_fn(tx):
     @nnx.jit
     def step(model, opt, x, y):

@@ -10,6 +10,7 @@ tolerance. Tracing is abstract (`jax.make_jaxpr` on `jax.ShapeDtypeStruct`s): no
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
@@ -485,10 +486,16 @@ def test_layernorm_normalises_over_the_kept_channels():
 class GroupNormed(nn.Module):
     c: int = 16
     groups: int = 4
+    group_size: int | None = None  # set: GroupNorm(num_groups=None, group_size=...) instead of num_groups
 
     @nn.compact
     def __call__(self, x):
-        h = nn.relu(nn.GroupNorm(num_groups=self.groups, name="gn")(nn.Conv(self.c, (3, 3), name="conv")(x)))
+        sizes = (
+            {"num_groups": self.groups}
+            if self.group_size is None
+            else {"num_groups": None, "group_size": self.group_size}
+        )
+        h = nn.relu(nn.GroupNorm(**sizes, name="gn")(nn.Conv(self.c, (3, 3), name="conv")(x)))
         return nn.Dense(3, name="fc")(h.mean((1, 2)))
 
 
@@ -501,15 +508,33 @@ def test_groupnorm_prunes_the_same_slot_in_every_norm_group():
     # (N, H, W, 16) -> (N, H, W, 4 groups, 4): a channel slot is one space across the 4 norm groups.
     assert (g.width, g.scored) == (4, AxisRef(("params", "conv", "kernel"), 3, repeat=4))
     assert AxisRef(("params", "gn", "scale"), 0, repeat=4) in g.producers
+    assert re.search(
+        r"\n    tied across 4 GroupNorm groups: the same channels are kept in each, .*GroupNorm", jp.format_groups(tm)
+    )
     plan = jp.make_plan(tm, v, prune_ratio={"conv": 0.5})
     tm2, v2 = jp.prune(tm, v, plan)
     assert tm2.module.c == 8 and v2["params"]["gn"]["scale"].shape == (8,)
+    # Tied: the same 2 slots of every norm group's 4 are kept, so each group keeps 2 of its channels.
+    kept = [b * 4 + s for b in range(4) for s in plan.keep["conv"]]
+    np.testing.assert_array_equal(v2["params"]["gn"]["scale"], np.asarray(v["params"]["gn"]["scale"])[kept])
     masked = jp.mask_dropped(tm, v, plan, x)
     assert_close(tm2.apply(v2, x), masked)
     # The group statistics divide by the kept count (2 channels x 6 x 6 positions), as GroupNorm(4) over 8 channels.
     assert_close(jax.jit(tm2.module.apply)(v2, x), masked)
     with pytest.raises(ValueError, match=r"GroupNormed.groups is 4, but group 'conv' has width 4 x 4 blocks"):
         jp.trace_model(m, v, x, fields={"conv": "groups"})
+    # GroupNorm(group_size=4) traces alike (4 groups over 16 channels), but rebuilt over 8 channels it would make 2
+    # groups of 4 where the pruned model keeps 4 groups of 2: refused, naming the norm and what to give it.
+    m = GroupNormed(group_size=4)
+    tm = jp.trace_model(m, v, x, fields={"conv": "c"})
+    tm2, v2 = jp.prune(tm, v, plan)
+    assert_close(tm2.apply(v2, x), masked)
+    with pytest.raises(
+        ValueError,
+        match=r"cannot rebuild GroupNormed: its GroupNorm gn normalises 4 groups over 16 channels .* the rebuilt "
+        r"GroupNorm\(num_groups=None, group_size=4\) over 8 channels makes 2; give it num_groups=4",
+    ):
+        tm2.module  # noqa: B018 - the property rebuilds the module
 
 
 def test_float_ratio_reaches_hidden_dense_groups_of_a_traced_model(user):

@@ -42,8 +42,9 @@ def pruned(tm, v, plan):
 
 
 def head_dims(tm):
-    """Attention head-feature groups: a rebuilt attention scales by 1/sqrt(its head features), the traced program by
-    the traced count, so the rebuild comparisons keep them (pruned = masked holds for them too)."""
+    """Attention head-feature groups: a rebuilt attention would scale by 1/sqrt(its head features), the traced program
+    by the traced count, so the rebuild comparisons keep them (pruned = masked holds for them too; rebuilding a Linen
+    attention with pruned head features is refused: `test_linen_attention_rebuilt_with_fewer_heads`)."""
     return [g.name for g in tm.channel_groups() if g.prunable and (g.name.endswith(":2") or g.name == "attn/qkv")]
 
 
@@ -305,6 +306,9 @@ def test_grouped_conv_keeps_equal_counts_per_group(linen):
     # feature_group_count=4: a channel slot is one space across the 4 conv groups (input and output).
     assert (g["stem"].width, g["stem"].scored.repeat) == (4, 4)
     assert (g["grouped"].width, g["grouped"].scored.repeat) == (4, 4)
+    text = jp.format_groups(tm)
+    assert re.search(r"\nstem .*\n    tied across 4 conv feature groups \(feature_group_count=4\): the same", text)
+    assert re.search(r"\ngrouped .*\n    tied across 4 conv feature groups \(feature_group_count=4\)", text)
     plan = half_plan(tm, v)
     _, v2 = jp.prune(tm, v, plan)
     assert v2["params"]["grouped"]["kernel"].shape == (3, 3, 2, 8)  # 2 of 4 inputs and outputs in each group
@@ -350,6 +354,46 @@ def test_layernorm_models_equal_the_class_rebuilt_at_the_new_widths(linen, name)
     tm2, v2 = pruned(tm, v, plan)
     rebuilt = build(tm2.group_widths())
     assert_close(jax.jit(rebuilt.apply)(v2, x), tm2.apply(v2, x), rel=1e-5)
+
+
+class HeadAttention(nn.Module):
+    heads: int = 2
+    head_dim: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(8, name="embed")(x)
+        attn = nn.MultiHeadDotProductAttention(
+            num_heads=self.heads, qkv_features=self.heads * self.head_dim, name="attn"
+        )
+        return nn.Dense(3, name="head")(attn(h).mean(1))
+
+
+def test_linen_attention_rebuilt_with_fewer_heads():
+    m = HeadAttention()
+    x = jax.random.normal(jax.random.key(4), (2, 5, 6))
+    v = random_variables(m, x)
+    tm = jp.trace_model(m, v, x)
+    assert names(tm) == ["embed", "attn/query:1", "attn/query:2", "attn/value:2", "attn/out"]
+    # Heads pruned: the module rebuilt with heads=1 keeps the head features, so its 1/sqrt(4) is the traced one.
+    plan = jp.make_plan(tm, v, prune_ratio={"attn/query:1": 0.5})
+    tm2, v2 = jp.prune(tm, v, plan)
+    assert (tm2.module.heads, tm2.module.head_dim) == (1, 4)
+    # float32, one attention and three dense layers: the same ops (1e-5); the masked original sums zeros too (1e-4).
+    assert_close(jax.jit(tm2.module.apply)(v2, x), tm2.apply(v2, x), rel=1e-5)
+    assert_close(tm2.apply(v2, x), jp.mask_dropped(tm, v, plan, x), rel=1e-4)
+    # Head features pruned: the traced program keeps 1/sqrt(4) (pruned = masked), a rebuilt nn.MultiHeadDotProductAttention
+    # would divide by sqrt(2): refused, naming the attention and the group to prune instead.
+    plan = jp.make_plan(tm, v, prune_ratio={"attn/query:2": 0.5, "attn/value:2": 0.5})
+    tm3, v3 = jp.prune(tm, v, plan)
+    assert_close(tm3.apply(v3, x), jp.mask_dropped(tm, v, plan, x), rel=1e-4)
+    with pytest.raises(
+        ValueError,
+        match=r"cannot rebuild HeadAttention: the plan prunes the query/key head features of its attention attn "
+        r"\(group 'attn/query:2': 4 -> 2 per head\); a rebuilt flax.linen.MultiHeadDotProductAttention would divide "
+        r"its logits by sqrt\(2\).*skip=\['attn/query:2'\]\)\) and prune its heads \(group 'attn/query:1'\)",
+    ):
+        tm3.module  # noqa: B018 - the property rebuilds the module
 
 
 # -- grouped-query attention (Flax NNX MultiHeadAttention with num_kv_heads) and RMSNorm ------------------------------

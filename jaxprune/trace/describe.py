@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from jaxprune.groups import AxisRef, ChannelGroup
-from jaxprune.trace.extract import blocked_reason
+from jaxprune.trace.extract import blocked_reason, tied_note
 
 
 def _fmt_ref(ref: AxisRef) -> str:
@@ -22,7 +22,10 @@ def format_groups(groups: Sequence[ChannelGroup], *, verbose: bool = False) -> s
     """Channel groups as a text table: name, kind, width, prunable, scored kernel, producer and consumer counts.
 
     A traced group the trace could not follow (its channels pass through a primitive without a rule) is listed as not
-    prunable with the reason under it: the primitive and its source line.
+    prunable with the reason under it: the primitive and its source line. A traced group whose index space repeats
+    block by block (the channels of each GroupNorm group, of each conv feature group, of each attention head) says
+    so under its row (``tied across 4 GroupNorm groups ...``): its width counts one block's channels, and pruning keeps
+    the same channels in every block, so each block keeps an equal count.
 
     Args:
       groups: Groups, e.g. from `trace_groups` or ``model.channel_groups()``, or a model (a `TracedModel`).
@@ -62,6 +65,9 @@ def format_groups(groups: Sequence[ChannelGroup], *, verbose: bool = False) -> s
         why = blocked_reason(g)
         if why is not None:
             lines.append(f"    not prunable: {why}")
+        tied = tied_note(g)
+        if tied is not None:
+            lines.append(f"    {tied}")
         if verbose:
             lines.extend(f"    producer {_fmt_ref(ref)}" for ref in g.producers)
             lines.extend(f"    consumer {_fmt_ref(ref)}" for ref in g.consumers)

@@ -42,6 +42,7 @@ class _Spec:
     order: int
     blocked: str | None = None  # why the trace cannot follow this group's channels (then never prunable)
     blocked_by: tuple | None = None  # the taint record of the first blocking primitive
+    tied: str | None = None  # the blocks this space repeats in, where one index space spans them (e.g. GroupNorm's)
 
 
 @dataclasses.dataclass
@@ -243,11 +244,34 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
             "through no channel-preserving path: none of its axes is written by a conv or dense kernel, tied to the "
             "model's input or output, or a convolution window (e.g. it is only summed away)"
         )
+    _describe_ties(specs, t)
     specs.sort(key=lambda s: s.order)
     _unique_names(specs)
     _infer_stages(specs, t)
     _check_followable(specs)
     return specs
+
+
+def _describe_ties(specs: list[_Spec], t: _Tracer) -> None:
+    """Notes on the groups whose index space repeats block by block (the channels of each GroupNorm group, conv
+    feature group or attention head): one space spans the blocks, so pruning keeps the same channels in each."""
+    d = t.d
+    by_root = {s.root: s for s in specs}
+    notes: dict[int, list[str]] = {}
+    for node, blocks, label, eqn, ctx in t.ties:
+        try:
+            roots = set(d.pieces(node))
+        except _TooComplex:  # pragma: no cover - a tied slot space split that finely is never a group
+            continue
+        for r in roots & set(by_root):
+            note = (
+                f"tied across {blocks} {label}: the same channels are kept in each, the width counts one block's "
+                f"('{eqn.primitive.name}' at {_where(eqn, ctx)})"
+            )
+            if note not in notes.setdefault(r, []):
+                notes[r].append(note)
+    for r, lines in notes.items():
+        by_root[r].tied = "; ".join(lines)
 
 
 def _infer_stages(specs: list[_Spec], t: _Tracer) -> None:
@@ -360,6 +384,10 @@ def _materialize(spec: _Spec, d: _Dims, sizes: Mapping[int, int]) -> ChannelGrou
         if len(_BLOCKED) > 4096:
             _BLOCKED.clear()
         _BLOCKED[g] = spec.blocked
+    if spec.tied is not None:
+        if len(_TIED) > 4096:
+            _TIED.clear()
+        _TIED[g] = spec.tied
     return g
 
 
@@ -371,3 +399,12 @@ _BLOCKED: dict[ChannelGroup, str] = {}
 def blocked_reason(group: ChannelGroup) -> str | None:
     """Why the trace could not follow a traced group's channels (the primitive and its source line), or None."""
     return _BLOCKED.get(group)
+
+
+# Which blocks a traced group's index space repeats in (GroupNorm groups, conv feature groups), as `_BLOCKED`.
+_TIED: dict[ChannelGroup, str] = {}
+
+
+def tied_note(group: ChannelGroup) -> str | None:
+    """Which blocks a traced group's channels are tied across (same channels kept in each), or None."""
+    return _TIED.get(group)

@@ -211,6 +211,84 @@ def _init_shapes(module, example_input, apply_kwargs) -> dict[tuple[str, ...], t
     return {tuple(str(p) for p in k): tuple(a.shape) for k, a in traverse_util.flatten_dict(dict(abs_v)).items()}
 
 
+def _census(module, example_input, apply_kwargs) -> tuple[dict, dict]:
+    """`_init_shapes`, and what the module's Flax attentions and GroupNorms are: Linen submodule path ->
+    ``("attention", class name)`` or ``("groupnorm", groups, channels, num_groups, group_size)``, read through
+    `flax.linen.intercept_methods` while ``init`` runs abstractly."""
+    import flax.linen as nn
+
+    records: dict[tuple[str, ...], tuple] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        m = context.module
+        if context.method_name == "__call__":
+            path = tuple(str(p) for p in m.path)
+            if isinstance(m, nn.MultiHeadDotProductAttention):
+                records.setdefault(path, ("attention", type(m).__name__))
+            elif isinstance(m, nn.GroupNorm):
+                x = args[0] if args else kwargs.get("x")
+                c = int(jnp.shape(x)[-1])
+                groups = m.num_groups if m.num_groups is not None else c // m.group_size if m.group_size else None
+                records.setdefault(path, ("groupnorm", groups, c, m.num_groups, m.group_size))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        shapes = _init_shapes(module, example_input, apply_kwargs)
+    return shapes, records
+
+
+def check_rebuilt(base, module, example_input, apply_kwargs, traced_shapes, group_of) -> dict:
+    """The rebuilt module's variable shapes (`_init_shapes`), after checking that its Flax layers compute what the
+    pruned traced model does.
+
+    Args:
+      base: The traced module (the original widths).
+      module: The module rebuilt at the new widths.
+      traced_shapes: Variable path -> shape at the traced widths.
+      group_of: (variable path, axis) -> group name, at the new widths (`shape` of a group's axes).
+
+    Raises:
+      ValueError: an `nn.MultiHeadDotProductAttention` whose query/key head features are pruned (a rebuilt one divides
+        its logits by the square root of the new head features, the pruned model keeps the traced scale: names the
+        module and the groups to prune instead), a GroupNorm the rebuilt module splits into another number of groups
+        than the pruned model (the traced count: the same channels are kept in each group; names the module and its
+        fields).
+    """
+    tail = "; the pruned model still runs and trains as a TracedModel (TracedModel.apply, jaxprune.train.fit)"
+    name = type(base).__name__
+    shapes, after = _census(module, example_input, apply_kwargs)
+    before = None
+    for path, rec in after.items():
+        where = "/".join(path) or name
+        if rec[0] == "attention":
+            q = ("params", *path, "query", "kernel")
+            old, new = traced_shapes.get(q), shapes.get(q)
+            if old is None or new is None or len(old) != 3 or old[-1] == new[-1]:
+                continue
+            features, heads = group_of.get((q, 2), "its head features"), group_of.get((q, 1))
+            instead = f"prune its heads (group {heads!r}) instead" if heads else "prune heads instead"
+            raise ValueError(
+                f"cannot rebuild {name}: the plan prunes the query/key head features of its attention {where} "
+                f"(group {features!r}: {old[-1]} -> {new[-1]} per head); a rebuilt flax.linen.{rec[1]} would divide "
+                f"its logits by sqrt({new[-1]}), while the pruned model keeps the traced 1 / sqrt({old[-1]}) (pruned = "
+                f"masked original), so the two would differ. Leave {features!r} out of the plan (make_plan(..., "
+                f"skip=[{features!r}])) and {instead}{tail}"
+            )
+        elif rec[0] == "groupnorm":
+            if before is None:
+                before = _census(base, example_input, apply_kwargs)[1]
+            was = before.get(path)
+            if was is None or was[0] != "groupnorm" or was[1] == rec[1]:
+                continue
+            raise ValueError(
+                f"cannot rebuild {name}: its GroupNorm {where} normalises {was[1]} groups over {was[2]} channels in "
+                f"the traced model, and the pruned model keeps {was[1]} groups (the same channels are kept in each), "
+                f"but the rebuilt GroupNorm(num_groups={rec[3]}, group_size={rec[4]}) over {rec[2]} channels makes "
+                f"{rec[1]}; give it num_groups={was[1]} (a fixed group count) rather than group_size{tail}"
+            )
+    return shapes
+
+
 def discover_fields(module, example_input, apply_kwargs, specs: list[_Spec], dims: _Dims) -> tuple[dict, dict]:
     """Which constructor field sets which group's width, found by re-tracing the module's ``init`` (abstractly, with
     `jax.eval_shape`) with each int field (and tuple entry, and field of a held submodule) doubled: a group whose

@@ -41,10 +41,14 @@ class TracedModel:
 
     A mean over channels (the statistics of LayerNorm, GroupNorm, RMSNorm, or any ``jnp.mean``) divides by the
     channels kept, in the pruned re-run (the pruned count) and in the masked reference (the sum of the masks) alike,
-    so pruned = masked = the module rebuilt at the new widths (docs/design.md §6). Other constants computed from a
-    width at trace time keep their traced value: an attention's ``1 / sqrt(head features)`` stays the traced one, so
-    pruning head features gives pruned = masked, while a rebuilt attention module rescales by its new head count.
-    Groups the trace could not follow are not prunable; `blocked` says why.
+    so pruned = masked = the module rebuilt at the new widths (docs/design.md §6). A channel space split into
+    GroupNorm groups or conv feature groups is one group across them (tied, `describe_groups` says so): pruning keeps
+    the same channels in every block, so the group count stays and each block keeps an equal share. Other constants
+    computed from a width at trace time keep their traced value: an attention's ``1 / sqrt(head features)`` stays the
+    traced one, so pruning head features gives pruned = masked; `nnx_module` keeps that scale (its attention's
+    ``attention_fn`` rescales the query), while `module` refuses to rebuild a Linen attention whose head features are
+    pruned (a rebuilt one would rescale; prune its heads instead). Groups the trace could not follow are not prunable;
+    `blocked` says why.
 
     Attributes:
       kind: ``"linen"`` (a Flax Linen module), ``"nnx"`` (a Flax NNX module) or ``"function"`` (an apply function).
@@ -183,7 +187,11 @@ class TracedModel:
         Raises:
           ValueError: when no module can be rebuilt: an apply function, an NNX model (use `nnx_module(variables)`),
             or a Linen model with a pruned group that no field sets or whose field no single value fits (names the
-            group, its kernel and the field); `apply` (and `jaxprune.train`) always work.
+            group, its kernel and the field), or whose rebuilt module would compute something else than the pruned
+            model: an `nn.MultiHeadDotProductAttention` with pruned query/key head features (it would divide by the
+            square root of the new count; names the attention and its heads group), a `nn.GroupNorm` that would make
+            another number of groups (``group_size=`` instead of ``num_groups=``; names the norm); `apply` (and
+            `jaxprune.train`) always work.
         """
         if self.kind == "nnx":
             raise ValueError("an NNX traced model rebuilds its module from variables: use nnx_module(variables)")
@@ -200,7 +208,9 @@ class TracedModel:
                     kernel_of[g.name] = g.scored.path
             module = _linen.rebuild(base, fields, why, self.group_widths(), traced, kernel_of)
             want = {tuple(k): tuple(a.shape) for k, a in _flat(self.abstract_variables()).items()}
-            got = _linen._init_shapes(module, example, kwargs)
+            traced_shapes = {tuple(k): tuple(a.shape) for k, a in _flat(self._abstract).items()}
+            group_of = {(ref.path, ref.axis): g.name for g in self.channel_groups() for ref in g.axes}
+            got = _linen.check_rebuilt(base, module, example, kwargs, traced_shapes, group_of)
             for path, shape in want.items():
                 if got.get(path) != shape:
                     raise ValueError(
@@ -428,10 +438,10 @@ class TracedModel:
     def nnx_module(self, variables: Mapping[str, Any]):
         """A new NNX module holding `variables` (e.g. pruned ones), with feature attributes updated to the new shapes.
 
-        `nnx.Linear`, `nnx.Conv` (including depthwise `feature_group_count`), `nnx.BatchNorm`, `nnx.LayerNorm`,
-        `nnx.GroupNorm`, `nnx.RMSNorm`, `nnx.Embed`, `nnx.LinearGeneral` and `nnx.MultiHeadAttention` (heads, key/value
-        heads, head features) get their size attributes updated; other modules read their
-        parameters' shapes at call time.
+        `nnx.Linear`, `nnx.Conv` (including depthwise `feature_group_count`; a grouped conv keeps its group count),
+        `nnx.BatchNorm`, `nnx.LayerNorm`, `nnx.GroupNorm` (its group count stays, its ``group_size`` follows),
+        `nnx.RMSNorm`, `nnx.Embed`, `nnx.LinearGeneral` and `nnx.MultiHeadAttention` (heads, key/value heads, head
+        features) get their size attributes updated; other modules read their parameters' shapes at call time.
 
         Raises:
           ValueError: the model was not traced from an NNX module.

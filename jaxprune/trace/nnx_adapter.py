@@ -129,8 +129,10 @@ def update_sizes(module) -> None:
         elif isinstance(m, nnx.Conv):
             kshape = tuple(int(s) for s in _value(m.kernel).shape)
             groups = m.feature_group_count
-            if groups > 1 and kshape[-2] == 1:  # depthwise: one input channel per group, the groups shrink
-                groups = kshape[-1] // max(1, m.out_features // m.feature_group_count)
+            if groups > 1 and m.in_features == groups == m.out_features:
+                groups = kshape[-1]  # depthwise: one channel per group, input and output one space; the groups shrink
+            # Otherwise (grouped, or depthwise with a channel multiplier) the trace keeps the number of groups and
+            # prunes the same slots in each, even down to one input channel per group.
             m.feature_group_count = groups
             m.in_features, m.out_features, m.kernel_shape = kshape[-2] * groups, kshape[-1], kshape
         elif isinstance(m, nnx.ConvTranspose):
@@ -143,6 +145,9 @@ def update_sizes(module) -> None:
                 if isinstance(v, nnx.Variable):
                     m.num_features = int(_value(v).shape[-1])
                     break
+            if isinstance(m, nnx.GroupNorm):
+                # The trace keeps the number of groups (the same channels are kept in each): the groups shrink.
+                m.group_size = m.num_features // m.num_groups
         elif isinstance(m, nnx.Embed):
             m.num_embeddings, m.features = (int(s) for s in _value(m.embedding).shape)
         elif isinstance(m, nnx.LinearGeneral):

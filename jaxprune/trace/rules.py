@@ -13,7 +13,7 @@ import math
 
 from jax.extend import core as jcore
 
-from jaxprune.trace._jaxpr import _Frame, _is_literal, _shape
+from jaxprune.trace._jaxpr import _Frame, _is_literal, _loc, _shape
 
 _ELEMENTWISE = frozenset(
     """add sub mul div rem pow max min atan2 nextafter and or xor not eq ne lt le gt ge neg sign floor ceil round
@@ -317,6 +317,10 @@ def _reshape(t, f: _Frame, i: int, eqn) -> None:
             )
         nodes[bo[-1]] = minor_out
         amap[bo[-1]] = bi[-1]
+        if len(bi) == 1 and not d.all_fixed(n[bi[0]]):
+            # One axis split into blocks of one index space (GroupNorm's groups, attention heads): pruning keeps
+            # the same channels in every block; `describe_groups` says so.
+            t.tie(minor_out, math.prod(oshape[k] for k in bo[:-1]), _tie_label(eqn), eqn, f)
         left = d.compose([(n[bi[-1]], math.prod(ishape[k] for k in bi[:-1]))])
         right = d.compose([(minor_out, math.prod(oshape[k] for k in bo[:-1]))])
         d.unify(left, right)
@@ -325,6 +329,12 @@ def _reshape(t, f: _Frame, i: int, eqn) -> None:
             nodes[k] = d.new(s)
     t.set_out(f, out, tuple(nodes))
     t.copy_src(f, v, out, amap)
+
+
+def _tie_label(eqn) -> str:
+    """What the blocks of a split channel axis are, for `describe_groups`: GroupNorm's groups when the reshape sits in
+    a GroupNorm (Flax Linen, NNX and Equinox all name it so), else blocks of a reshape."""
+    return "GroupNorm groups" if "GroupNorm" in _loc(eqn) else "blocks of a reshape"
 
 
 def _rev(t, f: _Frame, i: int, eqn) -> None:
@@ -637,6 +647,10 @@ def _conv_general_dilated(t, f: _Frame, i: int, eqn) -> None:
             d.unify(rif, jn)
         mn = d.new(cout // groups)
         d.unify(rof, d.compose([(mn, groups)]))
+        label = f"conv feature groups (feature_group_count={groups})"
+        t.tie(mn, groups, label, eqn, f)
+        if cin != groups:
+            t.tie(jn, groups, label, eqn, f)
     on[os_[1]] = rof
     t.set_out(f, out, tuple(on))
     if depthwise:

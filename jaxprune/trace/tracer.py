@@ -26,6 +26,9 @@ class _Tracer:
         self.first_use: dict[tuple[str, ...], int] = {}
         self.spatial: dict[tuple[tuple[str, ...], int], int] = {}  # conv kernel axis -> output spatial positions
         self.order = 0
+        # Channel spaces repeated block by block (GroupNorm groups, conv feature groups, attention heads): (slot node,
+        # blocks, label, equation, call context); the same slots are kept in every block.
+        self.ties: list[tuple[int, int, str, object, tuple]] = []
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def nodes(self, f: _Frame, v) -> tuple[int, ...]:
@@ -45,6 +48,10 @@ class _Tracer:
     def taint_unless_fixed(self, node: int, info: tuple) -> None:
         if not self.d.all_fixed(node):
             self.d.mark_taint(node, info)
+
+    def tie(self, node: int, blocks: int, label: str, eqn, f: _Frame) -> None:
+        if blocks > 1 and self.d.size[node] > 1:
+            self.ties.append((node, int(blocks), label, eqn, f.ctx))
 
     def set_out(self, f: _Frame, v, nodes: tuple[int, ...]) -> None:
         f.env[v] = nodes
