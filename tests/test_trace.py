@@ -535,6 +535,19 @@ def test_groupnorm_prunes_the_same_slot_in_every_norm_group():
         r"GroupNorm\(num_groups=None, group_size=4\) over 8 channels makes 2; give it num_groups=4",
     ):
         tm2.module  # noqa: B018 - the property rebuilds the module
+    # Groups of one channel (an instance norm) are the channels themselves: any 8 of 16, rebuilt as 8 groups of 1.
+    m = GroupNormed(group_size=1)
+    tm = jp.trace_model(m, v, x, fields={"conv": "c"})
+    assert [(g.width, g.scored.repeat, jp.format_groups([g]).count("tied")) for g in tm.channel_groups()] == [
+        (16, 1, 0)
+    ]
+    plan = jp.make_plan(tm, v, prune_ratio={"conv": 0.5})
+    tm2, v2 = jp.prune(tm, v, plan)
+    assert_close(jax.jit(tm2.module.apply)(v2, x), jp.mask_dropped(tm, v, plan, x))
+    # The same with num_groups=16 written in the code: the rebuilt GroupNorm(16) over 8 channels cannot initialise.
+    tm2, v2 = jp.prune(jp.trace_model(GroupNormed(groups=16), v, x, fields={"conv": "c"}), v, plan)
+    with pytest.raises(ValueError, match=r"cannot rebuild GroupNormed: the module rebuilt at the new widths fails to"):
+        tm2.module  # noqa: B018
 
 
 def test_float_ratio_reaches_hidden_dense_groups_of_a_traced_model(user):

@@ -248,7 +248,8 @@ def check_rebuilt(base, module, example_input, apply_kwargs, traced_shapes, grou
       group_of: (variable path, axis) -> group name, at the new widths (`shape` of a group's axes).
 
     Raises:
-      ValueError: an `nn.MultiHeadDotProductAttention` whose query/key head features are pruned (a rebuilt one divides
+      ValueError: a rebuilt module that fails to initialise, an `nn.MultiHeadDotProductAttention` whose query/key
+        head features are pruned (a rebuilt one divides
         its logits by the square root of the new head features, the pruned model keeps the traced scale: names the
         module and the groups to prune instead), a GroupNorm the rebuilt module splits into another number of groups
         than the pruned model (the traced count: the same channels are kept in each group; names the module and its
@@ -256,7 +257,13 @@ def check_rebuilt(base, module, example_input, apply_kwargs, traced_shapes, grou
     """
     tail = "; the pruned model still runs and trains as a TracedModel (TracedModel.apply, jaxprune.train.fit)"
     name = type(base).__name__
-    shapes, after = _census(module, example_input, apply_kwargs)
+    try:
+        shapes, after = _census(module, example_input, apply_kwargs)
+    except Exception as err:  # e.g. a GroupNorm(num_groups=16) rebuilt over 8 channels
+        raise ValueError(
+            f"cannot rebuild {name}: the module rebuilt at the new widths fails to initialise on the example input "
+            f"({type(err).__name__}: {err}){tail}"
+        ) from err
     before = None
     for path, rec in after.items():
         where = "/".join(path) or name
@@ -278,13 +285,18 @@ def check_rebuilt(base, module, example_input, apply_kwargs, traced_shapes, grou
             if before is None:
                 before = _census(base, example_input, apply_kwargs)[1]
             was = before.get(path)
-            if was is None or was[0] != "groupnorm" or was[1] == rec[1]:
+            if was is None or was[0] != "groupnorm" or was[1] is None:
+                continue
+            # Groups of several channels are tied: the pruned model keeps their number. Groups of one channel each
+            # (an instance norm) are the channels themselves: the pruned model keeps one group per kept channel.
+            keeps = was[1] if was[2] > was[1] else rec[2]
+            if rec[1] == keeps:
                 continue
             raise ValueError(
                 f"cannot rebuild {name}: its GroupNorm {where} normalises {was[1]} groups over {was[2]} channels in "
-                f"the traced model, and the pruned model keeps {was[1]} groups (the same channels are kept in each), "
+                f"the traced model, and the pruned model keeps {keeps} groups (the same channels are kept in each), "
                 f"but the rebuilt GroupNorm(num_groups={rec[3]}, group_size={rec[4]}) over {rec[2]} channels makes "
-                f"{rec[1]}; give it num_groups={was[1]} (a fixed group count) rather than group_size{tail}"
+                f"{rec[1]}; give it num_groups={keeps} (a fixed group count) rather than group_size{tail}"
             )
     return shapes
 
