@@ -216,8 +216,14 @@ def test_eqx_stateless_model_with_a_key():
     assert type(m2) is KeyNet
     assert (m2.conv.out_channels, m2.gn.channels, m2.gn.groups, m2.head.in_features) == (4, 4, 2, 4)
     tm, v = trace_eqx(model, x)
+    # GroupNorm(2, 8) splits the conv's filters into 2 norm groups: one slot space of 4, the same slots kept in each.
+    (g,) = tm.channel_groups()
+    assert (g.width, g.scored.repeat) == (4, 2) and "tied across 2 GroupNorm groups" in jp.format_groups([g])
     out = _infer_stateless(m2, x, key=jax.random.key(0))
-    # float32, two layers; GroupNorm's statistics over the kept channels in both (docs/design.md §6).
+    # float32, two layers; GroupNorm's statistics over the kept channels in both (docs/design.md §6). The module
+    # rebuilt with GroupNorm(2, 4) runs the pruned trace's ops (1e-5); the masked original sums zeros too (1e-4).
+    tm2, v2 = jp.prune(tm, v, plan)
+    np.testing.assert_allclose(out, tm2.apply(v2, x), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out, jp.mask_dropped(tm, v, plan, x), rtol=1e-4, atol=1e-4)
     assert jp.count_macs(m2, (2, 4, 4)).macs == 4 * 4 * 4 * 9 * 2 + 4 * 3
     # XLA's count of the compiled inference forward (2 per MAC over in-bounds taps, plus norm and activation work):
