@@ -234,6 +234,38 @@ def test_eqx_stateless_model_with_a_key():
         jp.xla_flops(model, {"params": {}}, (2, 4, 4))
 
 
+class InstanceNet(eqx.Module):
+    """GroupNorm with one channel per group (an instance norm)."""
+
+    conv: eqx.nn.Conv2d
+    gn: eqx.nn.GroupNorm
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.conv = eqx.nn.Conv2d(2, 4, 3, padding=1, key=k1)
+        self.gn = eqx.nn.GroupNorm(4, 4)
+        self.head = eqx.nn.Linear(4, 3, key=k2)
+
+    def __call__(self, x):
+        return self.head(jax.nn.relu(self.gn(self.conv(x))).mean((1, 2)))
+
+
+def test_eqx_instance_norm_keeps_one_group_per_kept_channel():
+    model = _random(eqx.filter_eval_shape(InstanceNet, jax.random.key(0)), 8)
+    x = jax.random.normal(jax.random.key(2), (2, 4, 4))
+    plan = jp.make_plan(model, prune_ratio=0.5, example_input=x)
+    m2 = jp.prune(model, plan)
+    # Groups of one channel are the channels themselves (no tie): 2 of 4 kept, GroupNorm(2, 2) rebuilt.
+    assert (m2.conv.out_channels, m2.gn.channels, m2.gn.groups) == (2, 2, 2)
+    tm, v = trace_eqx(model, x)
+    tm2, v2 = jp.prune(tm, v, plan)
+    out = _infer_stateless(m2, x)
+    # float32, two layers: the same ops as the pruned trace (1e-5); the masked original sums zeros too (1e-4).
+    np.testing.assert_allclose(out, tm2.apply(v2, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, jp.mask_dropped(tm, v, plan, x), rtol=1e-4, atol=1e-4)
+
+
 class Attn(eqx.Module):
     """A pre-norm transformer block on one (tokens, features) example: MultiheadAttention, an MLP, a pooled head."""
 

@@ -207,10 +207,10 @@ def test_nnx_conv_transpose_sizes_follow_the_kernel():
 
 
 class GroupNet(nnx.Module):
-    def __init__(self, rngs):
+    def __init__(self, rngs, group_size=2, conv_groups=4):
         self.conv = nnx.Conv(2, 8, (3, 3), rngs=rngs)
-        self.gn = nnx.GroupNorm(8, num_groups=None, group_size=2, rngs=rngs)
-        self.grouped = nnx.Conv(8, 8, (3, 3), feature_group_count=4, rngs=rngs)
+        self.gn = nnx.GroupNorm(8, num_groups=None, group_size=group_size, rngs=rngs)
+        self.grouped = nnx.Conv(8, 8, (3, 3), feature_group_count=conv_groups, rngs=rngs)
         self.out = nnx.Linear(8, 3, rngs=rngs)
 
     def __call__(self, x):
@@ -228,6 +228,12 @@ def test_nnx_groupnorm_and_grouped_conv_keep_their_group_counts():
     # The norm keeps 4 groups, each of 1 channel (its group_size follows); the conv keeps 4 feature groups.
     assert (m2.gn.num_features, m2.gn.num_groups, m2.gn.group_size) == (4, 4, 1)
     assert (m2.grouped.in_features, m2.grouped.out_features, m2.grouped.feature_group_count) == (4, 4, 4)
+    # Groups of one channel (an instance norm) are the channels themselves: any 4 of the 8, 4 groups of 1 after.
+    m = _randomized(lambda: GroupNet(nnx.Rngs(0), group_size=1, conv_groups=1), seed=7)
+    ratios, tm = _all_half(m, x)
+    assert {g.name: (g.width, g.scored.repeat) for g in tm.channel_groups()} == {"conv": (8, 1), "grouped": (8, 1)}
+    m2, _ = _check_pruned(m, x, tm, jp.make_plan(m, prune_ratio={"conv": 0.5}, example_input=x), GroupNet)
+    assert (m2.gn.num_features, m2.gn.num_groups, m2.gn.group_size) == (4, 4, 1)
 
 
 def _step_fn(tx):

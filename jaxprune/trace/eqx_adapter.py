@@ -465,6 +465,8 @@ def _sizes(path, m, state_shapes) -> dict[str, Any]:
         if not shapes:
             return {}
         c = shapes[0][0]
+        if m.groups == m.channels:  # one channel per group (an instance norm): the channels are the groups
+            return {"channels": c, "groups": c}
         if c % m.groups:
             raise ValueError(
                 f"cannot rebuild GroupNorm at {_where(path)}: field groups={m.groups} does not divide its {c} kept "

@@ -248,12 +248,12 @@ def check_rebuilt(base, module, example_input, apply_kwargs, traced_shapes, grou
       group_of: (variable path, axis) -> group name, at the new widths (`shape` of a group's axes).
 
     Raises:
-      ValueError: a rebuilt module that fails to initialise, an `nn.MultiHeadDotProductAttention` whose query/key
-        head features are pruned (a rebuilt one divides
-        its logits by the square root of the new head features, the pruned model keeps the traced scale: names the
-        module and the groups to prune instead), a GroupNorm the rebuilt module splits into another number of groups
-        than the pruned model (the traced count: the same channels are kept in each group; names the module and its
-        fields).
+      ValueError: a rebuilt module that fails to initialise; an `nn.MultiHeadDotProductAttention` whose query/key
+        head features are pruned (a rebuilt one divides its logits by the square root of the new head features, the
+        pruned model keeps the traced scale: names the module and the group to prune instead); a GroupNorm the
+        rebuilt module splits into another number of groups than the pruned model keeps (the traced count, the same
+        channels kept in each group; one group per kept channel for groups of one channel: names the module and
+        its fields).
     """
     tail = "; the pruned model still runs and trains as a TracedModel (TracedModel.apply, jaxprune.train.fit)"
     name = type(base).__name__

@@ -145,7 +145,9 @@ def update_sizes(module) -> None:
                 if isinstance(v, nnx.Variable):
                     m.num_features = int(_value(v).shape[-1])
                     break
-            if isinstance(m, nnx.GroupNorm):
+            if isinstance(m, nnx.GroupNorm) and m.group_size == 1:
+                m.num_groups = m.num_features  # one channel per group (an instance norm): the channels are the groups
+            elif isinstance(m, nnx.GroupNorm):
                 # The trace keeps the number of groups (the same channels are kept in each): the groups shrink.
                 m.group_size = m.num_features // m.num_groups
         elif isinstance(m, nnx.Embed):
