@@ -73,6 +73,15 @@ def _example_key(example) -> tuple | None:
     return None if example is None else _signature(example)
 
 
+def _hashable(key, owner):
+    """`key`, or the identity of `owner` when a part of it (a module's unhashable static field) cannot be hashed."""
+    try:
+        hash(key)
+    except TypeError:
+        return ("id", id(owner))
+    return key
+
+
 def _check_no_masks(masks, kind: str) -> None:
     if masks is not None:
         raise TypeError(
@@ -114,6 +123,7 @@ class NNXModel:
             _signature(rest_template),
             _example_key(example),
         )
+        self._key = _hashable(self._key, self)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, NNXModel) and self._key == other._key
@@ -182,9 +192,38 @@ def _takes_key(model) -> bool:
         return False
 
 
+def _static_key(static) -> tuple:
+    """A hashable key of an Equinox module's static part: its tree structure (the static fields) and its other leaves,
+    `StateIndex` es by marker, arrays (constants the module computes with) by identity, the rest by value where they
+    hash (functions: by identity) and by identity where they do not."""
+    from jaxprune.trace.eqx_adapter import _has_init, _is_index
+
+    leaves, treedef = jax.tree_util.tree_flatten(static, is_leaf=_is_index)
+    out = []
+    for leaf in leaves:
+        if _is_index(leaf):
+            marker = leaf.marker
+            try:
+                hash(marker)
+            except TypeError:
+                marker = ("id", id(marker))
+            out.append(("StateIndex", marker, _has_init(leaf)))
+        elif hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            out.append(("array", id(leaf)))
+        else:
+            try:
+                hash(leaf)
+                out.append(("value", leaf))
+            except TypeError:
+                out.append(("id", id(leaf)))
+    return treedef, tuple(out)
+
+
 class EqxModel:
     """An `eqx.Module` (with its `eqx.nn.State`) as ``apply(variables, x, *, train, mutable, rngs)`` (see the module
-    docstring). Compared by identity: one compiled step per adapter, which `fit` / `finetune` keep.
+    docstring). Hashable and compared by the module's static part (its classes, static fields and non-array leaves),
+    the layout of its parameters and state and the example input, so modules of one architecture share one compiled
+    step.
 
     Attributes:
       parts: How the module maps to variables (`jaxprune.trace.eqx_adapter.split`).
@@ -207,6 +246,24 @@ class EqxModel:
         )
         self._key_arg = _takes_key(model)
         self.train_rngs = ("dropout",) if self._key_arg else ()
+        self._held = (self._static_train, parts.static_inference)  # the arrays an identity in the key refers to
+        self._key = (
+            _static_key(self._static_train),
+            _static_key(parts.static_inference),
+            parts.ptree,
+            parts.stree,
+            parts.ppaths,
+            parts.spaths,
+            self._key_arg,
+            _example_key(example),
+        )
+        self._key = _hashable(self._key, self)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, EqxModel) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
 
     def __repr__(self) -> str:
         return f"EqxModel({type(self.parts.static).__name__})"
