@@ -353,8 +353,10 @@ def test_a_plan_of_another_module_is_refused_by_prune_state(nnx_run, eqx_run):
 def test_prune_state_without_a_known_example_says_what_to_pass(digits):
     x, _, _, _ = digits
     m = _nnx_module(seed=4)
+    m.train()  # as an NNX user leaves it; prune_state traces an evaluation-mode copy (Dropout draws nothing)
     s = train.TrainState.create(m, TX)  # never traced: no example input known
     plan = jp.make_plan(_nnx_module(seed=5), prune_ratio=0.5, example_input=jnp.asarray(x[:1]))
     with pytest.raises(ValueError, match=r"no example input is known.*example_input=x"):
         train.prune_state(s, plan)
-    assert type(train.prune_state(s, plan, example_input=jnp.asarray(x[:1])).to_model()) is NNXCNN
+    pruned = train.prune_state(s, plan, example_input=jnp.asarray(x[:1])).to_model()
+    assert type(pruned) is NNXCNN and pruned.c2.out_features == 4 and m.c2.out_features == 8

@@ -213,7 +213,8 @@ def fit(
     Raises:
       TypeError: a state that is not a `TrainState`, data of the wrong kind, options of the wrong kind.
       ValueError: epochs < 1, batch_size < 1 or not divisible by the device count, fewer training examples than a
-        batch, labels outside the model's classes, label_smoothing outside [0, 1), an unknown augmentation; with
+        batch, labels outside the model's classes, label_smoothing outside [0, 1), an unknown augmentation, a named
+        augmentation on data it cannot crop (an Equinox module's per-example layout, inputs that are not 4-D); with
         `per_process_data`, `jax.distributed` not initialised or shards of different lengths (names them).
 
     Example:

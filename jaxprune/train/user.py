@@ -26,8 +26,10 @@ the model takes (NHWC for `nnx.Conv`; for Equinox each row is one example as the
 `eqx.nn.Conv2d`, so a batch is ``(N, C, H, W)``). The ``"cifar"`` / ``"crop"`` augmentations pad and crop NHWC images:
 they apply to NNX modules fed 4-D batches and are refused for Equinox modules (pass a callable ``f(key, images)``).
 
-**Getting the model back.** `TrainState.to_model` returns a new NNX module holding the trained values (the module given
-to `TrainState.create` is never mutated), or the Equinox ``(model, state)``.
+**Getting the model back.** `TrainState.to_model` returns a new NNX module holding the trained values, in the mode the
+module had when it was given (the module given to `TrainState.create` is never mutated), or the Equinox ``(model,
+state)``. `prune_state` traces and prunes an NNX module in evaluation mode, so a pruned state's module comes back in
+evaluation mode (call ``.train()`` on it to train it in your own loop).
 """
 
 from __future__ import annotations
@@ -408,6 +410,7 @@ def prunable(adapter, params, batch_stats, example):
 
     if isinstance(adapter, NNXModel):
         module, eqx_state = adapter.export(params, batch_stats), None
+        module.eval()  # a copy: traced deterministically (a Dropout in training mode would draw inside the trace)
     else:
         module, eqx_state = adapter.export(params, batch_stats)
     traced, variables = as_prunable(module, None, example, what="prune_state", state=eqx_state)
