@@ -40,8 +40,13 @@ def _ce(logits, labels):
 # ----------------------------------------------------------------------------------------------------------------------
 # The user's models
 # ----------------------------------------------------------------------------------------------------------------------
+class FeatureMean(nnx.Variable):
+    """A custom variable: a running mean of the pooled features, per channel, updated in training mode."""
+
+
 class NNXCNN(nnx.Module):
-    """Conv-BN-relu x2 (4 and 8 channels, the second strided), Dropout on the pooled features, a Linear head; NHWC."""
+    """Conv-BN-relu x2 (4 and 8 channels, the second strided), Dropout on the pooled features, a Linear head; NHWC.
+    Its own `FeatureMean` variable is updated in training mode (``module.train()`` sets `use_running_average`)."""
 
     def __init__(self, *, rngs):
         self.c1 = nnx.Conv(1, 4, (3, 3), rngs=rngs)
@@ -50,11 +55,15 @@ class NNXCNN(nnx.Module):
         self.b2 = nnx.BatchNorm(8, rngs=rngs)
         self.drop = nnx.Dropout(0.25, rngs=rngs)
         self.head = nnx.Linear(8, 10, rngs=rngs)
+        self.feature_mean = FeatureMean(jnp.zeros((8,)))
+        self.use_running_average = True
 
     def __call__(self, x):
         x = nnx.relu(self.b1(self.c1(x)))
-        x = nnx.relu(self.b2(self.c2(x)))
-        return self.head(self.drop(x.mean((1, 2))))
+        x = nnx.relu(self.b2(self.c2(x))).mean((1, 2))
+        if not self.use_running_average:
+            self.feature_mean[...] = 0.9 * self.feature_mean[...] + 0.1 * x.mean(0)
+        return self.head(self.drop(x))
 
 
 class EqxCNN(eqx.Module):
@@ -166,6 +175,7 @@ def test_nnx_fit_lowers_the_loss_and_gives_back_the_users_module(nnx_run, digits
     # The batch statistics moved, the dropout stream advanced, the given module is untouched.
     assert not np.allclose(np.asarray(trained.b1.mean[...]), np.asarray(m.b1.mean[...]))
     assert int(trained.drop.rngs.count[...]) == int(m.drop.rngs.count[...]) + 2 * (N_TRAIN // BATCH)
+    assert np.all(np.asarray(trained.feature_mean[...]) != np.asarray(m.feature_mean[...]))  # the custom variable
     for a, b in zip(_leaves(nnx.state(m)), nnx_run["before"], strict=True):
         np.testing.assert_array_equal(a, b)
     # The exported module is the state's model: same logits in inference mode (the same ops: float32 1e-6).
@@ -186,6 +196,8 @@ def test_nnx_prune_state_equals_prune_of_the_exported_module_and_fine_tunes(nnx_
         4,
     )
     assert p.opt_state[1].trace["c2"]["kernel"].shape == (3, 3, 2, 4)  # momentum sliced like the kernel
+    keep = np.asarray(plan.keep["c2"])  # the custom per-channel variable keeps the kept channels' entries
+    np.testing.assert_array_equal(pruned.feature_mean[...], np.asarray(s.to_model().feature_mean[...])[keep])
     ref = jp.prune(s.to_model(), plan, example_input=jnp.asarray(x[:1]))
     xb = jnp.asarray(x[:8])
     # The same pruned arrays through the same layers: float32 1e-6.
@@ -216,8 +228,9 @@ def test_nnx_one_step_equals_the_users_nnx_optimizer_step(digits):
     # float32, two convs and a head, one jitted step each: the same ops, XLA may order reductions differently (1e-5).
     for a, b in zip(_leaves(nnx.state(got, nnx.Param)), _leaves(nnx.state(mine, nnx.Param)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    for a, b in zip(_leaves(nnx.state(got, nnx.BatchStat)), _leaves(nnx.state(mine, nnx.BatchStat)), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for kind in (nnx.BatchStat, FeatureMean):
+        for a, b in zip(_leaves(nnx.state(got, kind)), _leaves(nnx.state(mine, kind)), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     assert int(got.drop.rngs.count[...]) == int(mine.drop.rngs.count[...]) == 1  # one dropout draw, the same key
 
 
