@@ -275,6 +275,9 @@ def test_eqx_prune_state_equals_prune_of_the_exported_model_and_fine_tunes(eqx_r
     assert (pruned.c1.out_channels, pruned.c2.in_channels, pruned.c2.out_channels, pruned.b2.input_size) == (2, 2, 4, 4)
     trained, state = s.to_model()
     ref, ref_state = jp.prune(trained, plan, state=state, example_input=jnp.asarray(x[0]))
+    # An optax state over the params dict (the train state's layout) is sliced by prune_like_params of the module.
+    sliced = jp.prune_like_params(s.opt_state, trained, plan, state=state)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, sliced, p.opt_state)
     xb = jnp.asarray(x[:8])
     want, _ = jax.vmap(eqx.nn.inference_mode(ref), axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
         xb, ref_state
