@@ -332,6 +332,33 @@ def test_eqx_iterative_prune_two_rounds_reaches_the_final_ratio(eqx_run, digits)
     assert type(final) is EqxCNN and (final.c1.out_channels, final.c2.out_channels) == (2, 4)
 
 
+class KeyedMLP(eqx.Module):
+    """An Equinox module whose ``__call__`` takes ``key=`` (Dropout): keyed per example in training, off in inference."""
+
+    lin: eqx.nn.Linear
+    drop: eqx.nn.Dropout
+
+    def __init__(self, key):
+        self.lin = eqx.nn.Linear(6, 3, key=key)
+        self.drop = eqx.nn.Dropout(0.5)
+
+    def __call__(self, x, *, key=None):
+        return self.lin(self.drop(x, key=key))
+
+
+def test_eqx_module_taking_a_key_gets_one_per_example_in_training():
+    model = KeyedMLP(jax.random.key(0))
+    s = train.TrainState.create(model, TX)
+    assert s.model.train_rngs == ("dropout",)  # the train step passes rngs={"dropout": fold_in(step key, 1)}
+    x = jnp.ones((4, 6))
+    a = s.model.apply(s.variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    b = s.model.apply(s.variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, b)  # the step's key reaches the dropout
+    assert not np.allclose(a[0], a[1])  # one key per example: the rows of one batch drop different units
+    # Inference mode: dropout off, the plain linear layer (float32, one matmul: 1e-6).
+    np.testing.assert_allclose(s.model.apply(s.variables, x), jax.vmap(model.lin)(x), rtol=1e-6, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Bad inputs
 # ----------------------------------------------------------------------------------------------------------------------
