@@ -19,6 +19,7 @@ from flax import nnx
 
 import jaxprune as jp
 from jaxprune import train
+from jaxprune.data import batches
 from jaxprune.strategies import kept_count
 
 eqx = pytest.importorskip("equinox")
@@ -207,12 +208,18 @@ def test_nnx_prune_state_equals_prune_of_the_exported_module_and_fine_tunes(nnx_
     assert not np.allclose(np.asarray(tuned.to_model().b2.mean[...]), np.asarray(pruned.b2.mean[...]))
 
 
-def test_nnx_one_step_equals_the_users_nnx_optimizer_step(digits):
+def _first_batch(x, y):
+    """The batch `fit` trains its first step on (epoch 0 of seed 0, shuffled as `fit` shuffles)."""
+    xb, yb = next(batches(x, y, BATCH, shuffle=True, seed=np.random.default_rng([0, 0]), drop_last=True))
+    return jnp.asarray(xb), jnp.asarray(yb)
+
+
+def test_nnx_one_step_equals_the_users_nnx_optimizer_step(nnx_run, digits):
     x, y, _, _ = digits
-    xb, yb = jnp.asarray(x[:BATCH]), jnp.asarray(y[:BATCH])
-    m = _nnx_module(seed=3)
-    s = train.TrainState.create(m, TX)
-    s1, _ = train.train_step(s, xb, yb)
+    m = nnx_run["module"]
+    s1, _ = train.fit(nnx_run["s0"], (x[:BATCH], y[:BATCH]), epochs=1, batch_size=BATCH, progress=False)  # one step
+    assert int(s1.step) == 1
+    xb, yb = _first_batch(x[:BATCH], y[:BATCH])
 
     mine = nnx.clone(m)
     mine.train()
@@ -295,10 +302,10 @@ def test_eqx_prune_state_equals_prune_of_the_exported_model_and_fine_tunes(eqx_r
 
 def test_eqx_one_step_equals_a_hand_written_filter_value_and_grad_step(eqx_run, digits):
     _, y, _, _ = digits
-    x = eqx_run["x"]
-    xb, yb = jnp.asarray(x[:BATCH]), jnp.asarray(y[:BATCH])
-    m, st = _eqx_model(seed=3)
-    s1, _ = train.train_step(train.TrainState.create(m, TX, state=st), xb, yb)
+    x, m, st = eqx_run["x"], eqx_run["module"], eqx_run["state"]
+    s1, _ = train.fit(eqx_run["s0"], (x[:BATCH], y[:BATCH]), epochs=1, batch_size=BATCH, progress=False)  # one step
+    assert int(s1.step) == 1
+    xb, yb = _first_batch(x[:BATCH], y[:BATCH])
 
     @eqx.filter_jit
     def step(model, state, opt_state, xs, ys):
@@ -351,12 +358,17 @@ def test_eqx_module_taking_a_key_gets_one_per_example_in_training():
     s = train.TrainState.create(model, TX)
     assert s.model.train_rngs == ("dropout",)  # the train step passes rngs={"dropout": fold_in(step key, 1)}
     x = jnp.ones((4, 6))
-    a = s.model.apply(s.variables, x, train=True, rngs={"dropout": jax.random.key(1)})
-    b = s.model.apply(s.variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+
+    @jax.jit  # one compile for the three calls (eagerly, every op would compile on its own)
+    def calls(variables, xs):
+        a, b = (s.model.apply(variables, xs, train=True, rngs={"dropout": jax.random.key(i)}) for i in (1, 2))
+        return a, b, s.model.apply(variables, xs), xs @ variables["params"]["lin"]["weight"].T
+
+    a, b, inference, plain = calls(s.variables, x)
     assert not np.allclose(a, b)  # the step's key reaches the dropout
     assert not np.allclose(a[0], a[1])  # one key per example: the rows of one batch drop different units
     # Inference mode: dropout off, the plain linear layer (float32, one matmul: 1e-6).
-    np.testing.assert_allclose(s.model.apply(s.variables, x), jax.vmap(model.lin)(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(inference, plain + s.params["lin"]["bias"], rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
