@@ -415,3 +415,8 @@ def test_prune_state_without_a_known_example_says_what_to_pass(digits):
         train.prune_state(s, plan)
     pruned = train.prune_state(s, plan, example_input=jnp.asarray(x[:1])).to_model()
     assert type(pruned) is NNXCNN and pruned.c2.out_features == 4 and m.c2.out_features == 8
+
+
+def test_save_checkpoint_of_a_user_train_state_says_to_save_the_module(nnx_run, tmp_path):
+    with pytest.raises(TypeError, match=r"user's NNX module; save the module itself.*state.to_model\(\)"):
+        jp.save_checkpoint(tmp_path / "s.ckpt", nnx_run["s"])
