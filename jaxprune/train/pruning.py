@@ -66,17 +66,9 @@ def _prune_user_state(state: TrainState, plan: PruningPlan, example, exported=No
     return state.replace(
         model=model,
         params=jax.tree_util.tree_map(_put_like, new_params, state.params),
-        batch_stats=_put_tree(new_stats, state.batch_stats),
+        batch_stats=jax.tree_util.tree_map(_put_like, new_stats, state.batch_stats),
         opt_state=jax.tree_util.tree_map(_put_like, new_opt, state.opt_state),
     )
-
-
-def _put_tree(new, old):
-    """`_put_like` leaf by leaf where the structures agree (they do unless a leaf was added or removed)."""
-    try:
-        return jax.tree_util.tree_map(_put_like, new, old)
-    except ValueError:  # pragma: no cover - pruning keeps every leaf
-        return new
 
 
 def prune_state(state: TrainState, plan: PruningPlan, *, example_input=None) -> TrainState:
