@@ -400,6 +400,20 @@ def test_cifar_augmentation_on_the_equinox_layout_is_refused(eqx_run, digits):
         train.fit(eqx_run["s"], (eqx_run["x"], y), epochs=1, batch_size=BATCH, augment="crop", progress=False)
 
 
+def test_labels_outside_the_user_modules_classes_are_refused(nnx_run, digits):
+    x, y, _, _ = digits
+    bad = np.array(y[:BATCH])
+    bad[5] = 10  # the module has 10 logits (read abstractly from its output)
+    with pytest.raises(ValueError, match=r"training label 10 at index 5 is outside \[0, 10\)"):
+        train.fit(nnx_run["s"], (x[:BATCH], bad), epochs=1, batch_size=BATCH, progress=False)
+
+
+def test_data_in_a_layout_the_equinox_module_cannot_take_is_named(eqx_run, digits):
+    x, y, _, _ = digits  # NHWC digits, but the Equinox CNN takes (C, H, W) examples
+    with pytest.raises(ValueError, match=r"Equinox module fails on one training example of shape \(1, 8, 8, 1\)"):
+        train.fit(eqx_run["s"], (x, y), epochs=1, batch_size=BATCH, progress=False)
+
+
 def test_a_plan_of_another_module_is_refused_by_prune_state(nnx_run, eqx_run):
     with pytest.raises(ValueError, match=r"made for"):
         train.prune_state(eqx_run["s"], nnx_run["plan"])

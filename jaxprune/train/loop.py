@@ -22,7 +22,7 @@ from jaxprune.train.optim import sgd, steps_per_epoch
 from jaxprune.train.parallel import _check_batch_divisible, _check_mesh, _placement, _replicate
 from jaxprune.train.state import TrainState, _check_state, init_opt_state
 from jaxprune.train.steps import _check_augment, _mesh_steps
-from jaxprune.train.user import NHWC, is_user_model
+from jaxprune.train.user import is_user_model
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -72,11 +72,10 @@ def _check_augment_layout(augment, model, x) -> None:
     """
     if not isinstance(augment, str):
         return
-    if is_user_model(model) and model.layout != NHWC:
+    if is_user_model(model) and not model.nhwc:
         raise ValueError(
             f"augment={augment!r} pads and crops NHWC images (N, H, W, C), but the {model.kind} module takes its data "
-            f"{model.layout} (N, C, H, W for eqx.nn.Conv2d); pass augment=None or a callable f(key, images) that "
-            "augments that layout"
+            f"{model.layout}; pass augment=None or a callable f(key, images) that augments that layout"
         )
     if x.ndim != 4:
         raise ValueError(
@@ -85,7 +84,28 @@ def _check_augment_layout(augment, model, x) -> None:
         )
 
 
-def _num_classes(model) -> int | None:
+def _num_classes(model, state=None, x=None, what: str = "training") -> int | None:
+    """The model's number of classes: a zoo model's field; for a user's NNX or Equinox module the last axis of its
+    logits on one example of `x`, read abstractly (`jax.eval_shape`), so that labels out of range are refused before
+    training (one-hot of such a label is silently all zeros).
+
+    Raises:
+      ValueError: a user's module that fails on one example of `x` (names its shape and the module's error).
+    """
+    if is_user_model(model) and state is not None and x is not None:
+        x1 = np.asarray(x)[:1]
+        if x1.ndim < 1 or x1.shape[0] == 0:
+            return None
+        try:
+            out = jax.eval_shape(lambda v, xb: model.apply(v, xb), state.variables, x1)
+        except Exception as err:  # the user's module failing on the data: said with the shape it was given
+            first = str(err).splitlines()[0][:300] if str(err) else ""
+            raise ValueError(
+                f"the {model.kind} module fails on one {what} example of shape {x1.shape} ({type(err).__name__}: "
+                f"{first}); the data reaches it as given, examples first, {model.layout} (jaxprune.train.user)"
+            ) from err
+        shape = getattr(out, "shape", None)
+        return int(shape[-1]) if shape is not None and len(shape) == 2 else None
     n = getattr(model, "num_classes", None)
     return int(n) if isinstance(n, numbers.Integral) else None
 
@@ -128,7 +148,9 @@ def evaluate(
     batch_size = _check_int(batch_size, "batch_size", minimum=1)
     _check_batch_divisible(batch_size, mesh, "batch_size")
     per_process_data = _check_bool(per_process_data, "per_process_data")
-    x, y = _check_xy(images, labels, "evaluation", _num_classes(state.model), model=state.model)
+    x, y = _check_xy(
+        images, labels, "evaluation", _num_classes(state.model, state, images, "evaluation"), model=state.model
+    )
     if x.shape[0] == 0:
         raise ValueError("evaluate needs at least one example")
     batch_size, place = _placement(mesh, batch_size, per_process_data, {"evaluation examples": x.shape[0]})
@@ -238,7 +260,7 @@ def fit(
     _check_batch_divisible(batch_size, mesh, "batch_size")
     _check_batch_divisible(eval_batch_size, mesh, "eval_batch_size")
     x_train, y_train, x_test, y_test = _unpack(data)
-    num_classes = _num_classes(state.model)
+    num_classes = _num_classes(state.model, state, x_train)
     x_train, y_train = _check_xy(x_train, y_train, "training", num_classes, model=state.model)
     _check_augment_layout(augment, state.model, x_train)
     has_test = x_test is not None and y_test is not None and len(x_test) > 0

@@ -23,7 +23,8 @@ example, split from the step's key (``fold_in(state.rng, step)``) in training, a
 
 **Data layout.** The batch reaches the model as it is given: ``(N, ...)`` with the examples first, in whatever layout
 the model takes (NHWC for `nnx.Conv`; for Equinox each row is one example as the module takes it, ``(C, H, W)`` for
-`eqx.nn.Conv2d`, so a batch is ``(N, C, H, W)``). The ``"cifar"`` / ``"crop"`` augmentations pad and crop NHWC images:
+`eqx.nn.Conv2d`, so a batch is ``(N, C, H, W)``; an Equinox module is always called per example, so write it for
+one example, as the `eqx.nn` layers are). The ``"cifar"`` / ``"crop"`` augmentations pad and crop NHWC images:
 they apply to NNX modules fed 4-D batches and are refused for Equinox modules (pass a callable ``f(key, images)``).
 
 **Getting the model back.** `TrainState.to_model` returns a new NNX module holding the trained values, in the mode the
@@ -44,9 +45,6 @@ import numpy as np
 from jaxprune._detect import is_eqx_module, is_nnx_module
 
 __all__ = ["EqxModel", "NNXModel", "is_user_model", "wrap"]
-
-#: What the ``"cifar"`` / ``"crop"`` augmentations can handle, per adapter kind.
-NHWC = "NHWC"
 
 
 def is_user_model(model) -> bool:
@@ -108,7 +106,8 @@ class NNXModel:
     """
 
     kind = "NNX"
-    layout = NHWC
+    layout = "as the module takes it (NHWC for nnx.Conv)"
+    nhwc = True  #: a 4-D batch is NHWC: the named augmentations apply
     train_rngs: tuple[str, ...] = ()  # the module carries its own nnx.Rngs
 
     def __init__(self, graphdef, params_template, rest_template, example=None, *, name: str = "Module"):
@@ -234,7 +233,8 @@ class EqxModel:
     """
 
     kind = "Equinox"
-    layout = "one example per row, as the module takes it"
+    layout = "one example per row, as the module takes it (N, C, H, W for eqx.nn.Conv2d)"
+    nhwc = False  #: CHW examples: the named augmentations do not apply
 
     def __init__(self, model, parts, example=None):
         import equinox as eqx
