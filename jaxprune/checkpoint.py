@@ -264,6 +264,11 @@ def save_checkpoint(
             )
         state = model_or_state
         model = state.model
+        if type(model).__module__ == "jaxprune.train.user":  # a user's NNX / Equinox module in a train state
+            raise TypeError(
+                f"save_checkpoint: this train state holds a user's {model.kind} module; save the module itself: "
+                "save_checkpoint(path, state.to_model(), ...) (an NNX module: with optimizer= / example_input=)"
+            )
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         opt_state, step, rng = state.opt_state, state.step, state.rng
     else:

@@ -418,6 +418,18 @@ def _prune_eqx(model, plan, extra, *, example_input, state, opt_state):
     return out[0] if len(out) == 1 else tuple(out)
 
 
+def _prune_like_params_eqx(opt_state, model, plan, params, example_input, state):
+    """`prune_like_params` of an Equinox module: an optax state over the module's arrays (nodes of its class) is
+    sliced and restructured like the module (`_prune_eqx`); one over its params dict as any other model's."""
+    cls = type(model)
+    nodes = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda n: isinstance(n, cls))
+    if any(isinstance(n, cls) for n in nodes):
+        out = _prune_eqx(model, plan, None, example_input=example_input, state=state, opt_state=opt_state)
+        return out[-1]
+    traced, own = as_prunable(model, None, example_input, what="prune_like_params", state=state)
+    return prune_like_params(opt_state, traced, plan, params=own["params"] if params is None else params)
+
+
 def _prune_variables(model, variables: Mapping[str, Any], plan: PruningPlan):
     flat = check_inputs(model, variables, plan=plan, what="prune")  # also flattens
     ops = slicing_ops(model, plan, shapes=_Shapes(flat))
@@ -437,7 +449,7 @@ def _key_name(k) -> str | None:
 
 
 def prune_like_params(
-    opt_state, model, plan: PruningPlan, *, params: Mapping[str, Any] | None = None, example_input=None
+    opt_state, model, plan: PruningPlan, *, params: Mapping[str, Any] | None = None, example_input=None, state=None
 ):
     """Slices every optimizer-state leaf that mirrors a pruned parameter, as `prune` slices the parameter.
 
@@ -446,28 +458,36 @@ def prune_like_params(
     ``conv1/kernel``, with or without a leading ``params``) and its shape equals that parameter's. Scalars (step
     counts, injected hyperparameters) are kept as they are.
 
+    An Equinox module's optax state is either over ``eqx.filter(model, eqx.is_array)`` (or ``eqx.is_inexact_array``):
+    every copy of the parameters in it is sliced and given the pruned module's structure, as
+    ``prune(model, plan, state=..., opt_state=...)`` does; or over its variables' ``params`` dict (the layout
+    `jaxprune.train` keeps), sliced leaf by leaf as for any other model.
+
     Args:
       opt_state: The optimizer state for the model's `params` (before pruning).
       model: The model the plan was made for (unpruned widths); an NNX module too (e.g. with
-        ``nnx.as_pure(optimizer.opt_state)``; `prune` with ``optimizer=`` does this for an `nnx.Optimizer`).
+        ``nnx.as_pure(optimizer.opt_state)``; `prune` with ``optimizer=`` does this for an `nnx.Optimizer`), or an
+        Equinox module.
       plan: The plan applied to the parameters.
       params: The (unpruned) params, to check shapes against; default: the model's abstract shapes (an NNX module's
         own params).
-      example_input: For an NNX `model` not traced by `make_plan`: an example input to trace it with.
+      example_input: For an NNX or Equinox `model` not traced by `make_plan`: an example input to trace it with.
+      state: Equinox only: the module's `eqx.nn.State`, when it holds one whose initial value was taken out.
 
     Returns:
       A new optimizer state of the same structure; untouched leaves shared by reference.
 
     Raises:
-      TypeError: an abstract (`jax.ShapeDtypeStruct`) or non-array optimizer-state leaf (names the path); an Equinox
-        module (its optax state goes to ``prune(model, plan, opt_state=...)``).
+      TypeError: an abstract (`jax.ShapeDtypeStruct`) or non-array optimizer-state leaf (names the path); `state`
+        for a model that is not an Equinox module.
       ValueError: a plan made for another model, or a non-scalar leaf whose path names no parameter or whose shape
         differs from it (never a silent pass-through of a leaf that might be stale).
     """
     if is_eqx_module(model):
+        return _prune_like_params_eqx(opt_state, model, plan, params, example_input, state)
+    if state is not None:
         raise TypeError(
-            "prune_like_params: an Equinox module's optax state is pruned with the module, which its structure "
-            "follows: prune(model, plan, state=..., opt_state=opt_state)"
+            f"prune_like_params: state= is for an Equinox module's eqx.nn.State, got a {type(model).__name__}"
         )
     if is_nnx_module(model):  # its traced model (from make_plan's trace of this module) and its own params
         model, own = as_prunable(model, None, example_input, what="prune_like_params")

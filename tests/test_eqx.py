@@ -409,5 +409,6 @@ def test_eqx_module_keeping_its_initial_state_needs_no_state():
     assert _infer(m2, state2, x).shape == (10,) and m2.blocks[1].bn.input_size == 8
     assert o2[0].trace.blocks[1].bn.batch_state_index.init[0].shape == (8,)  # the momentum of the initial value too
     assert jp.count_macs(m2, (1, 8, 8)).macs == _macs((8, 8, 16))
-    with pytest.raises(TypeError, match=r"prune_like_params: an Equinox module.*opt_state=opt_state"):
-        jp.prune_like_params(opt_state, model, plan)
+    o3 = jp.prune_like_params(opt_state, model, plan)  # the same slicing and structure as prune(..., opt_state=)
+    assert jax.tree_util.tree_structure(o3) == jax.tree_util.tree_structure(o2)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, o3, o2)

@@ -29,9 +29,15 @@ with two CPU devices each are tested against one process with four (tests/test_d
 ``jax.random.fold_in(state.rng, s)``, so the data a step sees depends only on (seed, step): a run resumed from a
 checkpoint at any step continues bit-identically on CPU.
 
+**Users' own modules.** ``TrainState.create(module, tx)`` takes an `nnx.Module`, ``TrainState.create(model, tx,
+state=state)`` an `eqx.Module` with its `eqx.nn.State`; every function here then takes the state, and
+``state.to_model()`` gives the trained module back (the one given is never mutated). The call convention, the data
+layout and what rides where: `jaxprune.train.user` (docs/design.md §6).
+
 The package is split by decision: `optim` (the optimizer and schedule), `state` (`TrainState`), `steps` (the loss and
-the jitted steps), `parallel` (meshes and placement), `loop` (`evaluate`, `fit`, `finetune`) and `pruning`
-(`prune_state`, `iterative_prune`); every public name is importable from ``jaxprune.train``.
+the jitted steps), `parallel` (meshes and placement), `loop` (`evaluate`, `fit`, `finetune`), `pruning`
+(`prune_state`, `iterative_prune`) and `user` (the NNX and Equinox adapters); every public name is importable from
+``jaxprune.train``.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from jaxprune.train.optim import sgd, steps_per_epoch
 from jaxprune.train.parallel import _check_batch_divisible, _check_mesh, _placement, _replicate
 from jaxprune.train.state import TrainState, _check_state, init_opt_state
 from jaxprune.train.steps import _check_augment, _mesh_steps
+from jaxprune.train.user import is_user_model
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -39,9 +40,14 @@ def _unpack(data):
     )
 
 
-def _check_xy(x, y, what: str, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _check_xy(x, y, what: str, num_classes: int | None, *, model=None) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays of images and int32 labels. Zoo and Linen models take NHWC images; a user's NNX or Equinox module
+    takes its data as it is given, examples first (`jaxprune.train.user`)."""
     x, y = np.asarray(x), np.asarray(y)
-    if x.ndim != 4:
+    if is_user_model(model):
+        if x.ndim < 1:
+            raise ValueError(f"{what} inputs must have the examples on their first axis, got shape {x.shape}")
+    elif x.ndim != 4:
         raise ValueError(f"{what} images must be 4-D (N, H, W, C), got shape {x.shape}")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{what} labels must be 1-D with one label per image ({x.shape[0]}), got shape {y.shape}")
@@ -57,7 +63,49 @@ def _check_xy(x, y, what: str, num_classes: int | None) -> tuple[np.ndarray, np.
     return x, y.astype(np.int32)
 
 
-def _num_classes(model) -> int | None:
+def _check_augment_layout(augment, model, x) -> None:
+    """The ``"cifar"`` / ``"crop"`` augmentations pad and crop NHWC images: refused where the data is not that.
+
+    Raises:
+      ValueError: a named augmentation for an Equinox module (one example per row as it takes it, e.g. CHW) or for
+        training inputs that are not 4-D.
+    """
+    if not isinstance(augment, str):
+        return
+    if is_user_model(model) and not model.nhwc:
+        raise ValueError(
+            f"augment={augment!r} pads and crops NHWC images (N, H, W, C), but the {model.kind} module takes its data "
+            f"{model.layout}; pass augment=None or a callable f(key, images) that augments that layout"
+        )
+    if x.ndim != 4:
+        raise ValueError(
+            f"augment={augment!r} pads and crops NHWC images (N, H, W, C), got training inputs of shape {x.shape}; "
+            "pass augment=None or a callable f(key, images)"
+        )
+
+
+def _num_classes(model, state=None, x=None, what: str = "training") -> int | None:
+    """The model's number of classes: a zoo model's field; for a user's NNX or Equinox module the last axis of its
+    logits on one example of `x`, read abstractly (`jax.eval_shape`), so that labels out of range are refused before
+    training (one-hot of such a label is silently all zeros).
+
+    Raises:
+      ValueError: a user's module that fails on one example of `x` (names its shape and the module's error).
+    """
+    if is_user_model(model) and state is not None and x is not None:
+        x1 = np.asarray(x)[:1]
+        if x1.ndim < 1 or x1.shape[0] == 0:
+            return None
+        try:
+            out = jax.eval_shape(lambda v, xb: model.apply(v, xb), state.variables, x1)
+        except Exception as err:  # the user's module failing on the data: said with the shape it was given
+            first = str(err).splitlines()[0][:300] if str(err) else ""
+            raise ValueError(
+                f"the {model.kind} module fails on one {what} example of shape {x1.shape} ({type(err).__name__}: "
+                f"{first}); the data reaches it as given, examples first, {model.layout} (jaxprune.train.user)"
+            ) from err
+        shape = getattr(out, "shape", None)
+        return int(shape[-1]) if shape is not None and len(shape) == 2 else None
     n = getattr(model, "num_classes", None)
     return int(n) if isinstance(n, numbers.Integral) else None
 
@@ -78,7 +126,8 @@ def evaluate(
 
     Args:
       state: A `TrainState`.
-      images: (N, H, W, C) array, N >= 1.
+      images: (N, H, W, C) array, N >= 1 (for a user's NNX or Equinox module: (N, ...) as the module takes its
+        data, `jaxprune.train.user`).
       labels: (N,) integers in [0, num_classes).
       batch_size: Evaluation batch, a multiple of the mesh's ``"data"`` size.
       mesh: Default `data_mesh()`.
@@ -99,7 +148,9 @@ def evaluate(
     batch_size = _check_int(batch_size, "batch_size", minimum=1)
     _check_batch_divisible(batch_size, mesh, "batch_size")
     per_process_data = _check_bool(per_process_data, "per_process_data")
-    x, y = _check_xy(images, labels, "evaluation", _num_classes(state.model))
+    x, y = _check_xy(
+        images, labels, "evaluation", _num_classes(state.model, state, images, "evaluation"), model=state.model
+    )
     if x.shape[0] == 0:
         raise ValueError("evaluate needs at least one example")
     batch_size, place = _placement(mesh, batch_size, per_process_data, {"evaluation examples": x.shape[0]})
@@ -155,13 +206,15 @@ def fit(
     Args:
       state: A `TrainState`; its `tx` sets the optimizer and learning-rate schedule (`paper_sgd` for the paper's).
       data: A `jaxprune.data.Dataset`, or ``(x_train, y_train)`` / ``(x_train, y_train, x_test, y_test)`` arrays
-        (images NHWC, labels integers in [0, num_classes)).
+        (images NHWC, labels integers in [0, num_classes); a user's NNX or Equinox module takes its data as it is
+        given, examples first: `jaxprune.train.user`).
       epochs: Epochs to train, >= 1.
       batch_size: Global batch, a multiple of the mesh's ``"data"`` size; each epoch takes
         ``len(x_train) // batch_size`` full batches.
       seed: Data-order seed, an int >= 0.
       augment: None, ``"cifar"`` (pad-4 crop + flip, docs/paper.md §7), ``"crop"`` (no flip), or a hashable callable
-        ``f(key, images) -> images`` traced inside the step.
+        ``f(key, images) -> images`` traced inside the step. The named ones need NHWC images (refused for an
+        Equinox module's per-example layout).
       label_smoothing: In [0, 1).
       eval_batch_size: Default `batch_size`.
       eval_every: Evaluate on the test split every this many epochs (and after the last); 0 never.
@@ -182,7 +235,8 @@ def fit(
     Raises:
       TypeError: a state that is not a `TrainState`, data of the wrong kind, options of the wrong kind.
       ValueError: epochs < 1, batch_size < 1 or not divisible by the device count, fewer training examples than a
-        batch, labels outside the model's classes, label_smoothing outside [0, 1), an unknown augmentation; with
+        batch, labels outside the model's classes, label_smoothing outside [0, 1), an unknown augmentation, a named
+        augmentation on data it cannot crop (an Equinox module's per-example layout, inputs that are not 4-D); with
         `per_process_data`, `jax.distributed` not initialised or shards of different lengths (names them).
 
     Example:
@@ -206,11 +260,12 @@ def fit(
     _check_batch_divisible(batch_size, mesh, "batch_size")
     _check_batch_divisible(eval_batch_size, mesh, "eval_batch_size")
     x_train, y_train, x_test, y_test = _unpack(data)
-    num_classes = _num_classes(state.model)
-    x_train, y_train = _check_xy(x_train, y_train, "training", num_classes)
+    num_classes = _num_classes(state.model, state, x_train)
+    x_train, y_train = _check_xy(x_train, y_train, "training", num_classes, model=state.model)
+    _check_augment_layout(augment, state.model, x_train)
     has_test = x_test is not None and y_test is not None and len(x_test) > 0
     if has_test:
-        x_test, y_test = _check_xy(x_test, y_test, "test", num_classes)
+        x_test, y_test = _check_xy(x_test, y_test, "test", num_classes, model=state.model)
     per_process_data = _check_bool(per_process_data, "per_process_data")
     lengths = {"training examples": x_train.shape[0], "test examples": len(x_test) if has_test else 0}
     local_batch, place = _placement(mesh, batch_size, per_process_data, lengths)

@@ -17,6 +17,7 @@ from jaxprune.flops import count_macs
 from jaxprune.plan import PruningPlan
 from jaxprune.strategies import kept_count, make_plan, resolve_ratios
 from jaxprune.surgery import prune, prune_like_params
+from jaxprune.train import user
 from jaxprune.train._checks import _check_int, _check_positive_float
 from jaxprune.train.loop import _unpack, finetune
 from jaxprune.train.optim import sgd
@@ -46,24 +47,60 @@ def _put_like(new, old):
         return jax.make_array_from_callback(new.shape, rep, lambda idx: new[idx])
 
 
-def prune_state(state: TrainState, plan: PruningPlan) -> TrainState:
+def _host_keep_keys(tree):
+    """`host_tree`, typed PRNG keys (an NNX module's `nnx.Rngs` state) kept as they are."""
+
+    def one(a):
+        if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return a
+        return host_tree(a)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def _prune_user_state(state: TrainState, plan: PruningPlan, example, exported=None) -> TrainState:
+    params, stats, opt = _host_keep_keys(state.params), _host_keep_keys(state.batch_stats), host_tree(state.opt_state)
+    model, new_params, new_stats, new_opt = user.prune_user(
+        state.model, params, stats, opt, plan, example, exported=exported
+    )
+    return state.replace(
+        model=model,
+        params=jax.tree_util.tree_map(_put_like, new_params, state.params),
+        batch_stats=jax.tree_util.tree_map(_put_like, new_stats, state.batch_stats),
+        opt_state=jax.tree_util.tree_map(_put_like, new_opt, state.opt_state),
+    )
+
+
+def prune_state(state: TrainState, plan: PruningPlan, *, example_input=None) -> TrainState:
     """Prunes a whole train state: params, batch statistics, optimizer state and model, in one call (paper §3).
 
     Gathers every array to the host (replicated or sharded, one process or many), slices it with
     `jaxprune.prune` / `jaxprune.prune_like_params`, and puts each leaf back on the sharding it had (replicated if that
     sharding no longer divides the new shape). The step and PRNG key are kept, so training continues where it was.
 
+    A state of a user's NNX or Equinox module (`jaxprune.train.user`) is pruned through its module: the trained
+    module (`TrainState.to_model`) is pruned with `jaxprune.prune` (the user's classes at the pruned widths, every
+    size attribute updated, BatchNorm state and custom variables sliced) and the optimizer state with
+    `jaxprune.prune_like_params`; the plan is one `jaxprune.make_plan` made for the module (``make_plan(module, ...,
+    example_input=x)``, on the module given to `TrainState.create` or an exported one).
+
     Args:
-      state: A `TrainState` of a zoo model.
+      state: A `TrainState`.
       plan: A `PruningPlan` for `state.model` (from `jaxprune.make_plan` or a preset).
+      example_input: NNX and Equinox only: an input to trace the module with (an NNX batch, one Equinox example);
+        default the one the state's adapter knows (from `TrainState.create`, or `make_plan`'s trace of the module
+        given to it).
 
     Returns:
-      A new `TrainState` whose model is ``state.model.with_widths(plan.new_widths)``.
+      A new `TrainState` whose model is ``state.model.with_widths(plan.new_widths)`` (a user's module: the adapter of
+      the pruned module).
 
     Raises:
-      TypeError: a state that is not a `TrainState`, a plan that is not a `PruningPlan`.
-      ValueError: a plan that does not match the model (unknown group, wrong width), or an optimizer-state leaf that
-        mirrors no parameter.
+      TypeError: a state that is not a `TrainState`, a plan that is not a `PruningPlan`, `example_input` for a zoo
+        model.
+      ValueError: a plan that does not match the model (unknown group, wrong width: a plan of another module), or an
+        optimizer-state leaf that mirrors no parameter; a user's module whose example input is unknown (says to pass
+        ``example_input=``).
 
     Example:
       >>> import jaxprune as jp
@@ -77,6 +114,10 @@ def prune_state(state: TrainState, plan: PruningPlan) -> TrainState:
     _check_state(state)
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan must be a jaxprune.PruningPlan, got {type(plan).__name__}")
+    if user.is_user_model(state.model):
+        return _prune_user_state(state, plan, user.example_of(state.model, example_input, what="prune_state"))
+    if example_input is not None:
+        raise TypeError("prune_state: example_input= is for a state of an NNX or Equinox module")
     host_vars = host_tree(state.variables)
     new_model, new_vars = prune(state.model, host_vars, plan)
     new_opt = prune_like_params(host_tree(state.opt_state), state.model, plan, params=host_vars["params"])
@@ -185,6 +226,10 @@ def iterative_prune(
     nothing). A round that removes no filter (small groups under a gentle schedule: kept_count floors) is recorded
     (``pruned_nothing``) and warned about with a `NothingPrunedWarning`.
 
+    A state of a user's NNX or Equinox module is planned on its module's trace (exported and traced each round on
+    one example of the training inputs: ``x[:1]`` for NNX, ``x[0]`` for Equinox) and pruned as `prune_state` prunes
+    it; ``widths`` and the MACs are those of the trace.
+
     Args:
       state: A trained `TrainState`.
       data: As in `fit`; MACs are counted per image of the training images' shape.
@@ -259,19 +304,35 @@ def iterative_prune(
     if tx is None:
         tx = sgd(0.001 if lr is None else _check_positive_float(lr, "lr"))
     x_train = np.asarray(_unpack(data)[0])
-    if x_train.ndim != 4:
-        raise ValueError(f"training images must be 4-D (N, H, W, C), got shape {x_train.shape}")
-    input_shape = (1, *x_train.shape[1:])
+    mine = user.is_user_model(state.model)
+    if mine:  # a user's module: planned on its trace, counted per example of the training inputs
+        example = user.example_from(state.model, x_train)
+        input_shape = example
+    else:
+        if x_train.ndim != 4:
+            raise ValueError(f"training images must be 4-D (N, H, W, C), got shape {x_train.shape}")
+        example, input_shape = None, (1, *x_train.shape[1:])
+
+    def plan_target(state):
+        """(model make_plan takes, its variables, the exported user module for prune_state or None)."""
+        if not mine:
+            return state.model, host_tree(state.variables), None
+        exported = user.prunable(state.model, state.params, state.batch_stats, example)
+        return exported[2], exported[3], exported
+
+    plan_model, plan_vars, exported = plan_target(state)
     if named:
-        finals = resolve_ratios(state.model, final_ratio, skip=skip)
-        original = {g.name: g.width for g in state.model.channel_groups() if g.name in finals}
+        finals = resolve_ratios(plan_model, final_ratio, skip=skip)
+        original = {g.name: g.width for g in plan_model.channel_groups() if g.name in finals}
         if isinstance(final_ratio, Mapping):  # each group its own schedule
             per_group = {n: schedule_ratios(schedule, r, steps) for n, r in finals.items()}
         else:
             per_group = dict.fromkeys(finals, targets)
     rounds = []
     for r in range(n_rounds):
-        current = {g.name: g.width for g in state.model.channel_groups()}
+        if r:
+            plan_model, plan_vars, exported = plan_target(state)
+        current = {g.name: g.width for g in plan_model.channel_groups()}
         if named:
             counts = {
                 n: kept_count(original[n], per_group[n][r], round_to=round_to, min_keep=min_keep) for n in original
@@ -284,8 +345,8 @@ def iterative_prune(
             ratio = schedule[r]
             plan_round_to, plan_min_keep, plan_skip = round_to, min_keep, skip
         plan = make_plan(
-            state.model,
-            host_tree(state.variables),
+            plan_model,
+            plan_vars,
             prune_ratio=ratio,
             strategy=strategy,
             criterion=criterion,
@@ -298,10 +359,15 @@ def iterative_prune(
             got = {n: len(plan.keep[n]) if n in plan.keep else current[n] for n in counts}
             if got != counts:
                 raise RuntimeError(f"iterative_prune round {r + 1}: planned counts {got} differ from targets {counts}")
-        macs_before, params_before = _macs(state.model, input_shape)
+        macs_before, params_before = _macs(plan_model, input_shape)
         removed = {n: plan.widths[n] - len(k) for n, k in plan.keep.items() if len(k) < plan.widths[n]}
-        state = prune_state(state, plan)
-        macs_after, params_after = _macs(state.model, input_shape)
+        if mine:
+            state = _prune_user_state(state, plan, example, exported=exported)
+            pruned_model = plan_model.with_widths({n: len(k) for n, k in plan.keep.items() if len(k) < plan.widths[n]})
+        else:
+            state = prune_state(state, plan)
+            pruned_model = state.model
+        macs_after, params_after = _macs(pruned_model, input_shape)
         if named:
             target = {n: per_group[n][r] for n in original} if isinstance(final_ratio, Mapping) else targets[r]
         else:
@@ -315,7 +381,7 @@ def iterative_prune(
                 stacklevel=2,
             )
         state, history = finetune(state, data, epochs=epochs[r], tx=tx, batch_size=batch_size, **fit_kwargs)
-        widths = state.model.group_widths() if callable(getattr(state.model, "group_widths", None)) else {}
+        widths = pruned_model.group_widths() if callable(getattr(pruned_model, "group_widths", None)) else {}
         rounds.append(
             {
                 "round": r + 1,
