@@ -23,7 +23,16 @@ from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan, model_fingerprint
 from jaxprune.scoring import CRITERIA, _check_criterion, expand_repeat, score_group, score_groups
 
-__all__ = ["CRITERIA", "STRATEGIES", "kept_count", "make_plan", "plan_from_scores", "resolve_ratios", "select_top"]
+__all__ = [
+    "CRITERIA",
+    "STRATEGIES",
+    "kept_count",
+    "make_plan",
+    "plan_from_scores",
+    "resolve_ratios",
+    "select_balanced",
+    "select_top",
+]
 
 STRATEGIES = ("independent", "greedy")
 
@@ -102,6 +111,30 @@ def select_top(scores: np.ndarray, k: int) -> tuple[int, ...]:
         raise ValueError(f"select_top: k must be in [0, {scores.shape[0]}] (the number of scores), got {k}")
     order = np.argsort(-scores.astype(np.float64), kind="stable")
     return tuple(np.sort(order[:k]).tolist())
+
+
+def select_balanced(group: ChannelGroup, scores: np.ndarray, k: int) -> tuple[int, ...]:
+    """Balanced selection for a group in blocks (`ChannelGroup.blocks`, e.g. the groups of a GroupNorm): every block
+    keeps ``k // blocks`` channels, its own top by its own scores (`select_top` within the block), ascending.
+
+    Raises:
+      ValueError: `k` is not a multiple of the block count (the message names the group, its blocks and the keep
+        counts allowed).
+    """
+    blocks = group.blocks
+    size = group.width // blocks
+    if k % blocks:
+        allowed = ", ".join(str(blocks * j) for j in range(1, size + 1))
+        raise ValueError(
+            f"group {group.name!r} keeps an equal count in each of its {blocks} blocks ({blocks} x {size} channels), "
+            f"so it cannot keep {k} of {group.width}; allowed keep counts: {allowed} (pick a ratio that reaches one, "
+            f"or round_to={blocks})"
+        )
+    scores = np.asarray(scores)
+    out: list[int] = []
+    for b in range(blocks):
+        out.extend(b * size + j for j in select_top(scores[b * size : (b + 1) * size], k // blocks))
+    return tuple(out)
 
 
 def resolve_ratios(model, prune_ratio, *, skip: Iterable[str] = ()) -> dict[str, float]:
@@ -213,7 +246,8 @@ def plan_from_scores(
             raise ValueError(f"scores for group {name!r} must have shape ({g.width},), got {s.shape}")
         if not np.isfinite(s).all():
             raise ValueError(f"scores for group {name!r} hold NaN or inf")
-        keep[name] = select_top(s, kept_count(g.width, p, round_to=round_to, min_keep=min_keep))
+        k = kept_count(g.width, p, round_to=round_to, min_keep=min_keep)
+        keep[name] = select_top(s, k) if g.blocks == 1 else select_balanced(g, s, k)
         widths[name] = g.width
     return PruningPlan(keep=keep, widths=widths, meta=dict(meta or {}), made_for=made_for)
 
@@ -353,6 +387,14 @@ def make_plan(
     budget_meta: dict[str, Any] = {}
     if scope == "global" or prune_ratio is None:
         reached = {g.name: g.width for g in groups if g.name in resolve_ratios(model, 0.5, skip=skip)}  # conv groups
+        in_blocks = [g for g in groups if g.name in reached and g.blocks > 1] if scope == "global" else []
+        if in_blocks:
+            g = in_blocks[0]
+            raise ValueError(
+                f"scope='global' ranks filters across groups, but group {g.name!r} keeps an equal count in each of "
+                f"its {g.blocks} blocks (e.g. GroupNorm groups), which one ranking cannot promise; pass "
+                f"skip=[{g.name!r}] or use scope='layer'"
+            )
         limit = None
         if prune_ratio is not None:  # global: at most kept_count(all reached filters, p) kept
             prune_ratio = _check_ratio(prune_ratio, "scope='global' (the fraction of all reached filters removed)")

@@ -499,29 +499,62 @@ class GroupNormed(nn.Module):
         return nn.Dense(3, name="fc")(h.mean((1, 2)))
 
 
-def test_groupnorm_prunes_the_same_slot_in_every_norm_group():
+def test_groupnorm_groups_keep_an_equal_count_each_chosen_by_their_own_scores():
     m = GroupNormed()
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
     v = random_variables(m, x)
     tm = jp.trace_model(m, v, x, fields={"conv": "c"})
     (g,) = tm.channel_groups()
-    # (N, H, W, 16) -> (N, H, W, 4 groups, 4): a channel slot is one space across the 4 norm groups.
-    assert (g.width, g.scored) == (4, AxisRef(("params", "conv", "kernel"), 3, repeat=4))
-    assert AxisRef(("params", "gn", "scale"), 0, repeat=4) in g.producers
+    # (N, H, W, 16) -> (N, H, W, 4 groups, 4): the group spans all 16 filters, in 4 blocks of 4 (one per norm group).
+    assert (g.width, g.blocks, g.scored) == (16, 4, AxisRef(("params", "conv", "kernel"), 3))
+    assert AxisRef(("params", "gn", "scale"), 0) in g.producers
     assert re.search(
-        r"\n    tied across 4 GroupNorm groups: the same channels are kept in each, .*GroupNorm", jp.format_groups(tm)
+        r"\n    balanced across 4 GroupNorm groups: each keeps an equal count of channels, chosen by its own scores "
+        r".*GroupNorm",
+        jp.format_groups(tm),
     )
     plan = jp.make_plan(tm, v, prune_ratio={"conv": 0.5})
+    # Reference: per norm group, the 2 of its 4 filters with the largest L1 norms (numpy, float64).
+    l1 = np.abs(np.asarray(v["params"]["conv"]["kernel"], np.float64)).sum((0, 1, 2)).reshape(4, 4)
+    want = [b * 4 + int(j) for b in range(4) for j in np.sort(np.argsort(-l1[b], kind="stable")[:2])]
+    assert plan.keep["conv"] == tuple(want)
+    assert len({tuple(np.asarray(want[2 * b : 2 * b + 2]) - 4 * b) for b in range(4)}) > 1  # not one slot set for all
     tm2, v2 = jp.prune(tm, v, plan)
     assert tm2.module.c == 8 and v2["params"]["gn"]["scale"].shape == (8,)
-    # Tied: the same 2 slots of every norm group's 4 are kept, so each group keeps 2 of its channels.
-    kept = [b * 4 + s for b in range(4) for s in plan.keep["conv"]]
-    np.testing.assert_array_equal(v2["params"]["gn"]["scale"], np.asarray(v["params"]["gn"]["scale"])[kept])
+    np.testing.assert_array_equal(v2["params"]["gn"]["scale"], np.asarray(v["params"]["gn"]["scale"])[want])
     masked = jp.mask_dropped(tm, v, plan, x)
     assert_close(tm2.apply(v2, x), masked)
     # The group statistics divide by the kept count (2 channels x 6 x 6 positions), as GroupNorm(4) over 8 channels.
-    assert_close(jax.jit(tm2.module.apply)(v2, x), masked)
-    with pytest.raises(ValueError, match=r"GroupNormed.groups is 4, but group 'conv' has width 4 x 4 blocks"):
+    assert_close(jax.jit(tm2.module.apply)(v2, x), tm2.apply(v2, x))
+    # A keep count that is no multiple of the 4 blocks, or blocks keeping different counts: errors naming the group.
+    with pytest.raises(
+        ValueError,
+        match=r"group 'conv' keeps an equal count in each of its 4 blocks .* cannot keep 11 "
+        r"of 16; allowed keep counts: 4, 8, 12, 16",
+    ):
+        jp.make_plan(tm, v, prune_ratio={"conv": 0.3})
+    with pytest.raises(
+        ValueError,
+        match=r"width of group 'conv' must keep an equal count in each of its 4 blocks; "
+        r"got 6, allowed: 4, 8, 12, 16",
+    ):
+        tm.with_widths({"conv": 6})
+    with pytest.raises(ValueError, match=r"plan keeps \[4, 4, 0, 0\] channels in the 4 blocks of group 'conv'"):
+        jp.prune(tm, v, jp.PruningPlan(keep={"conv": tuple(range(8))}, widths={"conv": 16}))
+    with pytest.raises(ValueError, match=r"mask for group 'conv' keeps \[4, 4, 0, 0\] channels in its 4 blocks"):
+        tm.apply(v, x, masks={"conv": np.r_[np.ones(8), np.zeros(8)]})
+    with pytest.raises(
+        ValueError,
+        match=r"scope='global' ranks filters across groups, but group 'conv' keeps an "
+        r"equal count in each of its 4 blocks",
+    ):
+        jp.make_plan(tm, v, prune_ratio=0.5, scope="global", normalize="none")
+    kernel = AxisRef(("params", "conv", "kernel"), 3)
+    with pytest.raises(ValueError, match=r"group 'g': width 16 does not split into 3 equal blocks"):
+        ChannelGroup("g", 16, (kernel,), (), kernel, blocks=3)
+    with pytest.raises(ValueError, match=r"group 'g': blocks must be an int >= 1, got 0"):
+        ChannelGroup("g", 16, (kernel,), (), kernel, blocks=0)
+    with pytest.raises(ValueError, match=r"GroupNormed.groups is 4, but group 'conv' has width 16"):
         jp.trace_model(m, v, x, fields={"conv": "groups"})
     # GroupNorm(group_size=4) traces alike (4 groups over 16 channels), but rebuilt over 8 channels it would make 2
     # groups of 4 where the pruned model keeps 4 groups of 2: refused, naming the norm and what to give it.

@@ -43,6 +43,10 @@ class _Spec:
     blocked: str | None = None  # why the trace cannot follow this group's channels (then never prunable)
     blocked_by: tuple | None = None  # the taint record of the first blocking primitive
     tied: str | None = None  # the blocks this space repeats in, where one index space spans them (e.g. GroupNorm's)
+    # Balanced (GroupNorm groups): the group's channels are the `blocks` copies of the root's space side by side, each
+    # block keeping its own channels (an equal count); `block_axes`: the nodes of the axes indexing the blocks.
+    blocks: int = 1
+    block_axes: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -252,26 +256,63 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
     return specs
 
 
+_GROUPNORM = "GroupNorm groups"
+
+
 def _describe_ties(specs: list[_Spec], t: _Tracer) -> None:
-    """Notes on the groups whose index space repeats block by block (the channels of each GroupNorm group, conv
-    feature group or attention head): one space spans the blocks, so pruning keeps the same channels in each."""
+    """Groups whose index space repeats block by block (the channels of each GroupNorm group, conv feature group or
+    attention head). GroupNorm groups are balanced: the group spans all the blocks' channels, and each block keeps an
+    equal count of its own choosing. Elsewhere one space spans the blocks (tied), so pruning keeps the same channels
+    in each: a grouped conv's input kernel holds one block's channels (C_in / groups) for all filters of a feature
+    group, so different channels per block would need a kernel sliced differently per group, which no axis slice is."""
     d = t.d
     by_root = {s.root: s for s in specs}
-    notes: dict[int, list[str]] = {}
-    for node, blocks, label, eqn, ctx in t.ties:
+    ties: dict[int, list[tuple]] = {}
+    for tie in t.ties:
         try:
-            roots = set(d.pieces(node))
+            roots = set(d.pieces(tie[0]))
         except _TooComplex:  # pragma: no cover - a tied slot space split that finely is never a group
             continue
         for r in roots & set(by_root):
+            ties.setdefault(r, []).append(tie)
+    for r, found in ties.items():
+        spec = by_root[r]
+        if _balanced(spec, found, d):
+            _, blocks, label, eqn, ctx, _ = found[0]
+            spec.blocks = blocks
+            spec.block_axes = tuple(dict.fromkeys(tie[5] for tie in found))
+            spec.tied = (
+                f"balanced across {blocks} {label}: each keeps an equal count of channels, chosen by its own scores "
+                f"('{eqn.primitive.name}' at {_where(eqn, ctx)})"
+            )
+            continue
+        lines: list[str] = []
+        for _node, blocks, label, eqn, ctx, _ in found:
             note = (
                 f"tied across {blocks} {label}: the same channels are kept in each, the width counts one block's "
                 f"('{eqn.primitive.name}' at {_where(eqn, ctx)})"
             )
-            if note not in notes.setdefault(r, []):
-                notes[r].append(note)
-    for r, lines in notes.items():
-        by_root[r].tied = "; ".join(lines)
+            if note not in lines:
+                lines.append(note)
+        spec.tied = "; ".join(lines)
+
+
+def _balanced(spec: _Spec, ties: list[tuple], d: _Dims) -> bool:
+    """Whether a tied group can be balanced instead: every tie on it is one GroupNorm's split of a channel axis into
+    (groups, channels per group), the slot space exactly the group's, with the same number of groups, and every
+    parameter axis of the group holds whole sets of the blocks (its repeat a multiple of the block count)."""
+    blocks = {tie[1] for tie in ties}
+    if len(blocks) != 1 or not spec.prunable:
+        return False
+    (g,) = blocks
+    for node, _, label, _, _, axis in ties:
+        if label != _GROUPNORM or axis is None or d.resolve(node) != [(spec.root, 1)]:
+            return False
+    for m in spec.members:
+        counts = [c for root, c in m.runs if root == spec.root]
+        if len(counts) != 1 or counts[0] % g:
+            return False
+    return True
 
 
 def _infer_stages(specs: list[_Spec], t: _Tracer) -> None:
@@ -355,7 +396,8 @@ def _unique_names(specs: list[_Spec]) -> None:
 
 
 def _materialize(spec: _Spec, d: _Dims, sizes: Mapping[int, int]) -> ChannelGroup:
-    width = sizes.get(spec.root, d.size[spec.root])
+    slots = sizes.get(spec.root, d.size[spec.root])
+    width = slots * spec.blocks  # balanced: the root's space repeated once per block, side by side
     producers, consumers = [], []
     scored_ref = None
     for m in spec.members:
@@ -365,8 +407,8 @@ def _materialize(spec: _Spec, d: _Dims, sizes: Mapping[int, int]) -> ChannelGrou
             if root == spec.root:
                 start, count = pos, c
             pos += w * c
-        offset = None if (start == 0 and width * count == pos) else start
-        ref = AxisRef(m.path, m.axis, repeat=count, offset=offset)
+        offset = None if (start == 0 and slots * count == pos) else start
+        ref = AxisRef(m.path, m.axis, repeat=count // spec.blocks, offset=offset)
         (producers if m.role == "producer" else consumers).append(ref)
         if spec.scored == (m.path, m.axis):
             scored_ref = ref
@@ -379,6 +421,7 @@ def _materialize(spec: _Spec, d: _Dims, sizes: Mapping[int, int]) -> ChannelGrou
         prunable=spec.prunable and scored_ref is not None,
         kind=spec.kind,
         stage=spec.stage,
+        blocks=spec.blocks,
     )
     if spec.blocked is not None:
         if len(_BLOCKED) > 4096:
@@ -401,10 +444,12 @@ def blocked_reason(group: ChannelGroup) -> str | None:
     return _BLOCKED.get(group)
 
 
-# Which blocks a traced group's index space repeats in (GroupNorm groups, conv feature groups), as `_BLOCKED`.
+# Which blocks a traced group's index space repeats in (GroupNorm groups: balanced; conv feature groups: tied), as
+# `_BLOCKED`.
 _TIED: dict[ChannelGroup, str] = {}
 
 
 def tied_note(group: ChannelGroup) -> str | None:
-    """Which blocks a traced group's channels are tied across (same channels kept in each), or None."""
+    """Which blocks a traced group's channels are tied across (same channels kept in each) or balanced across (an
+    equal count kept in each, each choosing its own), or None."""
     return _TIED.get(group)
