@@ -526,13 +526,16 @@ def test_groupnorm_groups_keep_an_equal_count_each_chosen_by_their_own_scores():
     assert_close(tm2.apply(v2, x), masked)
     # The group statistics divide by the kept count (2 channels x 6 x 6 positions), as GroupNorm(4) over 8 channels.
     assert_close(jax.jit(tm2.module.apply)(v2, x), tm2.apply(v2, x))
-    # A keep count that is no multiple of the 4 blocks, or blocks keeping different counts: errors naming the group.
+    # A ratio applies within each norm group: 30 % of 4 channels keeps floor(2.8) = 2 in each, 8 in all.
+    assert jp.make_plan(tm, v, prune_ratio={"conv": 0.3}).new_widths == {"conv": 8}
+    # A rounding no equal count per block reaches (round_to=6: 6 of 16), or blocks keeping different counts: errors
+    # naming the group.
     with pytest.raises(
         ValueError,
-        match=r"group 'conv' keeps an equal count in each of its 4 blocks .* cannot keep 11 "
-        r"of 16; allowed keep counts: 4, 8, 12, 16",
+        match=r"group 'conv' keeps an equal count in each of its 4 blocks \(4 x 4 channels\), but round_to=6 makes it "
+        r"keep 6 of 16; allowed keep counts: 4, 8, 12, 16",
     ):
-        jp.make_plan(tm, v, prune_ratio={"conv": 0.3})
+        jp.make_plan(tm, v, prune_ratio={"conv": 0.6}, round_to=6)
     with pytest.raises(
         ValueError,
         match=r"width of group 'conv' must keep an equal count in each of its 4 blocks; "
