@@ -586,6 +586,41 @@ def test_groupnorm_groups_keep_an_equal_count_each_chosen_by_their_own_scores():
         tm2.module  # noqa: B018
 
 
+class GroupNormStream(nn.Module):
+    """conv(16) -> GroupNorm(4) -> conv(8) starting a residual stream normalised by two GroupNorm(2)s."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.GroupNorm(num_groups=4, name="gn1")(nn.Conv(16, (3, 3), name="c1")(x)))
+        r = h = nn.Conv(8, (3, 3), name="c2")(h)
+        h = nn.relu(nn.GroupNorm(num_groups=2, name="gn2")(h))
+        h = nn.GroupNorm(num_groups=2, name="gn3")(nn.Conv(8, (3, 3), name="c3")(h)) + r
+        return nn.Dense(3, name="fc")(h.mean((1, 2)))
+
+
+def test_groupnorm_balanced_groups_feed_convs_and_a_residual_stream():
+    m = GroupNormStream()
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    v = random_variables(m, x)
+    tm = jp.trace_model(m, v, x)
+    assert {g.name: (g.kind, g.width, g.blocks) for g in tm.channel_groups()} == {
+        "c1": ("conv", 16, 4),
+        "c2": ("stream", 8, 2),  # two GroupNorm(2)s on one stream: one balanced group
+    }
+    ratios = {"c1": 0.5, "c2": 0.5}
+    for strategy in ("independent", "greedy"):  # greedy: c2 is scored on the inputs c1 keeps
+        plan = jp.make_plan(tm, v, prune_ratio=ratios, strategy=strategy)
+        assert {n: tm.channel_groups()[i].block_counts(plan.keep[n]) for i, n in enumerate(("c1", "c2"))} == {
+            "c1": (2, 2, 2, 2),
+            "c2": (2, 2),
+        }
+        tm2, v2 = jp.prune(tm, v, plan)
+        assert_close(tm2.apply(v2, x), jp.mask_dropped(tm, v, plan, x))
+    # The sensitivity scan's masked forward (vmapped masks) masks each norm group's own channels too.
+    res = jp.sensitivity(tm, v, data=(x, jnp.array([0, 1])), ratios=(0.25, 0.5, 0.75))
+    assert res.groups == ("c1",) and res.kept.tolist() == [[12, 8, 4]]
+
+
 def test_float_ratio_reaches_hidden_dense_groups_of_a_traced_model(user):
     _m, _x, v, tm = user("mlp")
     assert tm.float_ratio_kinds == ("conv", "fc")
