@@ -452,6 +452,11 @@ def make_plan(
                 reached,
                 max_ratio=max_ratio,
                 count=lambda w, p: kept_count(w, p, round_to=round_to, min_keep=min_keep),
+                group_count={
+                    g.name: lambda p, g=g: balanced_kept_count(g, p, round_to=round_to, min_keep=min_keep)
+                    for g in groups
+                    if g.name in reached and g.blocks > 1
+                },
                 budgets=budgets,
                 how=f" (min_keep={min_keep}, round_to={round_to})",
             )

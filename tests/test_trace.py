@@ -528,6 +528,16 @@ def test_groupnorm_groups_keep_an_equal_count_each_chosen_by_their_own_scores():
     assert_close(jax.jit(tm2.module.apply)(v2, x), tm2.apply(v2, x))
     # A ratio applies within each norm group: 30 % of 4 channels keeps floor(2.8) = 2 in each, 8 in all.
     assert jp.make_plan(tm, v, prune_ratio={"conv": 0.3}).new_widths == {"conv": 8}
+    # A MAC budget searches the same per-block counts: 3 per block (12 filters) is over 70 %, 2 per block meets it,
+    # and the plan records the MACs the pruned model really has: 3x3x3 conv to 8 filters at 6x6, dense 8 -> 3.
+    budget = jp.make_plan(tm, v, target_macs=0.7, input_shape=(1, 6, 6, 3))
+    assert budget.new_widths == {"conv": 8}
+    assert (
+        budget.meta["kept_macs"]
+        == jp.count_macs(jp.prune(tm, v, budget)[0], (1, 6, 6, 3)).macs
+        == 9 * 3 * 8 * 36 + 8 * 3
+        == 7800
+    )
     # A rounding no equal count per block reaches (round_to=6: 6 of 16), or blocks keeping different counts: errors
     # naming the group.
     with pytest.raises(
