@@ -631,6 +631,37 @@ def test_groupnorm_balanced_groups_feed_convs_and_a_residual_stream():
     assert res.groups == ("c1",) and res.kept.tolist() == [[12, 8, 4]]
 
 
+class GroupNorm(nn.Module):
+    """A user's own GroupNorm (4 groups) that also reads the first group's channels alone."""
+
+    @nn.compact
+    def __call__(self, x):
+        y = x.reshape(*x.shape[:-1], 4, x.shape[-1] // 4)
+        first = y[..., 0, :].sum(-1, keepdims=True)
+        return (y - y.mean((1, 2, 4), keepdims=True)).reshape(x.shape) + first
+
+
+class OneGroupRead(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3, name="fc")(GroupNorm()(nn.Conv(16, (3, 3), name="conv")(x)).mean((1, 2)))
+
+
+def test_groupnorm_groups_read_one_at_a_time_stay_tied():
+    # Summing one norm group's channels apart from the others needs that group's own mask, which balanced selection
+    # (one mask over all blocks, masked beside the block axis) cannot give: the group stays tied, same slots in each.
+    m = OneGroupRead()
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    v = random_variables(m, x)
+    tm = jp.trace_model(m, v, x)
+    (g,) = tm.channel_groups()
+    assert (g.width, g.blocks, g.scored.repeat) == (4, 1, 4)
+    assert "tied across 4 GroupNorm groups" in jp.format_groups(tm)
+    plan = jp.make_plan(tm, v, prune_ratio=0.5)
+    tm2, v2 = jp.prune(tm, v, plan)
+    assert_close(tm2.apply(v2, x), jp.mask_dropped(tm, v, plan, x))
+
+
 def test_float_ratio_reaches_hidden_dense_groups_of_a_traced_model(user):
     _m, _x, v, tm = user("mlp")
     assert tm.float_ratio_kinds == ("conv", "fc")

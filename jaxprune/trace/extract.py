@@ -14,6 +14,7 @@ import numpy as np
 from jaxprune.groups import AxisRef, ChannelGroup, flatten_variables
 from jaxprune.trace._jaxpr import _Frame, _is_literal, _where
 from jaxprune.trace.dims import _MAX_RUNS, _Dims, _TooComplex
+from jaxprune.trace.rules import _CUMULATIVE, _REDUCE
 from jaxprune.trace.tracer import _Tracer
 
 # -- the result of one trace -----------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def _analyze_jaxpr(closed, out_shape, abs_vars, abs_x, *, fixed_outputs: int | N
         for n in t.nodes(top, v):
             d.mark_fixed(n, "the model's output")
     used = _used_invars(jaxpr)
-    specs = _extract(t, leaves, [v in used for v in jaxpr.invars[: len(leaves)]])
+    specs = _extract(t, leaves, [v in used for v in jaxpr.invars[: len(leaves)]], top)
     return _Trace(
         closed=closed,
         dims=d,
@@ -156,7 +157,7 @@ def _describe_taint(info: tuple) -> str:
     return f"{why}: '{prim}' at {_where(eqn, ctx)}"
 
 
-def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
+def _extract(t: _Tracer, leaves, used: list[bool], top: _Frame | None = None) -> list[_Spec]:
     """Turns the dimension classes into group specs; raises for anything the trace cannot attribute."""
     d = t.d
     members: dict[int, list[_Member]] = {}
@@ -248,7 +249,7 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
             "through no channel-preserving path: none of its axes is written by a conv or dense kernel, tied to the "
             "model's input or output, or a convolution window (e.g. it is only summed away)"
         )
-    _describe_ties(specs, t)
+    _describe_ties(specs, t, top)
     specs.sort(key=lambda s: s.order)
     _unique_names(specs)
     _infer_stages(specs, t)
@@ -259,7 +260,7 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
 _GROUPNORM = "GroupNorm groups"
 
 
-def _describe_ties(specs: list[_Spec], t: _Tracer) -> None:
+def _describe_ties(specs: list[_Spec], t: _Tracer, top: _Frame | None = None) -> None:
     """Groups whose index space repeats block by block (the channels of each GroupNorm group, conv feature group or
     attention head). GroupNorm groups are balanced: the group spans all the blocks' channels, and each block keeps an
     equal count of its own choosing. Elsewhere one space spans the blocks (tied), so pruning keeps the same channels
@@ -275,9 +276,14 @@ def _describe_ties(specs: list[_Spec], t: _Tracer) -> None:
             continue
         for r in roots & set(by_root):
             ties.setdefault(r, []).append(tie)
+    cands = {r: found for r, found in ties.items() if _balanced(by_root[r], found, d)}
+    if cands and top is not None:
+        blocks = {r: (found[0][1], frozenset(d.find(tie[5]) for tie in found)) for r, found in cands.items()}
+        for r in _mixed_without_blocks(top, d, blocks):
+            del cands[r]
     for r, found in ties.items():
         spec = by_root[r]
-        if _balanced(spec, found, d):
+        if r in cands:
             _, blocks, label, eqn, ctx, _ = found[0]
             spec.blocks = blocks
             spec.block_axes = tuple(dict.fromkeys(tie[5] for tie in found))
@@ -295,6 +301,53 @@ def _describe_ties(specs: list[_Spec], t: _Tracer) -> None:
             if note not in lines:
                 lines.append(note)
         spec.tied = "; ".join(lines)
+
+
+def _mixed_without_blocks(top: _Frame, d: _Dims, blocks: dict[int, tuple[int, frozenset]]) -> set[int]:
+    """The candidate balanced roots whose channels some operation mixes (a contraction, reduction or cumulative op:
+    where the masking reference zeroes removed channels) on an axis holding part of the blocks, with no axis beside it
+    that indexes the blocks: there the mask would be one block's, which balanced selection does not have, so those
+    groups stay tied. `blocks`: root -> (block count, roots of its block axes)."""
+    bad: set[int] = set()
+    stack = [top]
+    while stack:
+        f = stack.pop()
+        for subs in f.subs.values():
+            stack.extend(subs)
+        for eqn in f.jaxpr.eqns:
+            for v, axes in _mixed_axes(eqn):
+                if _is_literal(v) or v not in f.env:
+                    continue
+                nodes = f.env[v]
+                for ax in axes:
+                    try:
+                        runs = d.resolve(nodes[ax])
+                    except _TooComplex:  # pragma: no cover - never a balanced group's axis
+                        continue
+                    for r, c in runs:
+                        if r not in blocks or r in bad or c % blocks[r][0] == 0:
+                            continue
+                        beside = any(k != ax and d.find(n) in blocks[r][1] for k, n in enumerate(nodes))
+                        if runs != [(r, 1)] or not beside:
+                            bad.add(r)
+    return bad
+
+
+def _mixed_axes(eqn) -> list[tuple[Any, tuple[int, ...]]]:
+    """(operand, axes) an equation mixes channels along, as the masking reference (`runner._Runner.mix`) sees them."""
+    name, ins = eqn.primitive.name, eqn.invars
+    if name == "conv_general_dilated":
+        return [(ins[0], (eqn.params["dimension_numbers"].lhs_spec[1],))]
+    if name == "dot_general":
+        (lc, rc), _ = eqn.params["dimension_numbers"]
+        return [(ins[0], tuple(lc)), (ins[1], tuple(rc))]
+    if name in _REDUCE or name == "reduce":
+        axes = tuple(eqn.params["axes" if name != "reduce" else "dimensions"])
+        n = len(eqn.outvars) if name == "reduce" else 1
+        return [(v, axes) for v in ins[:n]]
+    if name in _CUMULATIVE:
+        return [(ins[0], (eqn.params["axis"],))]
+    return []
 
 
 def _balanced(spec: _Spec, ties: list[tuple], d: _Dims) -> bool:

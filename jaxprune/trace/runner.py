@@ -121,12 +121,8 @@ class _Runner:
         (r, _), *rest = runs
         blocks, block_roots = self.balanced.get(r, (0, frozenset()))
         axis = next((k for k, n in enumerate(nodes) if k != ax and self.d.find(n) in block_roots), None)
-        if rest or runs[0][1] != 1 or axis is None:
-            raise ValueError(
-                "a GroupNorm-balanced group's channels are mixed where its blocks cannot be told apart (an axis of "
-                f"{self.ns(nodes[ax])} channels per block with no block axis beside it); such a group cannot keep "
-                "different channels per block"
-            )
+        if rest or runs[0][1] != 1 or axis is None:  # pragma: no cover - extract._mixed_without_blocks ties these
+            raise AssertionError("internal: a balanced group's slots are mixed with no block axis beside them")
         m = jnp.reshape(jnp.asarray(self.masks[r], jnp.float32), (blocks, -1))
         if axis > ax:
             m = m.T
