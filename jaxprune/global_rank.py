@@ -454,12 +454,15 @@ def layer_ratio_for_budget(
     count: Callable[[int, float], int],
     budgets: Sequence[Budget],
     how: str = "",
+    group_count: Mapping[str, Callable[[float], int]] | None = None,
 ) -> tuple[float, dict[str, int]]:
     """The smallest uniform prune ratio whose kept costs meet every budget, with kept counts from `count`.
 
     `count(width, ratio)` is the layer-wise rule (`strategies.kept_count` with the plan's `round_to` and `min_keep`),
     so kept counts change only at ratios ``1 - k / width``; the candidates are those up to `max_ratio`, bisected (costs
-    only fall as the ratio grows). At the next smaller candidate some budget would be exceeded.
+    only fall as the ratio grows). At the next smaller candidate some budget would be exceeded. `group_count`: group
+    name -> ``count(ratio)`` for groups counted otherwise (a group in blocks keeps the same count in each:
+    `strategies.balanced_kept_count`).
 
     Returns:
       ``(prune_ratio, kept)``: the ratio and the kept count per group.
@@ -470,8 +473,10 @@ def layer_ratio_for_budget(
     cands = sorted({0.0} | {1.0 - k / w for w in widths.values() for k in range(1, w + 1)})
     cands = [p for p in cands if p <= max_ratio + 1e-12 and p < 1.0]
 
+    own = dict(group_count or {})
+
     def kept_at(p: float) -> dict[str, int]:
-        return {n: count(w, p) for n, w in widths.items()}
+        return {n: own[n](p) if n in own else count(w, p) for n, w in widths.items()}
 
     def met(p: float) -> bool:
         kept = kept_at(p)

@@ -79,6 +79,9 @@ class ChannelGroup:
       prunable: Whether the group may be pruned. CIFAR ResNet streams (parameter-free, zero-padded shortcuts) are not.
       kind: One of `GROUP_KINDS`.
       stage: Stage name used by ratio mappings (``stage1`` ...), or None.
+      blocks: The number of equal blocks the channels fall into, each of ``width // blocks`` consecutive channels
+        (the groups of a GroupNorm over them). A plan keeps the same count in every block, each block choosing its
+        own channels by its own scores (balanced selection); 1 (the default) for no blocks.
     """
 
     name: str
@@ -89,6 +92,7 @@ class ChannelGroup:
     prunable: bool = True
     kind: str = "conv"
     stage: str | None = None
+    blocks: int = 1
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -97,6 +101,13 @@ class ChannelGroup:
             raise ValueError(f"group {self.name!r}: width must be an int >= 1, got {self.width!r}")
         if self.kind not in GROUP_KINDS:
             raise ValueError(f"group {self.name!r}: kind must be one of {GROUP_KINDS}, got {self.kind!r}")
+        if not isinstance(self.blocks, int) or isinstance(self.blocks, bool) or self.blocks < 1:
+            raise ValueError(f"group {self.name!r}: blocks must be an int >= 1, got {self.blocks!r}")
+        if self.width % self.blocks:
+            raise ValueError(
+                f"group {self.name!r}: width {self.width} does not split into {self.blocks} equal blocks; a group in "
+                "blocks keeps the same count in each"
+            )
         object.__setattr__(self, "producers", tuple(self.producers))
         object.__setattr__(self, "consumers", tuple(self.consumers))
         if self.prunable and self.scored is None:
@@ -113,8 +124,14 @@ class ChannelGroup:
         return self.producers + self.consumers
 
     def with_width(self, width: int) -> ChannelGroup:
-        """The same group at another width."""
+        """The same group at another width (a multiple of `blocks`)."""
         return dataclasses.replace(self, width=width)
+
+    def block_counts(self, kept: Sequence[int]) -> tuple[int, ...]:
+        """How many of the `kept` channel indices fall in each block (one entry per block)."""
+        size = self.width // self.blocks
+        counts = np.bincount(np.asarray(kept, dtype=np.int64) // size, minlength=self.blocks)
+        return tuple(int(c) for c in counts[: self.blocks])
 
 
 def flatten_variables(variables: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:

@@ -263,8 +263,8 @@ class PruningPlan:
         """Checks the plan against a model's groups; returns them by name.
 
         Raises:
-          ValueError: a name the groups do not have, a non-prunable group, or a width that differs (expected vs
-            found).
+          ValueError: a name the groups do not have, a non-prunable group, a width that differs (expected vs
+            found), or unequal counts kept in the blocks of a group in blocks (`ChannelGroup.blocks`).
         """
         by_name = {g.name: g for g in groups}
         for name in self.keep:
@@ -279,6 +279,13 @@ class PruningPlan:
                     f"plan does not match the model: group {name!r} has width {g.width} in the model, the plan "
                     f"expects {self.widths[name]}"
                 )
+            if g.blocks > 1:
+                counts = g.block_counts(self.keep[name])
+                if len(set(counts)) > 1:
+                    raise ValueError(
+                        f"plan keeps {list(counts)} channels in the {g.blocks} blocks of group {name!r}; a group in "
+                        "blocks (e.g. GroupNorm groups) keeps the same count in each"
+                    )
         return by_name
 
     # -- views --------------------------------------------------------------------------------------------------

@@ -23,7 +23,17 @@ from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan, model_fingerprint
 from jaxprune.scoring import CRITERIA, _check_criterion, expand_repeat, score_group, score_groups
 
-__all__ = ["CRITERIA", "STRATEGIES", "kept_count", "make_plan", "plan_from_scores", "resolve_ratios", "select_top"]
+__all__ = [
+    "CRITERIA",
+    "STRATEGIES",
+    "balanced_kept_count",
+    "kept_count",
+    "make_plan",
+    "plan_from_scores",
+    "resolve_ratios",
+    "select_balanced",
+    "select_top",
+]
 
 STRATEGIES = ("independent", "greedy")
 
@@ -102,6 +112,64 @@ def select_top(scores: np.ndarray, k: int) -> tuple[int, ...]:
         raise ValueError(f"select_top: k must be in [0, {scores.shape[0]}] (the number of scores), got {k}")
     order = np.argsort(-scores.astype(np.float64), kind="stable")
     return tuple(np.sort(order[:k]).tolist())
+
+
+def balanced_kept_count(group: ChannelGroup, prune_ratio: float, *, round_to: int = 1, min_keep: int = 1) -> int:
+    """Number of channels a group in blocks (`ChannelGroup.blocks`, e.g. GroupNorm groups) keeps at `prune_ratio`:
+    the same count in every block.
+
+    The ratio applies within each block: every block keeps ``kept_count(block width, prune_ratio)`` (the paper's floor,
+    as for any group), at least ``ceil(min_keep / blocks)``. With `round_to` > 1 the total is `kept_count`'s
+    (``kept_count(width, prune_ratio, round_to=..., min_keep=...)``), which must then split equally over the blocks.
+
+    Raises:
+      ValueError: `round_to` gives a total that is no multiple of the block count (the message names the group,
+        its blocks and the keep counts allowed).
+
+    Example:
+      >>> from jaxprune.groups import AxisRef, ChannelGroup
+      >>> k = AxisRef(("params", "conv", "kernel"), 3)
+      >>> g = ChannelGroup("conv", 16, (k,), (), k, blocks=4)
+      >>> [balanced_kept_count(g, 0.5), balanced_kept_count(g, 0.3), balanced_kept_count(g, 0.3, round_to=8)]
+      [8, 8, 8]
+    """
+    blocks = group.blocks
+    size = group.width // blocks
+    if round_to == 1:
+        per = max(kept_count(size, prune_ratio), -(-_check_positive_int(min_keep, "min_keep") // blocks))
+        return min(per, size) * blocks
+    k = kept_count(group.width, prune_ratio, round_to=round_to, min_keep=min_keep)
+    if k % blocks:
+        allowed = ", ".join(str(blocks * j) for j in range(1, size + 1))
+        raise ValueError(
+            f"group {group.name!r} keeps an equal count in each of its {blocks} blocks ({blocks} x {size} channels), "
+            f"but round_to={round_to} makes it keep {k} of {group.width}; allowed keep counts: {allowed} (use a "
+            f"round_to that divides them, e.g. round_to={blocks}, or skip the group)"
+        )
+    return k
+
+
+def select_balanced(group: ChannelGroup, scores: np.ndarray, k: int) -> tuple[int, ...]:
+    """Balanced selection for a group in blocks (`ChannelGroup.blocks`, e.g. the groups of a GroupNorm): every block
+    keeps ``k // blocks`` channels, its own top by its own scores (`select_top` within the block), ascending.
+
+    Raises:
+      ValueError: `k` is not a multiple of the block count (the message names the group, its blocks and the keep
+        counts allowed).
+    """
+    blocks = group.blocks
+    size = group.width // blocks
+    if k % blocks:
+        allowed = ", ".join(str(blocks * j) for j in range(1, size + 1))
+        raise ValueError(
+            f"group {group.name!r} keeps an equal count in each of its {blocks} blocks ({blocks} x {size} channels), "
+            f"so it cannot keep {k} of {group.width}; allowed keep counts: {allowed}"
+        )
+    scores = np.asarray(scores)
+    out: list[int] = []
+    for b in range(blocks):
+        out.extend(b * size + j for j in select_top(scores[b * size : (b + 1) * size], k // blocks))
+    return tuple(out)
 
 
 def resolve_ratios(model, prune_ratio, *, skip: Iterable[str] = ()) -> dict[str, float]:
@@ -213,7 +281,10 @@ def plan_from_scores(
             raise ValueError(f"scores for group {name!r} must have shape ({g.width},), got {s.shape}")
         if not np.isfinite(s).all():
             raise ValueError(f"scores for group {name!r} hold NaN or inf")
-        keep[name] = select_top(s, kept_count(g.width, p, round_to=round_to, min_keep=min_keep))
+        if g.blocks == 1:
+            keep[name] = select_top(s, kept_count(g.width, p, round_to=round_to, min_keep=min_keep))
+        else:
+            keep[name] = select_balanced(g, s, balanced_kept_count(g, p, round_to=round_to, min_keep=min_keep))
         widths[name] = g.width
     return PruningPlan(keep=keep, widths=widths, meta=dict(meta or {}), made_for=made_for)
 
@@ -353,6 +424,14 @@ def make_plan(
     budget_meta: dict[str, Any] = {}
     if scope == "global" or prune_ratio is None:
         reached = {g.name: g.width for g in groups if g.name in resolve_ratios(model, 0.5, skip=skip)}  # conv groups
+        in_blocks = [g for g in groups if g.name in reached and g.blocks > 1] if scope == "global" else []
+        if in_blocks:
+            g = in_blocks[0]
+            raise ValueError(
+                f"scope='global' ranks filters across groups, but group {g.name!r} keeps an equal count in each of "
+                f"its {g.blocks} blocks (e.g. GroupNorm groups), which one ranking cannot promise; pass "
+                f"skip=[{g.name!r}] or use scope='layer'"
+            )
         limit = None
         if prune_ratio is not None:  # global: at most kept_count(all reached filters, p) kept
             prune_ratio = _check_ratio(prune_ratio, "scope='global' (the fraction of all reached filters removed)")
@@ -373,6 +452,11 @@ def make_plan(
                 reached,
                 max_ratio=max_ratio,
                 count=lambda w, p: kept_count(w, p, round_to=round_to, min_keep=min_keep),
+                group_count={
+                    g.name: lambda p, g=g: balanced_kept_count(g, p, round_to=round_to, min_keep=min_keep)
+                    for g in groups
+                    if g.name in reached and g.blocks > 1
+                },
                 budgets=budgets,
                 how=f" (min_keep={min_keep}, round_to={round_to})",
             )

@@ -216,9 +216,14 @@ def test_eqx_stateless_model_with_a_key():
     assert type(m2) is KeyNet
     assert (m2.conv.out_channels, m2.gn.channels, m2.gn.groups, m2.head.in_features) == (4, 4, 2, 4)
     tm, v = trace_eqx(model, x)
-    # GroupNorm(2, 8) splits the conv's filters into 2 norm groups: one slot space of 4, the same slots kept in each.
+    # GroupNorm(2, 8) splits the conv's filters into 2 norm groups: the group spans all 8 in 2 blocks, and each norm
+    # group keeps 2 of its 4 filters, its own top 2 by L1 norm (numpy reference, float64).
     (g,) = tm.channel_groups()
-    assert (g.width, g.scored.repeat) == (4, 2) and "tied across 2 GroupNorm groups" in jp.format_groups([g])
+    assert (g.width, g.blocks, g.scored.repeat) == (8, 2, 1)
+    assert "balanced across 2 GroupNorm groups" in jp.format_groups([g])
+    l1 = np.abs(np.asarray(model.conv.weight, np.float64)).sum((1, 2, 3)).reshape(2, 4)
+    assert plan.keep[g.name] == tuple(b * 4 + int(j) for b in range(2) for j in np.sort(np.argsort(-l1[b])[:2]))
+    np.testing.assert_array_equal(m2.gn.weight, np.asarray(model.gn.weight)[list(plan.keep[g.name])])
     out = _infer_stateless(m2, x, key=jax.random.key(0))
     # float32, two layers; GroupNorm's statistics over the kept channels in both (docs/design.md §6). The module
     # rebuilt with GroupNorm(2, 4) runs the pruned trace's ops (1e-5); the masked original sums zeros too (1e-4).

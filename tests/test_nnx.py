@@ -221,13 +221,30 @@ def test_nnx_groupnorm_and_grouped_conv_keep_their_group_counts():
     m = _randomized(lambda: GroupNet(nnx.Rngs(0)), seed=7)
     x = jax.random.normal(jax.random.key(2), (1, 6, 6, 2))
     ratios, tm = _all_half(m, x)
-    # 4 norm groups of 2 and 4 conv feature groups of 2: one slot space each, tied across the 4 groups.
-    assert {g.name: (g.width, g.scored.repeat) for g in tm.channel_groups()} == {"conv": (2, 4), "grouped": (2, 4)}
+    # 4 norm groups of 2 and 4 conv feature groups of 2: one slot space each, tied across the 4 groups (the grouped
+    # conv reads "conv" too, and a grouped conv's input kernel holds one block's channels for all its groups, so the
+    # same slots must go in every block: no per-block choice, docs/design.md §6).
+    assert {g.name: (g.width, g.scored.repeat, g.blocks) for g in tm.channel_groups()} == {
+        "conv": (2, 4, 1),
+        "grouped": (2, 4, 1),
+    }
     plan = jp.make_plan(m, prune_ratio=ratios, example_input=x)
     m2, _ = _check_pruned(m, x, tm, plan, GroupNet)
     # The norm keeps 4 groups, each of 1 channel (its group_size follows); the conv keeps 4 feature groups.
     assert (m2.gn.num_features, m2.gn.num_groups, m2.gn.group_size) == (4, 4, 1)
     assert (m2.grouped.in_features, m2.grouped.out_features, m2.grouped.feature_group_count) == (4, 4, 4)
+    # Without the grouped conv, the GroupNorm'd filters are balanced: all 8 in 4 blocks of 2, each norm group keeping
+    # its own better filter by L1 norm (numpy reference, float64); the norm keeps 4 groups of 1.
+    m = _randomized(lambda: GroupNet(nnx.Rngs(0), conv_groups=1), seed=7)
+    ratios, tm = _all_half(m, x)
+    g = {h.name: h for h in tm.channel_groups()}["conv"]
+    assert (g.width, g.blocks, g.scored.repeat) == (8, 4, 1)
+    plan = jp.make_plan(m, prune_ratio={"conv": 0.5}, example_input=x)
+    l1 = np.abs(np.asarray(m.conv.kernel[...], np.float64)).sum((0, 1, 2)).reshape(4, 2)
+    assert plan.keep["conv"] == tuple(2 * b + int(np.argmax(l1[b])) for b in range(4))
+    m2, _ = _check_pruned(m, x, tm, plan, GroupNet)
+    assert (m2.gn.num_features, m2.gn.num_groups, m2.gn.group_size, m2.grouped.in_features) == (4, 4, 1, 4)
+    np.testing.assert_array_equal(m2.gn.scale[...], np.asarray(m.gn.scale[...])[list(plan.keep["conv"])])
     # Groups of one channel (an instance norm) are the channels themselves: any 4 of the 8, 4 groups of 1 after.
     m = _randomized(lambda: GroupNet(nnx.Rngs(0), group_size=1, conv_groups=1), seed=7)
     ratios, tm = _all_half(m, x)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import warnings
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from _tinynet import TinyNet
@@ -69,6 +72,28 @@ def test_linear_schedule_reaches_the_final_counts_exactly_and_reports_each_step(
     assert last.macs == 64 * 9 * 3 * 4 + 16 * 9 * 4 * 3 + 16 * 9 * 3 * 2 + 2 * 3
     assert [len(r["history"]) for r in rounds] == [1, 1]  # one fine-tuning epoch (2 steps) per round
     assert int(out.step) == 2 * (SHAPE[0] // BATCH)
+
+
+class _GroupNormed(nn.Module):
+    c: int = 16
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.GroupNorm(num_groups=4, name="gn")(nn.Conv(self.c, (3, 3), name="conv")(x)))
+        return nn.Dense(3, name="fc")(h.mean((1, 2)))
+
+
+def test_a_schedule_keeps_an_equal_count_in_every_groupnorm_group(data):
+    m = _GroupNormed()
+    v = jax.eval_shape(m.init, jax.random.key(0), data[0])
+    v = jax.tree_util.tree_map(lambda a: jnp.asarray(np.random.default_rng(0).normal(size=a.shape), a.dtype), v)
+    tm = jp.trace_model(m, v, data[0], fields={"conv": "c"}, train_kwargs={})
+    state = train.TrainState.create(tm, v, train.sgd(0.01))
+    out, rounds = train.iterative_prune(state, data, "linear", final_ratio=0.3, steps=2, **FIT)
+    # The ratio applies in each of the 4 norm groups of 4: r = 0.15 keeps floor(3.4) = 3 in each, r = 0.3 floor(2.8)
+    # = 2 (a flat kept_count(16, 0.15) = 13 would split unequally).
+    assert [r["widths"] for r in rounds] == [{"conv": 12}, {"conv": 8}]
+    assert out.model.module.c == 8
 
 
 def test_a_step_that_prunes_nothing_is_recorded_and_warned(data):

@@ -499,29 +499,75 @@ class GroupNormed(nn.Module):
         return nn.Dense(3, name="fc")(h.mean((1, 2)))
 
 
-def test_groupnorm_prunes_the_same_slot_in_every_norm_group():
+def test_groupnorm_groups_keep_an_equal_count_each_chosen_by_their_own_scores():
     m = GroupNormed()
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
     v = random_variables(m, x)
     tm = jp.trace_model(m, v, x, fields={"conv": "c"})
     (g,) = tm.channel_groups()
-    # (N, H, W, 16) -> (N, H, W, 4 groups, 4): a channel slot is one space across the 4 norm groups.
-    assert (g.width, g.scored) == (4, AxisRef(("params", "conv", "kernel"), 3, repeat=4))
-    assert AxisRef(("params", "gn", "scale"), 0, repeat=4) in g.producers
+    # (N, H, W, 16) -> (N, H, W, 4 groups, 4): the group spans all 16 filters, in 4 blocks of 4 (one per norm group).
+    assert (g.width, g.blocks, g.scored) == (16, 4, AxisRef(("params", "conv", "kernel"), 3))
+    assert AxisRef(("params", "gn", "scale"), 0) in g.producers
     assert re.search(
-        r"\n    tied across 4 GroupNorm groups: the same channels are kept in each, .*GroupNorm", jp.format_groups(tm)
+        r"\n    balanced across 4 GroupNorm groups: each keeps an equal count of channels, chosen by its own scores "
+        r".*GroupNorm",
+        jp.format_groups(tm),
     )
     plan = jp.make_plan(tm, v, prune_ratio={"conv": 0.5})
+    # Reference: per norm group, the 2 of its 4 filters with the largest L1 norms (numpy, float64).
+    l1 = np.abs(np.asarray(v["params"]["conv"]["kernel"], np.float64)).sum((0, 1, 2)).reshape(4, 4)
+    want = [b * 4 + int(j) for b in range(4) for j in np.sort(np.argsort(-l1[b], kind="stable")[:2])]
+    assert plan.keep["conv"] == tuple(want)
+    assert len({tuple(np.asarray(want[2 * b : 2 * b + 2]) - 4 * b) for b in range(4)}) > 1  # not one slot set for all
     tm2, v2 = jp.prune(tm, v, plan)
     assert tm2.module.c == 8 and v2["params"]["gn"]["scale"].shape == (8,)
-    # Tied: the same 2 slots of every norm group's 4 are kept, so each group keeps 2 of its channels.
-    kept = [b * 4 + s for b in range(4) for s in plan.keep["conv"]]
-    np.testing.assert_array_equal(v2["params"]["gn"]["scale"], np.asarray(v["params"]["gn"]["scale"])[kept])
+    np.testing.assert_array_equal(v2["params"]["gn"]["scale"], np.asarray(v["params"]["gn"]["scale"])[want])
     masked = jp.mask_dropped(tm, v, plan, x)
     assert_close(tm2.apply(v2, x), masked)
     # The group statistics divide by the kept count (2 channels x 6 x 6 positions), as GroupNorm(4) over 8 channels.
-    assert_close(jax.jit(tm2.module.apply)(v2, x), masked)
-    with pytest.raises(ValueError, match=r"GroupNormed.groups is 4, but group 'conv' has width 4 x 4 blocks"):
+    assert_close(jax.jit(tm2.module.apply)(v2, x), tm2.apply(v2, x))
+    # A ratio applies within each norm group: 30 % of 4 channels keeps floor(2.8) = 2 in each, 8 in all.
+    assert jp.make_plan(tm, v, prune_ratio={"conv": 0.3}).new_widths == {"conv": 8}
+    # A MAC budget searches the same per-block counts: 3 per block (12 filters) is over 70 %, 2 per block meets it,
+    # and the plan records the MACs the pruned model really has: 3x3x3 conv to 8 filters at 6x6, dense 8 -> 3.
+    budget = jp.make_plan(tm, v, target_macs=0.7, input_shape=(1, 6, 6, 3))
+    assert budget.new_widths == {"conv": 8}
+    assert (
+        budget.meta["kept_macs"]
+        == jp.count_macs(jp.prune(tm, v, budget)[0], (1, 6, 6, 3)).macs
+        == 9 * 3 * 8 * 36 + 8 * 3
+        == 7800
+    )
+    # A rounding no equal count per block reaches (round_to=6: 6 of 16), or blocks keeping different counts: errors
+    # naming the group.
+    with pytest.raises(
+        ValueError,
+        match=r"group 'conv' keeps an equal count in each of its 4 blocks \(4 x 4 channels\), but round_to=6 makes it "
+        r"keep 6 of 16; allowed keep counts: 4, 8, 12, 16",
+    ):
+        jp.make_plan(tm, v, prune_ratio={"conv": 0.6}, round_to=6)
+    with pytest.raises(
+        ValueError,
+        match=r"width of group 'conv' must keep an equal count in each of its 4 blocks; "
+        r"got 6, allowed: 4, 8, 12, 16",
+    ):
+        tm.with_widths({"conv": 6})
+    with pytest.raises(ValueError, match=r"plan keeps \[4, 4, 0, 0\] channels in the 4 blocks of group 'conv'"):
+        jp.prune(tm, v, jp.PruningPlan(keep={"conv": tuple(range(8))}, widths={"conv": 16}))
+    with pytest.raises(ValueError, match=r"mask for group 'conv' keeps \[4, 4, 0, 0\] channels in its 4 blocks"):
+        tm.apply(v, x, masks={"conv": np.r_[np.ones(8), np.zeros(8)]})
+    with pytest.raises(
+        ValueError,
+        match=r"scope='global' ranks filters across groups, but group 'conv' keeps an "
+        r"equal count in each of its 4 blocks",
+    ):
+        jp.make_plan(tm, v, prune_ratio=0.5, scope="global", normalize="none")
+    kernel = AxisRef(("params", "conv", "kernel"), 3)
+    with pytest.raises(ValueError, match=r"group 'g': width 16 does not split into 3 equal blocks"):
+        ChannelGroup("g", 16, (kernel,), (), kernel, blocks=3)
+    with pytest.raises(ValueError, match=r"group 'g': blocks must be an int >= 1, got 0"):
+        ChannelGroup("g", 16, (kernel,), (), kernel, blocks=0)
+    with pytest.raises(ValueError, match=r"GroupNormed.groups is 4, but group 'conv' has width 16"):
         jp.trace_model(m, v, x, fields={"conv": "groups"})
     # GroupNorm(group_size=4) traces alike (4 groups over 16 channels), but rebuilt over 8 channels it would make 2
     # groups of 4 where the pruned model keeps 4 groups of 2: refused, naming the norm and what to give it.
@@ -548,6 +594,72 @@ def test_groupnorm_prunes_the_same_slot_in_every_norm_group():
     tm2, v2 = jp.prune(jp.trace_model(GroupNormed(groups=16), v, x, fields={"conv": "c"}), v, plan)
     with pytest.raises(ValueError, match=r"cannot rebuild GroupNormed: the module rebuilt at the new widths fails to"):
         tm2.module  # noqa: B018
+
+
+class GroupNormStream(nn.Module):
+    """conv(16) -> GroupNorm(4) -> conv(8) starting a residual stream normalised by two GroupNorm(2)s."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.GroupNorm(num_groups=4, name="gn1")(nn.Conv(16, (3, 3), name="c1")(x)))
+        r = h = nn.Conv(8, (3, 3), name="c2")(h)
+        h = nn.relu(nn.GroupNorm(num_groups=2, name="gn2")(h))
+        h = nn.GroupNorm(num_groups=2, name="gn3")(nn.Conv(8, (3, 3), name="c3")(h)) + r
+        return nn.Dense(3, name="fc")(h.mean((1, 2)))
+
+
+def test_groupnorm_balanced_groups_feed_convs_and_a_residual_stream():
+    m = GroupNormStream()
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    v = random_variables(m, x)
+    tm = jp.trace_model(m, v, x)
+    assert {g.name: (g.kind, g.width, g.blocks) for g in tm.channel_groups()} == {
+        "c1": ("conv", 16, 4),
+        "c2": ("stream", 8, 2),  # two GroupNorm(2)s on one stream: one balanced group
+    }
+    ratios = {"c1": 0.5, "c2": 0.5}
+    for strategy in ("independent", "greedy"):  # greedy: c2 is scored on the inputs c1 keeps
+        plan = jp.make_plan(tm, v, prune_ratio=ratios, strategy=strategy)
+        assert {n: tm.channel_groups()[i].block_counts(plan.keep[n]) for i, n in enumerate(("c1", "c2"))} == {
+            "c1": (2, 2, 2, 2),
+            "c2": (2, 2),
+        }
+        tm2, v2 = jp.prune(tm, v, plan)
+        assert_close(tm2.apply(v2, x), jp.mask_dropped(tm, v, plan, x))
+    # The sensitivity scan's masked forward (vmapped masks) masks each norm group's own channels too.
+    res = jp.sensitivity(tm, v, data=(x, jnp.array([0, 1])), ratios=(0.25, 0.5, 0.75))
+    assert res.groups == ("c1",) and res.kept.tolist() == [[12, 8, 4]]
+
+
+class GroupNorm(nn.Module):
+    """A user's own GroupNorm (4 groups) that also reads the first group's channels alone."""
+
+    @nn.compact
+    def __call__(self, x):
+        y = x.reshape(*x.shape[:-1], 4, x.shape[-1] // 4)
+        first = y[..., 0, :].sum(-1, keepdims=True)
+        return (y - y.mean((1, 2, 4), keepdims=True)).reshape(x.shape) + first
+
+
+class OneGroupRead(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3, name="fc")(GroupNorm()(nn.Conv(16, (3, 3), name="conv")(x)).mean((1, 2)))
+
+
+def test_groupnorm_groups_read_one_at_a_time_stay_tied():
+    # Summing one norm group's channels apart from the others needs that group's own mask, which balanced selection
+    # (one mask over all blocks, masked beside the block axis) cannot give: the group stays tied, same slots in each.
+    m = OneGroupRead()
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    v = random_variables(m, x)
+    tm = jp.trace_model(m, v, x)
+    (g,) = tm.channel_groups()
+    assert (g.width, g.blocks, g.scored.repeat) == (4, 1, 4)
+    assert "tied across 4 GroupNorm groups" in jp.format_groups(tm)
+    plan = jp.make_plan(tm, v, prune_ratio=0.5)
+    tm2, v2 = jp.prune(tm, v, plan)
+    assert_close(tm2.apply(v2, x), jp.mask_dropped(tm, v, plan, x))
 
 
 def test_float_ratio_reaches_hidden_dense_groups_of_a_traced_model(user):

@@ -63,7 +63,8 @@ def checked_widths(groups, mapping: Mapping[str, int], owner: str) -> dict[str, 
 
     Raises:
       TypeError: a mapping that is not a mapping, or a width that is not an int.
-      ValueError: an unknown or non-prunable group (lists the prunable ones), or a width outside [1, current width].
+      ValueError: an unknown or non-prunable group (lists the prunable ones), a width outside [1, current width],
+        or one that is no multiple of the group's `blocks`.
     """
     if not isinstance(mapping, Mapping):
         raise TypeError(f"with_widths takes a mapping from group names to widths, got {type(mapping).__name__}")
@@ -80,6 +81,12 @@ def checked_widths(groups, mapping: Mapping[str, int], owner: str) -> dict[str, 
             raise TypeError(f"width of group {name!r} must be an int, got {type(width).__name__} {width!r}")
         if not 1 <= width <= g.width:
             raise ValueError(f"width of group {name!r} must be in [1, {g.width}] (its current width), got {width}")
+        if width % g.blocks:
+            allowed = ", ".join(str(g.blocks * j) for j in range(1, g.width // g.blocks + 1))
+            raise ValueError(
+                f"width of group {name!r} must keep an equal count in each of its {g.blocks} blocks; got {width}, "
+                f"allowed: {allowed}"
+            )
         new[name] = int(width)
     return new
 

@@ -22,10 +22,10 @@ def format_groups(groups: Sequence[ChannelGroup], *, verbose: bool = False) -> s
     """Channel groups as a text table: name, kind, width, prunable, scored kernel, producer and consumer counts.
 
     A traced group the trace could not follow (its channels pass through a primitive without a rule) is listed as not
-    prunable with the reason under it: the primitive and its source line. A traced group whose index space repeats
-    block by block (the channels of each GroupNorm group, of each conv feature group, of each attention head) says
-    so under its row (``tied across 4 GroupNorm groups ...``): its width counts one block's channels, and pruning keeps
-    the same channels in every block, so each block keeps an equal count.
+    prunable with the reason under it: the primitive and its source line. A traced group whose channels fall in
+    blocks says so under its row: ``balanced across 4 GroupNorm groups ...`` (the width counts all channels; each
+    norm group keeps an equal count of its own choosing), or ``tied across 4 conv feature groups ...`` (also for
+    attention heads; the width counts one block's channels, and pruning keeps the same channels in every block).
 
     Args:
       groups: Groups, e.g. from `trace_groups` or ``model.channel_groups()``, or a model (a `TracedModel`).

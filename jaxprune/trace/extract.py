@@ -14,6 +14,7 @@ import numpy as np
 from jaxprune.groups import AxisRef, ChannelGroup, flatten_variables
 from jaxprune.trace._jaxpr import _Frame, _is_literal, _where
 from jaxprune.trace.dims import _MAX_RUNS, _Dims, _TooComplex
+from jaxprune.trace.rules import _CUMULATIVE, _REDUCE
 from jaxprune.trace.tracer import _Tracer
 
 # -- the result of one trace -----------------------------------------------------------------------------------
@@ -43,6 +44,10 @@ class _Spec:
     blocked: str | None = None  # why the trace cannot follow this group's channels (then never prunable)
     blocked_by: tuple | None = None  # the taint record of the first blocking primitive
     tied: str | None = None  # the blocks this space repeats in, where one index space spans them (e.g. GroupNorm's)
+    # Balanced (GroupNorm groups): the group's channels are the `blocks` copies of the root's space side by side, each
+    # block keeping its own channels (an equal count); `block_axes`: the nodes of the axes indexing the blocks.
+    blocks: int = 1
+    block_axes: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -123,7 +128,7 @@ def _analyze_jaxpr(closed, out_shape, abs_vars, abs_x, *, fixed_outputs: int | N
         for n in t.nodes(top, v):
             d.mark_fixed(n, "the model's output")
     used = _used_invars(jaxpr)
-    specs = _extract(t, leaves, [v in used for v in jaxpr.invars[: len(leaves)]])
+    specs = _extract(t, leaves, [v in used for v in jaxpr.invars[: len(leaves)]], top)
     return _Trace(
         closed=closed,
         dims=d,
@@ -152,7 +157,7 @@ def _describe_taint(info: tuple) -> str:
     return f"{why}: '{prim}' at {_where(eqn, ctx)}"
 
 
-def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
+def _extract(t: _Tracer, leaves, used: list[bool], top: _Frame | None = None) -> list[_Spec]:
     """Turns the dimension classes into group specs; raises for anything the trace cannot attribute."""
     d = t.d
     members: dict[int, list[_Member]] = {}
@@ -244,7 +249,7 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
             "through no channel-preserving path: none of its axes is written by a conv or dense kernel, tied to the "
             "model's input or output, or a convolution window (e.g. it is only summed away)"
         )
-    _describe_ties(specs, t)
+    _describe_ties(specs, t, top)
     specs.sort(key=lambda s: s.order)
     _unique_names(specs)
     _infer_stages(specs, t)
@@ -252,26 +257,115 @@ def _extract(t: _Tracer, leaves, used: list[bool]) -> list[_Spec]:
     return specs
 
 
-def _describe_ties(specs: list[_Spec], t: _Tracer) -> None:
-    """Notes on the groups whose index space repeats block by block (the channels of each GroupNorm group, conv
-    feature group or attention head): one space spans the blocks, so pruning keeps the same channels in each."""
+_GROUPNORM = "GroupNorm groups"
+
+
+def _describe_ties(specs: list[_Spec], t: _Tracer, top: _Frame | None = None) -> None:
+    """Groups whose index space repeats block by block (the channels of each GroupNorm group, conv feature group or
+    attention head). GroupNorm groups are balanced: the group spans all the blocks' channels, and each block keeps an
+    equal count of its own choosing. Elsewhere one space spans the blocks (tied), so pruning keeps the same channels
+    in each: a grouped conv's input kernel holds one block's channels (C_in / groups) for all filters of a feature
+    group, so different channels per block would need a kernel sliced differently per group, which no axis slice is."""
     d = t.d
     by_root = {s.root: s for s in specs}
-    notes: dict[int, list[str]] = {}
-    for node, blocks, label, eqn, ctx in t.ties:
+    ties: dict[int, list[tuple]] = {}
+    for tie in t.ties:
         try:
-            roots = set(d.pieces(node))
+            roots = set(d.pieces(tie[0]))
         except _TooComplex:  # pragma: no cover - a tied slot space split that finely is never a group
             continue
         for r in roots & set(by_root):
+            ties.setdefault(r, []).append(tie)
+    cands = {r: found for r, found in ties.items() if _balanced(by_root[r], found, d)}
+    if cands and top is not None:
+        blocks = {r: (found[0][1], frozenset(d.find(tie[5]) for tie in found)) for r, found in cands.items()}
+        for r in _mixed_without_blocks(top, d, blocks):
+            del cands[r]
+    for r, found in ties.items():
+        spec = by_root[r]
+        if r in cands:
+            _, blocks, label, eqn, ctx, _ = found[0]
+            spec.blocks = blocks
+            spec.block_axes = tuple(dict.fromkeys(tie[5] for tie in found))
+            spec.tied = (
+                f"balanced across {blocks} {label}: each keeps an equal count of channels, chosen by its own scores "
+                f"('{eqn.primitive.name}' at {_where(eqn, ctx)})"
+            )
+            continue
+        lines: list[str] = []
+        for _node, blocks, label, eqn, ctx, _ in found:
             note = (
                 f"tied across {blocks} {label}: the same channels are kept in each, the width counts one block's "
                 f"('{eqn.primitive.name}' at {_where(eqn, ctx)})"
             )
-            if note not in notes.setdefault(r, []):
-                notes[r].append(note)
-    for r, lines in notes.items():
-        by_root[r].tied = "; ".join(lines)
+            if note not in lines:
+                lines.append(note)
+        spec.tied = "; ".join(lines)
+
+
+def _mixed_without_blocks(top: _Frame, d: _Dims, blocks: dict[int, tuple[int, frozenset]]) -> set[int]:
+    """The candidate balanced roots whose channels some operation mixes (a contraction, reduction or cumulative op:
+    where the masking reference zeroes removed channels) on an axis holding part of the blocks, with no axis beside it
+    that indexes the blocks: there the mask would be one block's, which balanced selection does not have, so those
+    groups stay tied. `blocks`: root -> (block count, roots of its block axes)."""
+    bad: set[int] = set()
+    stack = [top]
+    while stack:
+        f = stack.pop()
+        for subs in f.subs.values():
+            stack.extend(subs)
+        for eqn in f.jaxpr.eqns:
+            for v, axes in _mixed_axes(eqn):
+                if _is_literal(v) or v not in f.env:
+                    continue
+                nodes = f.env[v]
+                for ax in axes:
+                    try:
+                        runs = d.resolve(nodes[ax])
+                    except _TooComplex:  # pragma: no cover - never a balanced group's axis
+                        continue
+                    for r, c in runs:
+                        if r not in blocks or r in bad or c % blocks[r][0] == 0:
+                            continue
+                        beside = any(k != ax and d.find(n) in blocks[r][1] for k, n in enumerate(nodes))
+                        if runs != [(r, 1)] or not beside:
+                            bad.add(r)
+    return bad
+
+
+def _mixed_axes(eqn) -> list[tuple[Any, tuple[int, ...]]]:
+    """(operand, axes) an equation mixes channels along, as the masking reference (`runner._Runner.mix`) sees them."""
+    name, ins = eqn.primitive.name, eqn.invars
+    if name == "conv_general_dilated":
+        return [(ins[0], (eqn.params["dimension_numbers"].lhs_spec[1],))]
+    if name == "dot_general":
+        (lc, rc), _ = eqn.params["dimension_numbers"]
+        return [(ins[0], tuple(lc)), (ins[1], tuple(rc))]
+    if name in _REDUCE or name == "reduce":
+        axes = tuple(eqn.params["axes" if name != "reduce" else "dimensions"])
+        n = len(eqn.outvars) if name == "reduce" else 1
+        return [(v, axes) for v in ins[:n]]
+    if name in _CUMULATIVE:
+        return [(ins[0], (eqn.params["axis"],))]
+    return []
+
+
+def _balanced(spec: _Spec, ties: list[tuple], d: _Dims) -> bool:
+    """Whether a tied group can be balanced instead: every tie on it is one GroupNorm's split of a channel axis into
+    (groups, channels per group), the slot space exactly the group's, with the same number of groups, and every
+    parameter axis of the group holds whole sets of the blocks (its repeat a multiple of the block count)."""
+    blocks = {tie[1] for tie in ties}
+    if len(blocks) != 1 or not spec.prunable:
+        return False
+    (g,) = blocks
+    for node, _, label, _, _, axis in ties:
+        if label != _GROUPNORM or axis is None or d.resolve(node) != [(spec.root, 1)]:
+            return False
+    for m in spec.members:
+        counts = [c for root, c in m.runs if root == spec.root]
+        if len(counts) != 1 or counts[0] % g:
+            return False
+    return True
 
 
 def _infer_stages(specs: list[_Spec], t: _Tracer) -> None:
@@ -355,7 +449,8 @@ def _unique_names(specs: list[_Spec]) -> None:
 
 
 def _materialize(spec: _Spec, d: _Dims, sizes: Mapping[int, int]) -> ChannelGroup:
-    width = sizes.get(spec.root, d.size[spec.root])
+    slots = sizes.get(spec.root, d.size[spec.root])
+    width = slots * spec.blocks  # balanced: the root's space repeated once per block, side by side
     producers, consumers = [], []
     scored_ref = None
     for m in spec.members:
@@ -365,8 +460,8 @@ def _materialize(spec: _Spec, d: _Dims, sizes: Mapping[int, int]) -> ChannelGrou
             if root == spec.root:
                 start, count = pos, c
             pos += w * c
-        offset = None if (start == 0 and width * count == pos) else start
-        ref = AxisRef(m.path, m.axis, repeat=count, offset=offset)
+        offset = None if (start == 0 and slots * count == pos) else start
+        ref = AxisRef(m.path, m.axis, repeat=count // spec.blocks, offset=offset)
         (producers if m.role == "producer" else consumers).append(ref)
         if spec.scored == (m.path, m.axis):
             scored_ref = ref
@@ -379,6 +474,7 @@ def _materialize(spec: _Spec, d: _Dims, sizes: Mapping[int, int]) -> ChannelGrou
         prunable=spec.prunable and scored_ref is not None,
         kind=spec.kind,
         stage=spec.stage,
+        blocks=spec.blocks,
     )
     if spec.blocked is not None:
         if len(_BLOCKED) > 4096:
@@ -401,10 +497,12 @@ def blocked_reason(group: ChannelGroup) -> str | None:
     return _BLOCKED.get(group)
 
 
-# Which blocks a traced group's index space repeats in (GroupNorm groups, conv feature groups), as `_BLOCKED`.
+# Which blocks a traced group's index space repeats in (GroupNorm groups: balanced; conv feature groups: tied), as
+# `_BLOCKED`.
 _TIED: dict[ChannelGroup, str] = {}
 
 
 def tied_note(group: ChannelGroup) -> str | None:
-    """Which blocks a traced group's channels are tied across (same channels kept in each), or None."""
+    """Which blocks a traced group's channels are tied across (same channels kept in each) or balanced across (an
+    equal count kept in each, each choosing its own), or None."""
     return _TIED.get(group)

@@ -287,14 +287,15 @@ def check_rebuilt(base, module, example_input, apply_kwargs, traced_shapes, grou
             was = before.get(path)
             if was is None or was[0] != "groupnorm" or was[1] is None:
                 continue
-            # Groups of several channels are tied: the pruned model keeps their number. Groups of one channel each
-            # (an instance norm) are the channels themselves: the pruned model keeps one group per kept channel.
+            # Groups of several channels are balanced (an equal count kept in each) or tied: the pruned model keeps
+            # their number. Groups of one channel each (an instance norm) are the channels themselves: the pruned
+            # model keeps one group per kept channel.
             keeps = was[1] if was[2] > was[1] else rec[2]
             if rec[1] == keeps:
                 continue
             raise ValueError(
                 f"cannot rebuild {name}: its GroupNorm {where} normalises {was[1]} groups over {was[2]} channels in "
-                f"the traced model, and the pruned model keeps {keeps} groups (the same channels are kept in each), "
+                f"the traced model, and the pruned model keeps {keeps} groups (an equal count of channels in each), "
                 f"but the rebuilt GroupNorm(num_groups={rec[3]}, group_size={rec[4]}) over {rec[2]} channels makes "
                 f"{rec[1]}; give it num_groups={keeps} (a fixed group count) rather than group_size{tail}"
             )

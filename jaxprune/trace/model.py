@@ -42,8 +42,9 @@ class TracedModel:
     A mean over channels (the statistics of LayerNorm, GroupNorm, RMSNorm, or any ``jnp.mean``) divides by the
     channels kept, in the pruned re-run (the pruned count) and in the masked reference (the sum of the masks) alike,
     so pruned = masked = the module rebuilt at the new widths (docs/design.md §6). A channel space split into
-    GroupNorm groups or conv feature groups is one group across them (tied, `describe_groups` says so): pruning keeps
-    the same channels in every block, so the group count stays and each block keeps an equal share. Other constants
+    GroupNorm groups is balanced (`ChannelGroup.blocks`): each norm group keeps an equal count, chosen by its own
+    scores. One split into conv feature groups is one group across them (tied): pruning keeps the same channels in
+    every block. Either way the group count stays (`describe_groups` says which). Other constants
     computed from a width at trace time keep their traced value: an attention's ``1 / sqrt(head features)`` stays the
     traced one, so pruning head features gives pruned = masked; `nnx_module` keeps that scale (its attention's
     ``attention_fn`` rescales the query), while `module` refuses to rebuild a Linen attention whose head features are
@@ -148,7 +149,7 @@ class TracedModel:
         changed: dict[str, int] = {}
         for name, width in checked_widths(groups.values(), mapping, "this traced model").items():
             if width != groups[name].width:
-                sizes[specs[name].root] = width
+                sizes[specs[name].root] = width // specs[name].blocks  # balanced: the count per block
                 changed[name] = width
         if not changed:
             return self
@@ -201,7 +202,7 @@ class TracedModel:
             raise ValueError("this model was traced from an apply function; run it with TracedModel.apply")
         if self._built is None:
             base, fields, why, example, kwargs = self._rebuild
-            traced = {s.name: self._trace.dims.size[s.root] for s in self._specs}
+            traced = {s.name: self._trace.dims.size[s.root] * s.blocks for s in self._specs}
             kernel_of = {}
             for g in self.channel_groups():
                 if g.scored is not None:
@@ -353,12 +354,21 @@ class TracedModel:
         if masks:
             if not isinstance(masks, Mapping):
                 raise TypeError(f"masks must be a mapping from group names to 0/1 vectors, got {type(masks).__name__}")
-            widths = self.group_widths()
+            groups = {g.name: g for g in self.channel_groups()}
             for name, m in masks.items():
                 if name not in root_of:
                     raise ValueError(f"mask for unknown group {name!r}; groups: {', '.join(root_of)}")
-                if tuple(jnp.shape(m)) != (widths[name],):
-                    raise ValueError(f"mask for group {name!r} must have shape ({widths[name]},), got {jnp.shape(m)}")
+                width = groups[name].width
+                if tuple(jnp.shape(m)) != (width,):
+                    raise ValueError(f"mask for group {name!r} must have shape ({width},), got {jnp.shape(m)}")
+                if groups[name].blocks > 1 and not isinstance(m, jax.core.Tracer):
+                    # Balanced (GroupNorm groups): the statistics divide by one count per block, so all must match.
+                    counts = groups[name].block_counts(np.flatnonzero(np.asarray(m)))
+                    if len(set(counts)) > 1:
+                        raise ValueError(
+                            f"mask for group {name!r} keeps {list(counts)} channels in its {len(counts)} blocks "
+                            "(GroupNorm groups); a group in blocks keeps the same count in each"
+                        )
                 mroot[root_of[name]] = m
         leaves, tree = jax.tree_util.tree_flatten(args)
         if tree != trace.in_tree:

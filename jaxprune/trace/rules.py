@@ -320,7 +320,8 @@ def _reshape(t, f: _Frame, i: int, eqn) -> None:
         if len(bi) == 1 and not d.all_fixed(n[bi[0]]):
             # One axis split into blocks of one index space (GroupNorm's groups, attention heads): pruning keeps
             # the same channels in every block; `describe_groups` says so.
-            t.tie(minor_out, math.prod(oshape[k] for k in bo[:-1]), _tie_label(eqn), eqn, f)
+            major = nodes[bo[0]] if len(bo) == 2 else None
+            t.tie(minor_out, math.prod(oshape[k] for k in bo[:-1]), _tie_label(eqn), eqn, f, block_axis=major)
         left = d.compose([(n[bi[-1]], math.prod(ishape[k] for k in bi[:-1]))])
         right = d.compose([(minor_out, math.prod(oshape[k] for k in bo[:-1]))])
         d.unify(left, right)

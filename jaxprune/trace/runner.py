@@ -14,6 +14,9 @@ from jaxprune.trace.rules import _CUMULATIVE, _REDUCE
 
 # -- re-running the traced program (pruned widths, channel masks) -------------------------------------------------
 
+# `_Runner.vector` of an axis whose mask depends on another axis (a balanced group's slots beside its block axis).
+_PER_BLOCK = object()
+
 
 class _Runner:
     """Evaluates a traced program eqn by eqn at new widths (shape parameters rewritten from the dimension classes)
@@ -26,6 +29,12 @@ class _Runner:
         self.masks = dict(masks or {})
         self._ns: dict[int, int] = {}
         self._vec: dict[int, Any] = {}
+        # Balanced groups (GroupNorm groups): root -> (blocks, roots of the axes indexing the blocks). Their mask is
+        # one 0/1 entry per channel of every block (block-major), so an axis holding one block's slots is masked
+        # together with the block axis beside it.
+        self.balanced = {
+            s.root: (s.blocks, frozenset(self.d.find(n) for n in s.block_axes)) for s in trace.specs if s.blocks > 1
+        }
 
     def ns(self, node: int) -> int:
         if node not in self._ns:
@@ -45,7 +54,9 @@ class _Runner:
             return value
         for ax in axes:
             vec = self.vector(nodes[ax])
-            if vec is not None:
+            if vec is _PER_BLOCK:
+                value = value * self.block_mask(nodes, ax).astype(jnp.result_type(value))
+            elif vec is not None:
                 shape = [1] * len(nodes)
                 shape[ax] = -1
                 value = value * jnp.reshape(vec, shape).astype(jnp.result_type(value))
@@ -79,6 +90,8 @@ class _Runner:
         return invals
 
     def vector(self, node: int):
+        """The 0/1 mask along one axis, None if no masked group is on it, or `_PER_BLOCK` for an axis holding one
+        block's slots of a balanced group (its mask depends on the block axis too: `block_mask`)."""
         if node in self._vec:
             return self._vec[node]
         runs = self.d.resolve(node)
@@ -87,10 +100,35 @@ class _Runner:
             parts = []
             for r, c in runs:
                 m = self.masks[r] if r in self.masks else jnp.ones((self.sizes.get(r, self.d.size[r]),), jnp.float32)
-                parts.extend([jnp.asarray(m, jnp.float32)] * c)
-            vec = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+                m = jnp.asarray(m, jnp.float32)
+                if r in self.balanced and r in self.masks:
+                    blocks = self.balanced[r][0]
+                    if c % blocks:  # one block's slots (or a part of the blocks): not a vector on this axis alone
+                        vec = _PER_BLOCK
+                        break
+                    parts.extend([m] * (c // blocks))  # the mask covers the blocks side by side already
+                else:
+                    parts.extend([m] * c)
+            else:
+                vec = jnp.concatenate(parts) if len(parts) > 1 else parts[0]
         self._vec[node] = vec
         return vec
+
+    def block_mask(self, nodes, ax: int):
+        """The mask of a balanced group's slots on axis `ax`, broadcast against the axis indexing its blocks (a
+        GroupNorm's (groups, channels per group) view): block b masks its own channels."""
+        runs = self.d.resolve(nodes[ax])
+        (r, _), *rest = runs
+        blocks, block_roots = self.balanced.get(r, (0, frozenset()))
+        axis = next((k for k, n in enumerate(nodes) if k != ax and self.d.find(n) in block_roots), None)
+        if rest or runs[0][1] != 1 or axis is None:  # pragma: no cover - extract._mixed_without_blocks ties these
+            raise AssertionError("internal: a balanced group's slots are mixed with no block axis beside them")
+        m = jnp.reshape(jnp.asarray(self.masks[r], jnp.float32), (blocks, -1))
+        if axis > ax:
+            m = m.T
+        shape = [1] * len(nodes)
+        shape[ax], shape[axis] = -1, blocks
+        return jnp.reshape(m, shape)
 
     def frame(self, f: _Frame, args: list) -> list:
         env: dict[Any, Any] = {}
@@ -149,7 +187,11 @@ class _Runner:
         changed = False
         for node in nodes:
             vec = self.vector(node) if self.masks else None
-            if vec is not None:
+            if vec is _PER_BLOCK:  # one block's slots of a balanced group: every block keeps the same count
+                ((r, _),) = self.d.resolve(node)
+                n = n * jnp.sum(jnp.asarray(self.masks[r], jnp.float32)) / self.balanced[r][0]
+                changed = True
+            elif vec is not None:
                 n = n * jnp.sum(vec)
                 changed = True
             else:

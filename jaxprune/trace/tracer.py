@@ -27,8 +27,9 @@ class _Tracer:
         self.spatial: dict[tuple[tuple[str, ...], int], int] = {}  # conv kernel axis -> output spatial positions
         self.order = 0
         # Channel spaces repeated block by block (GroupNorm groups, conv feature groups, attention heads): (slot node,
-        # blocks, label, equation, call context); the same slots are kept in every block.
-        self.ties: list[tuple[int, int, str, object, tuple]] = []
+        # blocks, label, equation, call context, block axis node or None); the same slots are kept in every block,
+        # unless the group is balanced instead (GroupNorm groups: `extract._describe_ties`).
+        self.ties: list[tuple[int, int, str, object, tuple, int | None]] = []
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def nodes(self, f: _Frame, v) -> tuple[int, ...]:
@@ -49,9 +50,11 @@ class _Tracer:
         if not self.d.all_fixed(node):
             self.d.mark_taint(node, info)
 
-    def tie(self, node: int, blocks: int, label: str, eqn, f: _Frame) -> None:
+    def tie(self, node: int, blocks: int, label: str, eqn, f: _Frame, *, block_axis: int | None = None) -> None:
+        """Records a channel space repeated in `blocks` blocks; `block_axis`: the node of the axis that indexes the
+        blocks (a reshape's major part), where one exists."""
         if blocks > 1 and self.d.size[node] > 1:
-            self.ties.append((node, int(blocks), label, eqn, f.ctx))
+            self.ties.append((node, int(blocks), label, eqn, f.ctx, block_axis))
 
     def set_out(self, f: _Frame, v, nodes: tuple[int, ...]) -> None:
         f.env[v] = nodes

@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxprune._trees import host_tree
 from jaxprune.flops import count_macs
 from jaxprune.plan import PruningPlan
-from jaxprune.strategies import kept_count, make_plan, resolve_ratios
+from jaxprune.strategies import balanced_kept_count, kept_count, make_plan, resolve_ratios
 from jaxprune.surgery import prune, prune_like_params
 from jaxprune.train import user
 from jaxprune.train._checks import _check_int, _check_positive_float
@@ -323,7 +323,8 @@ def iterative_prune(
     plan_model, plan_vars, exported = plan_target(state)
     if named:
         finals = resolve_ratios(plan_model, final_ratio, skip=skip)
-        original = {g.name: g.width for g in plan_model.channel_groups() if g.name in finals}
+        originals = {g.name: g for g in plan_model.channel_groups() if g.name in finals}
+        original = {n: g.width for n, g in originals.items()}
         if isinstance(final_ratio, Mapping):  # each group its own schedule
             per_group = {n: schedule_ratios(schedule, r, steps) for n, r in finals.items()}
         else:
@@ -335,7 +336,10 @@ def iterative_prune(
         current = {g.name: g.width for g in plan_model.channel_groups()}
         if named:
             counts = {
-                n: kept_count(original[n], per_group[n][r], round_to=round_to, min_keep=min_keep) for n in original
+                n: kept_count(original[n], per_group[n][r], round_to=round_to, min_keep=min_keep)
+                if originals[n].blocks == 1  # a group in blocks (GroupNorm groups): the same count in each
+                else balanced_kept_count(originals[n], per_group[n][r], round_to=round_to, min_keep=min_keep)
+                for n in original
             }
             # counts[n] <= current[n] (kept_count is monotone in the ratio); this ratio of the current width keeps
             # exactly counts[n] (kept_count snaps float error), with no further rounding.
