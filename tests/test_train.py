@@ -69,7 +69,9 @@ def small(digits):
 
 @pytest.fixture(scope="session")
 def model():
-    return jp.models.resnet20()
+    # ResNet-8 (one block per stage, ResNet-20's widths): the same layer kinds, shortcuts and stage transitions as
+    # ResNet-20, and a compile costs about its number of layers (these tests compile each step once).
+    return jp.models.CifarResNet(depth=8, widths=(16, 32, 64))
 
 
 @pytest.fixture(scope="session")
@@ -279,15 +281,15 @@ def test_fit_progress_bar_shows_epoch_loss_accuracy_and_throughput(trained, smal
 # ----------------------------------------------------------------------------------------------------------------------
 def test_prune_state_slices_params_stats_optimizer_and_model(trained, model):
     state, _ = trained
-    plan = jp.make_plan(model, state.variables, prune_ratio={"stage1": 0.5, "stage3_block2_conv1": 0.25})
+    plan = jp.make_plan(model, state.variables, prune_ratio={"stage1": 0.5, "stage3_block1_conv1": 0.25})
     pruned = train.prune_state(state, plan)
-    assert pruned.model.widths == (8, 8, 8, 32, 32, 32, 64, 48, 64)
+    assert pruned.model.widths == (8, 32, 48)
     ref_model, ref_vars = jp.prune(model, state.variables, plan)
     assert pruned.model == ref_model
     assert_trees_equal(pruned.params, ref_vars["params"], "params")
     assert_trees_equal(pruned.batch_stats, ref_vars["batch_stats"], "batch_stats")
     assert_trees_equal(pruned.opt_state, jp.prune_like_params(state.opt_state, model, plan), "opt_state")
-    assert pruned.opt_state[1].trace["stage3_block2_conv2"]["kernel"].shape == (3, 3, 48, 64)
+    assert pruned.opt_state[1].trace["stage3_block1_conv2"]["kernel"].shape == (3, 3, 48, 64)
     assert int(pruned.step) == int(state.step)
     np.testing.assert_array_equal(jax.random.key_data(pruned.rng), jax.random.key_data(state.rng))
     rep = pruned.params["stage1_block1_conv1"]["kernel"].sharding
@@ -307,7 +309,6 @@ B64 = 8
     "make_tx",
     [
         pytest.param(lambda: train.sgd(0.05, momentum=0.9, weight_decay=1e-4), id="sgd-momentum"),
-        pytest.param(lambda: optax.adamw(1e-3, weight_decay=1e-2), id="adamw"),
         pytest.param(lambda: optax.chain(optax.clip_by_global_norm(0.05), optax.adam(1e-3)), id="clip-adam"),
     ],
 )
@@ -315,7 +316,7 @@ def test_one_step_after_pruning_equals_masked_original_on_kept_coordinates(make_
     """Issue 4's must-show: prune (params + optimizer state), step, and compare with a step of the original network
     whose removed channels are masked after BN (docs/design.md §4), restricted to the kept coordinates."""
     with jax.enable_x64(True):
-        model = jp.models.resnet20(dtype=jnp.float64)
+        model = jp.models.CifarResNet(depth=8, widths=(16, 32, 64), dtype=jnp.float64)
         v64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)
         x, y = small[0].astype(np.float64), small[1]
         tx = make_tx()
@@ -324,14 +325,14 @@ def test_one_step_after_pruning_equals_masked_original_on_kept_coordinates(make_
         # Batches of B64 = 8: float64 convolutions are slow on CPU and 8 images (8 x 8 x 8 = 512 positions per channel
         # in stage 3's batch norms) exercise the same kept/removed coordinates as 32.
         s, _ = train.train_step(s, x[:B64], y[:B64], full)  # non-zero momentum / moments before pruning
-        plan = jp.make_plan(model, s.variables, prune_ratio={"stage1": 0.5, "stage2_block2_conv1": 0.75})
+        plan = jp.make_plan(model, s.variables, prune_ratio={"stage1": 0.5, "stage2_block1_conv1": 0.75})
         masks = {k: jnp.asarray(v) for k, v in plan_masks(model, plan).items()}
 
         masked, m_masked = train.train_step(s, x[B64 : 2 * B64], y[B64 : 2 * B64], masks)
         pruned, m_pruned = train.train_step(train.prune_state(s, plan), x[B64 : 2 * B64], y[B64 : 2 * B64])
 
         assert pruned.params["fc"]["kernel"].dtype == jnp.float64
-        assert pruned.model.widths == (8, 8, 8, 32, 8, 32, 64, 64, 64)
+        assert pruned.model.widths == (8, 8, 64)
         assert_close(m_pruned["loss"], m_masked["loss"], "loss", rel=REL64)
         assert float(m_pruned["accuracy"]) == float(m_masked["accuracy"])
         _, kept_vars = jp.prune(model, masked.variables, plan)
@@ -358,7 +359,7 @@ def test_finetune_carries_momentum_and_iterative_prune_runs_rounds(trained, smal
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["plan"].new_widths["stage1_block1_conv1"] == 8
     assert rounds[1]["plan"].widths["stage1_block1_conv1"] == 8  # round 2 plans on round 1's model
-    assert out.model.widths == (4, 4, 4, 32, 32, 32, 48, 48, 48)
+    assert out.model.widths == (4, 32, 48)
     assert rounds[1]["widths"]["stage3_block1_conv1"] == 48
     assert int(out.step) == int(state.step) + 2 * (N_TRAIN // BATCH)
     # The optimizer state kept its structure (momentum carried, sliced) and fits the pruned params.
