@@ -177,16 +177,6 @@ def _wait_for_file(path, proc) -> None:
         time.sleep(0.05)
 
 
-def _first_line(proc) -> str:
-    """The child's first stdout line, once it is written (the child runs unbuffered)."""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        assert sel.select(timeout=HANG_S), f"hang: no output after {HANG_S} s"
-    line = proc.stdout.readline()
-    assert line, proc.communicate()
-    return line
-
-
 @pytest.mark.slow
 def test_demo_quick_interrupted_resumed_and_reported(tmp_path, env):
     out = tmp_path / "demo"
@@ -257,45 +247,106 @@ def test_demo_quick_interrupted_resumed_and_reported(tmp_path, env):
     assert f"{b['macs'] / 1e6:,.2f} M" in r.stdout  # the report table is printed
 
 
+class _Forker:
+    """``jaxprune`` runs forked from one server that imported jax and the command line once (tests/_cli_forker.py):
+    each run skips the 3-5 s of CPU a fresh interpreter spends on imports. The fresh interpreter's own exit path is
+    covered by test_demo_quick_interrupted_resumed_and_reported."""
+
+    def __init__(self, env):
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(os.path.dirname(__file__), "_cli_forker.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=_interruptible,
+        )  # fmt: skip
+        self.buf, self.running = b"", None
+
+    def _readable(self, timeout: float) -> bool:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            return bool(sel.select(timeout=timeout))
+
+    def _answer(self, word: str) -> int:
+        while b"\n" not in self.buf:  # unbuffered reads: select() then sees every line not yet read
+            assert self._readable(HANG_S), f"hang: the fork server said nothing in {HANG_S} s"
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            assert chunk, ("the fork server ended", self.proc.wait(timeout=HANG_S))
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        got = line.decode().split()
+        assert got[0] == word, got
+        return int(got[1])
+
+    def answered(self) -> bool:
+        """Whether the server has said something not yet read (after `start`: the run has ended)."""
+        return b"\n" in self.buf or self._readable(0)
+
+    def start(self, argv, stdout, stderr) -> int:
+        """Forks a run of ``jaxprune *argv``; returns its pid."""
+        self.proc.stdin.write(json.dumps({"argv": argv, "stdout": str(stdout), "stderr": str(stderr)}) + "\n")
+        self.proc.stdin.flush()
+        self.running = self._answer("pid")
+        return self.running
+
+    def exit_code(self) -> int:
+        """The exit code of the run started last, once it has ended (negative: the signal that killed it)."""
+        code = os.waitstatus_to_exitcode(self._answer("status"))
+        self.running = None
+        return code
+
+    def close(self):
+        """Ends the server; a run still going (a failed test) is killed first."""
+        if self.running is not None:
+            os.kill(self.running, signal.SIGKILL)
+        self.proc.stdin.close()
+        self.proc.wait(timeout=HANG_S)
+
+
 @pytest.mark.slow
 def test_interrupt_at_random_moments_exits_130_with_complete_checkpoints(tmp_path, env):
     """Ctrl-C at 10 random moments after ``train`` or ``finetune`` printed its first line: every run exits 130 (not a
     signal death), says so, and leaves checkpoints that load.
 
+    The runs are forked from a server that imported jax and the command line once (`_Forker`); each runs
+    `jaxprune.cli.main` as the program does, with its SIGINT handler and its exit, and the compilation cache on.
     Four ``train`` runs (ResNet-20) each resume the last and are interrupted while loading, compiling (from the shared
     cache) or training. Six ``finetune`` runs start from a 75 %-pruned ResNet-20 (``prune --ratio 0.75``, random
     weights: nothing to train first) whose epochs take a fraction of a second, so their interrupts also fall while a
     checkpoint is being written; each resumes the last."""
-    env = {**env, "PYTHONUNBUFFERED": "1"}  # the first line reaches the pipe when printed, as on a terminal
     pruned, trained, tuned = tmp_path / "pruned", tmp_path / "trained", tmp_path / "tuned"
     assert cli.main(["prune", "--model", "resnet20", "--ratio", "0.75", "--out", str(pruned)]) == 0
     spe = len(digits._load_data().x_train) // 128
     rng = random.Random(1717)
     exits = []
-    for i in range(10):
-        command = "train" if i % 3 == 0 else "finetune"
-        where = ["--out", str(trained)] if command == "train" else ["--checkpoint", str(pruned), "--out", str(tuned)]
-        cmd = [sys.executable, "-m", "jaxprune", command, "--epochs", "1000", "--batch-size", "128", *where]
-        proc = subprocess.Popen([*cmd, "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env, preexec_fn=_interruptible)  # fmt: skip
-        try:
-            _first_line(proc)
+    forker = _Forker(env)
+    try:
+        for i in range(10):
+            command = "train" if i % 3 == 0 else "finetune"
+            where = (
+                ["--out", str(trained)] if command == "train" else ["--checkpoint", str(pruned), "--out", str(tuned)]
+            )
+            argv = [command, "--epochs", "1000", "--batch-size", "128", *where, "--no-progress"]
+            out, err = tmp_path / f"out-{i}.txt", tmp_path / f"err-{i}.txt"
+            pid = forker.start(argv, out, err)
+            t0 = time.monotonic()
+            while not out.exists() or "\n" not in out.read_text():  # its first line
+                assert not forker.answered(), (i, "ended before its first line", err.read_text()[-3000:])
+                assert time.monotonic() - t0 < HANG_S, f"hang: run {i} printed nothing in {HANG_S} s"
+                time.sleep(0.02)
             time.sleep(rng.uniform(0.0, 3.0))  # 1000 epochs: the run is still going
-            proc.send_signal(signal.SIGINT)
-            _, stderr = proc.communicate(timeout=HANG_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        exits.append(proc.returncode)
-        assert proc.returncode == 130, (i, command, proc.returncode, stderr[-3000:])
-        assert (
-            stderr.strip().splitlines()[-1]
-            == f"jaxprune {command}: interrupted; checkpoints written so far are complete"
-        )
-        for folder in (trained, tuned):
-            if (folder / CHECKPOINT_FILE).exists():
-                ckpt = load_checkpoint(folder / CHECKPOINT_FILE)  # complete: it loads and passes its checksum
-                assert ckpt.step % spe == 0  # written at the end of an epoch
+            os.kill(pid, signal.SIGINT)
+            code = forker.exit_code()
+            stderr = err.read_text()
+            exits.append(code)
+            assert code == 130, (i, command, code, stderr[-3000:])
+            assert (
+                stderr.strip().splitlines()[-1]
+                == f"jaxprune {command}: interrupted; checkpoints written so far are complete"
+            )
+            for folder in (trained, tuned):
+                if (folder / CHECKPOINT_FILE).exists():
+                    ckpt = load_checkpoint(folder / CHECKPOINT_FILE)  # complete: it loads and passes its checksum
+                    assert ckpt.step % spe == 0  # written at the end of an epoch
+    finally:
+        forker.close()
     assert exits == [130] * 10
 
 
