@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import random_leaf
+from conftest import assert_close, random_leaf
 from flax import nnx
 
 import jaxprune as jp
@@ -435,3 +435,36 @@ def test_nnx_unsliceable_custom_variable_is_named():
     plan = jp.make_plan(m, prune_ratio=0.5, example_input=jnp.ones((1, 8, 8, 1)))
     with pytest.raises(ValueError, match=r"Odd odd \(shape \(8, 3\)\).*pruned group 'net/blocks/0/conv'"):
         jp.prune(m, plan)
+
+
+class DropoutCNN(nnx.Module):
+    """Flax's NNX MNIST-tutorial shape: conv, dropout, conv, dense; built in training mode (dropout on)."""
+
+    def __init__(self, rngs):
+        self.c1 = nnx.Conv(1, 8, (3, 3), rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.c2 = nnx.Conv(8, 8, (3, 3), rngs=rngs)
+        self.fc = nnx.Linear(8, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.drop(nnx.relu(self.c1(x)))
+        return self.fc(nnx.relu(self.c2(x)).mean((1, 2)))
+
+
+def test_nnx_module_with_dropout_in_training_mode_is_planned_and_pruned():
+    """Dropout draws from the module's Rngs, which a trace cannot advance: the trace sees it as the identity (it couples
+    no channels), and the pruned module keeps its dropout on, with its own Rngs."""
+    m = DropoutCNN(nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
+    plan = jp.make_plan(m, prune_ratio=0.5, example_input=x)
+    assert plan.new_widths == {"c1": 4, "c2": 4}
+    small = jp.prune(m, plan)
+    assert type(small) is DropoutCNN and small.drop.deterministic is False and m.drop.deterministic is False
+    assert (small.c1.out_features, small.c2.in_features, small.fc.in_features) == (4, 4, 4)
+    # Training mode really drops: two calls differ (the Rngs advance).
+    assert not np.array_equal(np.asarray(small(x)), np.asarray(small(x)))
+    # With dropout off the pruned module equals the masked original (float32, three layers: 1e-5 relative).
+    small.eval()
+    traced = jp.trace_model(m, None, x)
+    ref = jp.mask_dropped(traced, jp.nnx_variables(m), plan, x)
+    assert_close(small(x), ref)

@@ -81,10 +81,20 @@ def fill(states, variables: Mapping[str, Any]):
 
 
 def apply_fn(graphdef, states):
+    """The module as a pure function of jaxprune's variables dict, with every `nnx.Dropout` deterministic.
+
+    Dropout draws from the module's own `nnx.Rngs`, which cannot be advanced inside a trace of a copy; it couples no
+    channels, so the trace, the masked reference and the pruned re-run all see it as the identity. The module a user
+    gets back from `prune` keeps its own dropout settings (they come from the user's module, not from this function).
+    """
     from flax import nnx
 
     def apply(variables, *xs):
-        return nnx.merge(graphdef, *fill(states, variables))(*xs)
+        module = nnx.merge(graphdef, *fill(states, variables))
+        for _, sub in module.iter_modules():
+            if isinstance(sub, nnx.Dropout):
+                sub.deterministic = True
+        return module(*xs)
 
     return apply
 
