@@ -116,6 +116,28 @@ def random_leaf(rng: np.random.Generator, name: str, leaf):
     return jnp.asarray(v, leaf.dtype)
 
 
+def random_eqx_tree(tree, rng: np.random.Generator):
+    """Seeded random arrays for an abstract (`eqx.filter_eval_shape`) Equinox pytree, drawn from `rng`: weights
+    He-scaled, norm scales and running variances around 1, the rest small; integer state (BatchNorm's counter) 0.
+    Eager init would compile every initializer."""
+
+    def fill(path, leaf):
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            return leaf
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        name = str(getattr(path[-1], "name", ""))
+        if name == "weight" and len(leaf.shape) >= 2:
+            v = rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[1:])), leaf.shape)
+        elif name == "weight" or str(getattr(path[-1], "idx", "")) == "1":  # norm scales, running variances
+            v = rng.uniform(0.5, 1.5, leaf.shape)
+        else:
+            v = rng.normal(0.0, 0.1, leaf.shape)
+        return jnp.asarray(v, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, tree)
+
+
 def linen_random_variables(model, x, seed: int = 0):
     """Seeded random variables from abstract shapes (as `jp.random_variables`, for Linen models without `train=`)."""
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x))

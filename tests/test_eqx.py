@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_eqx_tree
 
 eqx = pytest.importorskip("equinox")
 optax = pytest.importorskip("optax")
@@ -52,26 +53,8 @@ class CNN(eqx.Module):
 
 
 def _random(tree, seed):
-    """Seeded random arrays for an abstract (`eqx.filter_eval_shape`) pytree: weights He-scaled, norm scales and
-    variances around 1, the rest small; integer state (BatchNorm's counter) 0. Eager init would compile every
-    initializer."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        if not isinstance(leaf, jax.ShapeDtypeStruct):
-            return leaf
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            return jnp.zeros(leaf.shape, leaf.dtype)
-        name = str(getattr(path[-1], "name", ""))
-        if name == "weight" and len(leaf.shape) >= 2:
-            v = rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[1:])), leaf.shape)
-        elif name == "weight" or str(getattr(path[-1], "idx", "")) == "1":  # norm scales, running variances
-            v = rng.uniform(0.5, 1.5, leaf.shape)
-        else:
-            v = rng.normal(0.0, 0.1, leaf.shape)
-        return jnp.asarray(v, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, tree)
+    """`conftest.random_eqx_tree` with its own seeded generator."""
+    return random_eqx_tree(tree, np.random.default_rng(seed))
 
 
 def _built(make, seed=0):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import random_leaf
+from conftest import random_eqx_tree, random_leaf
 from flax import nnx
 
 import jaxprune as jp
@@ -107,21 +107,8 @@ def _nnx_module(seed=0):
 
 def _eqx_model(seed=0, make=EqxCNN):
     model, state = eqx.filter_eval_shape(eqx.nn.make_with_state(make), jax.random.key(0))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        if not isinstance(leaf, jax.ShapeDtypeStruct):
-            return leaf
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            return jnp.zeros(leaf.shape, leaf.dtype)
-        name = str(getattr(path[-1], "name", ""))
-        if name == "weight" and len(leaf.shape) >= 2:
-            return jnp.asarray(rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[1:])), leaf.shape), leaf.dtype)
-        if name == "weight" or str(getattr(path[-1], "idx", "")) == "1":  # norm scales, running variances
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-        return jnp.asarray(rng.normal(0.0, 0.1, leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, model), jax.tree_util.tree_map_with_path(fill, state)
+    rng = np.random.default_rng(seed)  # one sequence: the model's leaves, then the state's
+    return random_eqx_tree(model, rng), random_eqx_tree(state, rng)
 
 
 def _chw(x):
