@@ -46,6 +46,7 @@ WORKER = textwrap.dedent(
     from jaxprune import train
     from jaxprune.data import batches
     from jaxprune.checkpoint import host_tree
+    from jaxprune.train.steps import _mesh_steps
 
     if role == "die":  # process 1 is killed by the test once both are up; process 0 waits for it in a collective
         multihost_utils.sync_global_devices("up")
@@ -84,8 +85,9 @@ WORKER = textwrap.dedent(
                 "hist": [{k: r[k] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")}
                          for r in hist]}
 
-    def pipeline(data, per_process, ckpt):
-        # train, prune, fine-tune, save, restore: the public API as a user calls it
+    def pipeline(data, per_process, ckpt=None):
+        # train, prune, fine-tune, save, restore: the public API as a user calls it (the reference stops before saving:
+        # only the job's checkpoint is checked)
         kw = dict(batch_size=BATCH, eval_batch_size=EVAL, seed=SEED, augment="crop", progress=False,
                   per_process_data=per_process)
         s = train.TrainState.create(model, variables, TX, seed=1)
@@ -93,21 +95,26 @@ WORKER = textwrap.dedent(
         plan = jp.make_plan(s.model, host_tree(s.variables), prune_ratio=PLAN)
         s = train.prune_state(s, plan)
         s, h2 = train.finetune(s, data, epochs=1, tx=FT, **kw)
+        res = summary(s, h1 + h2)
+        res["keep"] = {k: list(v) for k, v in plan.keep.items()}
+        if ckpt is None:
+            return res
         jp.save_checkpoint(ckpt, s, plans=[plan], metadata={"writer": jax.process_index()})
         # save_checkpoint returns in every process only once process 0 has written: read at once, no barrier here.
         c = jp.load_checkpoint(ckpt, tx=FT)
         r = c.train_state()
         ev = train.evaluate(r, data[2], data[3], batch_size=EVAL, per_process_data=per_process)
-        res = summary(s, h1 + h2)
-        res.update(keep={k: list(v) for k, v in plan.keep.items()}, writer=c.metadata["writer"],
+        res.update(writer=c.metadata["writer"],
                    restored_params=flat(r.params), restored_opt=flat(r.opt_state), restored_step=int(r.step),
                    restored_eval=[ev["loss"], ev["accuracy"], ev["count"]])
         return res
 
     def reference(parts):
         # One process, four devices: the per-process mode by its definition, global batch i = every shard's batch i
-        # in process order, through the public train_step.
+        # in process order, through fit's own step for this mesh (the jitted function fit calls, so its programs,
+        # compiled by the replicated run before, are reused) with fit's arguments.
         mesh = train.data_mesh()
+        step = _mesh_steps(mesh)[0]
         rep = NamedSharding(mesh, PartitionSpec())
         x, y, xt, yt = (np.concatenate([q[i] for q in parts]) for i in range(4))
         def epoch(s, e):
@@ -116,7 +123,8 @@ WORKER = textwrap.dedent(
             ms = []
             for bs in zip(*its):
                 xb = np.concatenate([b[0] for b in bs]); yb = np.concatenate([b[1] for b in bs])
-                s, m = train.train_step(s, train.shard_batch(mesh, xb), train.shard_batch(mesh, yb), augment="crop")
+                s, m = step(s, train.shard_batch(mesh, xb), train.shard_batch(mesh, yb), label_smoothing=0.0,
+                            augment="crop")
                 ms.append(host_tree(m))
             ev = train.evaluate(s, xt, yt, batch_size=EVAL)
             return s, [{"train_loss": float(np.mean([m["loss"] for m in ms])),
@@ -161,7 +169,7 @@ WORKER = textwrap.dedent(
         except ValueError as e:
             result["unequal"] = str(e)
     else:
-        result["replicated"] = pipeline(whole(), False, os.path.join(out, "replicated", "model.ckpt"))
+        result["replicated"] = pipeline(whole(), False)
         result["per_process"] = reference([shard(p) for p in range(SHARDS)])
         result["swapped"] = reference([shard(p) for p in (1, 0)])
         result["same_shard"] = reference([shard(0), shard(0)])
@@ -184,7 +192,9 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra) -> dict:
     env = dict(os.environ)  # keeps JAX_COMPILATION_CACHE_DIR and friends: the processes share compiled programs
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", **extra)
+    # Appended to the session's XLA_FLAGS (conftest: LLVM optimisation off, a third less compile), else lost here.
+    flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
     return env
 
