@@ -44,7 +44,7 @@ def test_smoke_writes_consistent_outputs(smoke):
     cfg = raw["config"]
     assert cfg["smoke"] is True and cfg["models"] == ["resnet8"] and cfg["budgets"] == [0.5]
     assert cfg["criteria"] == ["random", "taylor"] and cfg["scopes"] == ["layer", "global"]
-    assert cfg["image_size"] == 8 and cfg["n_train"] == 256 and cfg["finetune_steps"] == 3
+    assert cfg["image_size"] == 8 and cfg["n_train"] == 256 and cfg["finetune_steps"] == 3 and cfg["init"] == "random"
     # Every (criterion, scope) point once: 2 x 2, each meeting its MAC budget, fractions in (0, 1].
     pts = raw["points"]
     assert sorted((p["criterion"], p["scope"]) for p in pts) == sorted(
