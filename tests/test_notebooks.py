@@ -94,7 +94,12 @@ def _execute(name: str, km, cwd: Path):
         cells.insert(at, nbformat.v4.new_code_cell(OVERRIDES[name], metadata={"tags": ["injected-parameters"]}))
     setup = f"%reset -f\nimport os\nos.chdir({str(cwd)!r})\ndel os"
     nb.cells = [nbformat.v4.new_code_cell(setup, metadata={"tags": ["injected-setup"]}), *cells]
-    nbclient.NotebookClient(nb, km=km, timeout=HANG_TIMEOUT_S, kernel_name="python3").execute()
+    client = nbclient.NotebookClient(nb, km=km, timeout=HANG_TIMEOUT_S, kernel_name="python3")
+    try:
+        client.execute()
+    finally:  # the kernel stays up for the next notebook; this run's client channels close
+        if client.kc is not None:
+            client.kc.stop_channels()
     return [c for c in nb.cells if c.cell_type == "code" and not c.metadata.get("tags", [""])[0].startswith("inj")]
 
 
