@@ -3,7 +3,9 @@
 Run the full study: ``python benchmarks/study_digits.py`` (writes its section of docs/results.md between
 ``<!-- BEGIN study_digits -->`` and ``<!-- END study_digits -->``, the figure docs/study_digits.png and the raw points
 docs/study_digits.json). Smoke run: ``python benchmarks/study_digits.py --smoke --out DIR`` (1 seed, 1 budget, 2
-criteria, ResNet-20 on a 256-image subset, a few steps; the same files under DIR/docs/; run by tests/test_study.py).
+criteria, a ResNet-8 on a 256-image subset at the digits' native 8x8 pixels, a few steps; the same files under
+DIR/docs/; run in-process by tests/test_study.py). ``--smoke --models resnet20 vgg11`` runs the study's own models at
+its 32x32 input instead, for the cost estimate below.
 
 Following Blalock et al., "What is the State of Neural Network Pruning?" (MLSys 2020, ShrinkBench): several operating
 points as a curve, mean and spread over seeds, magnitude and random baselines, and compression (parameters) and
@@ -78,17 +80,39 @@ MODELS = {
 FINETUNE_STEPS = 22  # one epoch of the 1,437 training images at batch 64
 LABEL_SMOOTHING = 0.1
 INPUT = (1, 32, 32, 3)
+#: Smoke-only models (not in the study, no estimate): the default smoke checks the script's plumbing with the
+#: cheapest network that has every part the study's ResNet-20 has (stages, strided option-A shortcuts, BN).
+SMOKE_MODELS = {
+    "resnet8": lambda num_classes: jp.models.CifarResNet(depth=8, widths=(16, 32, 64), num_classes=num_classes)
+}
+SMOKE_RECIPE = {"epochs": 1, "lr": 0.1, "weight_decay": 5e-4, "seeds": (0,)}
+
+
+def _input_shape(cfg: dict) -> tuple[int, int, int, int]:
+    size = cfg.get("image_size", INPUT[1])  # the full study's configuration has no key: 32x32
+    return (1, size, size, INPUT[3])
+
+
+def _build(name: str, num_classes: int):
+    if name in SMOKE_MODELS:
+        return SMOKE_MODELS[name](num_classes)
+    return getattr(jp.models, name)(num_classes=num_classes)
 
 
 def _load() -> float:
     return os.getloadavg()[0]
 
 
-def train_base(name: str, ds, *, seed: int, epochs: int, lr: float, weight_decay: float):
-    """A trained base model: (model, variables, test accuracy, seconds, seconds per epoch after the first)."""
-    model = getattr(jp.models, name)(num_classes=ds.num_classes)
+def train_base(name: str, ds, *, seed: int, epochs: int, lr: float, weight_decay: float, init: str = "init"):
+    """A trained base model: (model, variables, test accuracy, seconds, seconds per epoch after the first).
+
+    `init="init"` (the study) compiles `model.init`; `"random"` (the ResNet-8 smoke) draws He-normal weights from the
+    abstract shapes (`jaxprune.random_variables`), without that compile.
+    """
+    model = _build(name, ds.num_classes)
     t = time.perf_counter()
-    variables = jp.init_variables(model, seed=seed)
+    make = jp.init_variables if init == "init" else jp.random_variables
+    variables = make(model, seed=seed, input_shape=(1, *ds.x_train.shape[1:]))
     spe = train.steps_per_epoch(ds, BATCH)
     tx = train.paper_sgd(epochs=epochs, steps_per_epoch=spe, learning_rate=lr, nesterov=True, weight_decay=weight_decay)
     state = train.TrainState.create(model, variables, tx, seed=seed)
@@ -154,8 +178,10 @@ def _finetune_batches(ds, *, seed: int, steps: int):
     return [(jnp.asarray(x), jnp.asarray(y)) for x, y in out[:steps]]
 
 
-def make_point_plan(model, variables, criterion: str, scope: str, budget: float, *, seed: int, taylor):
-    kw = {"target_macs": budget, "max_ratio": MAX_RATIO, "scope": scope, "input_shape": INPUT}
+def make_point_plan(
+    model, variables, criterion: str, scope: str, budget: float, *, seed: int, taylor, input_shape=INPUT
+):
+    kw = {"target_macs": budget, "max_ratio": MAX_RATIO, "scope": scope, "input_shape": input_shape}
     if scope == "global":
         kw["normalize"] = NORMALIZE[criterion]
     if criterion == "taylor":
@@ -164,14 +190,14 @@ def make_point_plan(model, variables, criterion: str, scope: str, budget: float,
     return jp.make_plan(model, variables, criterion=criterion, key=key, **kw)
 
 
-def check_pruned_equals_masked(model, tuned, plan, masks, trainer, ds) -> dict:
+def check_pruned_equals_masked(model, tuned, plan, masks, trainer, ds, *, input_shape=INPUT) -> dict:
     """Prunes the fine-tuned masked weights physically: logits must match the masked ones, MACs the plan's."""
     small, small_vars = jp.prune(model, jax.device_get(tuned), plan)
     pruned = np.asarray(jax.jit(lambda v, x: small.apply(v, x, train=False))(small_vars, ds.x_test))
     masked = trainer.logits(tuned, masks, ds.x_test)
     scale = max(1.0, float(np.abs(masked).max()))
     err = float(np.abs(pruned - masked).max())
-    macs = jp.count_macs(small, INPUT).macs
+    macs = jp.count_macs(small, input_shape).macs
     return {
         "max_abs_diff": err,
         "tolerance": 1e-5 * scale,  # docs/design.md §4: max|d| <= 1e-5 * max(1, max|y|) in float32
@@ -183,7 +209,8 @@ def check_pruned_equals_masked(model, tuned, plan, masks, trainer, ds) -> dict:
 
 
 def run(cfg: dict, *, log=print) -> dict:
-    ds = load_digits()
+    shape = _input_shape(cfg)
+    ds = load_digits(image_size=shape[1])
     if cfg["n_train"] is not None:
         ds = dataclasses.replace(ds, x_train=ds.x_train[: cfg["n_train"]], y_train=ds.y_train[: cfg["n_train"]])
     out = {"config": cfg, "machine": machine_line(), "load_start": _load(), "bases": [], "points": [], "checks": {}}
@@ -193,9 +220,15 @@ def run(cfg: dict, *, log=print) -> dict:
         trainer = None
         for seed in recipe["seeds"]:
             model, base, acc, secs, per_epoch = train_base(
-                name, ds, seed=seed, epochs=recipe["epochs"], lr=recipe["lr"], weight_decay=recipe["weight_decay"]
+                name,
+                ds,
+                seed=seed,
+                epochs=recipe["epochs"],
+                lr=recipe["lr"],
+                weight_decay=recipe["weight_decay"],
+                init=cfg.get("init", "init"),  # the full study's configuration has no key: model.init
             )
-            total = jp.count_macs(model, INPUT)
+            total = jp.count_macs(model, shape)
             out["bases"].append(
                 {"model": name, "seed": seed, "accuracy": acc, "seconds": secs, "seconds_per_epoch": per_epoch,
                  "epochs": recipe["epochs"], "macs": total.macs, "params": total.params, "load": _load()}
@@ -213,9 +246,11 @@ def run(cfg: dict, *, log=print) -> dict:
                 for scope in cfg["scopes"]:
                     for budget in cfg["budgets"]:
                         t = time.perf_counter()
-                        plan = make_point_plan(model, base, criterion, scope, budget, seed=seed, taylor=taylor)
+                        plan = make_point_plan(
+                            model, base, criterion, scope, budget, seed=seed, taylor=taylor, input_shape=shape
+                        )
                         masks = {k: jnp.asarray(v) for k, v in jp.plan_masks(model, plan).items()}
-                        kept = jp.count_macs(model.with_widths(plan.new_widths), INPUT)
+                        kept = jp.count_macs(model.with_widths(plan.new_widths), shape)
                         t_plan = time.perf_counter() - t
                         before = _accuracy(trainer.logits(base, masks, ds.x_test), ds.y_test)
                         t_eval = time.perf_counter() - t - t_plan
@@ -243,7 +278,9 @@ def run(cfg: dict, *, log=print) -> dict:
                             f"{point['params_kept']:.3f}: {before:.4f} -> {after:.4f} ({point['seconds']:.1f} s)"
                         )
                         if name not in out["checks"]:
-                            out["checks"][name] = check_pruned_equals_masked(model, tuned, plan, masks, trainer, ds)
+                            out["checks"][name] = check_pruned_equals_masked(
+                                model, tuned, plan, masks, trainer, ds, input_shape=shape
+                            )
                             log(f"  pruned = masked check: {out['checks'][name]}")
     out["seconds"] = time.perf_counter() - t_all
     out["load_end"] = _load()
@@ -267,14 +304,14 @@ def estimate_full(out: dict) -> dict:
     Two figures: at this run's speed, and on a quiet machine. For the quiet one, compiled work (steps, evaluations)
     is scaled by `QUIET_RESNET20_STEP_S` / this run's ResNet-20 step time (a loaded machine slows XLA's threads far
     more than the load average says), host work (plans, overhead) by 2 / max(2, load average); without ResNet-20 in
-    the run, both by the load average.
+    the run, both by the load average. Smoke-only models (`SMOKE_MODELS`) are not in the study and get no estimate.
     """
     load = max(2.0, float(np.mean([out["load_start"], out["load_end"]])))
     host = 2.0 / load
     steps = out["config"]["finetune_steps"]
     spe = 1437 // BATCH
     per_model = {}
-    for name in dict.fromkeys(b["model"] for b in out["bases"]):
+    for name in dict.fromkeys(b["model"] for b in out["bases"] if b["model"] in MODELS):
         pts = [p for p in out["points"] if p["model"] == name]
         later = pts[1:] if len(pts) > 1 else pts
         plan_s = float(np.median([p["seconds_plan"] for p in later]))
@@ -457,14 +494,18 @@ def report(out: dict, rows: list[dict], *, command: str, figure_name: str) -> st
         f"predictions {c['same_predictions']}, MACs {c['macs_pruned']:,} = plan {c['macs_plan']:,}"
         for n, c in out["checks"].items()
     )
+    estimate = (
+        f"estimate of the full study from its measured costs: {est['total_minutes_at_load']:.1f} min at load "
+        f"{est['load']:.1f}, {est['total_minutes_quiet']:.1f} min scaled to a quiet machine"
+        if est["per_model"]
+        else "no model of the full study in this run, so no estimate of it"
+    )
     lines += [
         f"Pruned = masked, checked on the first point of each model after fine-tuning: {checks}.",
         "",
         f"![accuracy vs MAC fraction]({figure_name})",
         "",
-        f"Cost: {out['seconds'] / 60:.1f} min for this run; estimate of the full study from its measured costs: "
-        f"{est['total_minutes_at_load']:.1f} min at load {est['load']:.1f}, {est['total_minutes_quiet']:.1f} min "
-        "scaled to a quiet machine.",
+        f"Cost: {out['seconds'] / 60:.1f} min for this run; {estimate}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -473,21 +514,28 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="1 seed, 1 budget, 2 criteria, a few steps")
     ap.add_argument("--out", type=Path, default=None, help="write docs/... under this folder instead of the repository")
-    ap.add_argument("--models", nargs="+", default=None, choices=sorted(MODELS))
+    ap.add_argument(
+        "--models", nargs="+", default=None, choices=sorted(MODELS) + sorted(SMOKE_MODELS), help="resnet8: --smoke only"
+    )
     args = ap.parse_args(argv)
     if args.smoke:
-        models = args.models or ["resnet20"]
+        models = args.models or ["resnet8"]
         cfg = {
             "smoke": True,
             "models": models,
-            "recipes": {m: {**MODELS[m], "epochs": 1, "seeds": (0,)} for m in models},
+            "recipes": {m: {**MODELS[m], "epochs": 1, "seeds": (0,)} if m in MODELS else SMOKE_RECIPE for m in models},
             "criteria": ("random", "taylor"),
             "scopes": SCOPES,
             "budgets": (0.5,),
             "finetune_steps": 3,
             "n_train": 256,
+            # The study's models keep its 32x32 input (their costs feed the estimate); ResNet-8 alone runs at 8x8.
+            "image_size": 8 if set(models) <= set(SMOKE_MODELS) else INPUT[1],
+            "init": "random" if set(models) <= set(SMOKE_MODELS) else "init",
         }
     else:
+        if set(args.models or ()) & set(SMOKE_MODELS):
+            ap.error(f"{sorted(SMOKE_MODELS)} run with --smoke only; the study's models are {sorted(MODELS)}")
         models = args.models or list(MODELS)
         cfg = {
             "smoke": False,

@@ -1,8 +1,11 @@
 """The notebooks under notebooks/: committed without outputs, public API only, and executed top to bottom.
 
-Execution uses nbclient with the ``python3`` kernel (ipykernel, in the ``test`` extra); each notebook runs in a
-fresh kernel in a temporary working folder, so nothing it writes lands in the repository. A cell that raises fails
-the test with the cell's traceback.
+Execution uses nbclient with the ``python3`` kernel (ipykernel, in the ``test`` extra). The four notebooks run one
+after another in ONE kernel process (its jax/flax/matplotlib imports are paid once): before each, the test runs
+``%reset -f`` (the namespace is emptied, so every notebook runs on its own definitions and imports) and moves the
+kernel into that test's temporary folder, so nothing a notebook writes lands in the repository. A notebook's cell
+tagged ``parameters`` (papermill's convention) holds its run lengths; the test inserts a cell after it with shorter
+ones (`OVERRIDES`): the same code runs, on fewer epochs. A cell that raises fails the test with the cell's traceback.
 """
 
 from __future__ import annotations
@@ -50,19 +53,85 @@ def test_public_api_only(name):
             assert not any(n.strip().startswith("_") for n in m.group(2).split(",")), line
 
 
+#: Shorter run lengths for the test, by notebook: every code path runs, on fewer training epochs.
+OVERRIDES = {
+    "03_sensitivity_finetune.ipynb": "EPOCHS, FT_EPOCHS = 1, 1",
+    "04_your_own_model.ipynb": "EPOCHS, FT_EPOCHS = 1, 1",
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameters_cell(name):
+    tagged = [c for c in _cells(name) if "parameters" in c["metadata"].get("tags", [])]
+    if name not in OVERRIDES:
+        assert tagged == []
+        return
+    assert len(tagged) == 1 and tagged[0]["cell_type"] == "code"
+    # The override only assigns names the parameters cell defines.
+    defined = "".join(tagged[0]["source"]).split("=")[0]
+    assert all(n.strip() in defined for n in OVERRIDES[name].split("=")[0].split(","))
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """One ``python3`` kernel shared by the module's notebook runs (each empties its namespace first)."""
+    manager = pytest.importorskip("jupyter_client.manager")
+    pytest.importorskip("nbclient")
+    km = manager.KernelManager(kernel_name="python3")
+    km.start_kernel()
+    yield km
+    km.shutdown_kernel(now=True)
+
+
+def _execute(name: str, km, cwd: Path):
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    cells = list(nb.cells)
+    if name in OVERRIDES:
+        at = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])) + 1
+        cells.insert(at, nbformat.v4.new_code_cell(OVERRIDES[name], metadata={"tags": ["injected-parameters"]}))
+    setup = f"%reset -f\nimport os\nos.chdir({str(cwd)!r})\ndel os"
+    nb.cells = [nbformat.v4.new_code_cell(setup, metadata={"tags": ["injected-setup"]}), *cells]
+    client = nbclient.NotebookClient(nb, km=km, timeout=HANG_TIMEOUT_S, kernel_name="python3")
+    try:
+        client.execute()
+    finally:  # the kernel stays up for the next notebook; this run's client channels close
+        if client.kc is not None:
+            client.kc.stop_channels()
+    return [c for c in nb.cells if c.cell_type == "code" and not c.metadata.get("tags", [""])[0].startswith("inj")]
+
+
+def _text(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+def _has_figure(cell) -> bool:
+    return any("image/png" in o.get("data", {}) for o in cell.outputs)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_executes(name, tmp_path):
-    # The kernel inherits the environment, with the session's persistent compilation cache (conftest.py exports it):
-    # the notebooks' kernels and the demo's subprocesses reuse what earlier processes compiled.
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=HANG_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()
-    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+def test_notebook_executes(name, kernel, tmp_path):
+    # The kernel inherits the environment, with the session's persistent compilation cache (conftest.py exports it).
+    code_cells = _execute(name, kernel, tmp_path)
     assert all(c.execution_count is not None for c in code_cells)
     errors = [o for c in code_cells for o in c.outputs if o.output_type == "error"]
     assert errors == []
+    # Every cell that draws (viz.plot_*, a matplotlib Figure; all but notebook 04 draw) shows its figure.
+    drawing = [c for c in code_cells if "viz.plot_" in c.source or "Figure(" in c.source]
+    assert bool(drawing) == (name != "04_your_own_model.ipynb")
+    assert all(_has_figure(c) for c in drawing), [c.source[:40] for c in drawing if not _has_figure(c)]
+    out = "\n".join(_text(c) for c in code_cells)
+    expected = {
+        "01_quickstart.ipynb": ["max |pruned - masked| =", "vgg16-A: MACs 206,279,680"],
+        "02_paper_table1.ipynb": ["largest |ours - paper| over the pruned %"],
+        "03_sensitivity_finetune.ipynb": ["fine-tuned", "plan(s) in the history; test accuracy"],
+        "04_your_own_model.ipynb": ["restored test accuracy", "ValueError:"],
+    }[name]
+    for text in expected:
+        assert text in out, text
+    if name == "04_your_own_model.ipynb":
+        # The NNX checkpoint restores the optimizer's step: EPOCHS + FT_EPOCHS epochs, then one more, of 22 steps.
+        assert "optimizer steps: 44" in out and "one more epoch: step 66" in out
