@@ -424,6 +424,11 @@ def _prune_like_params_eqx(opt_state, model, plan, params, example_input, state)
     cls = type(model)
     nodes = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda n: isinstance(n, cls))
     if any(isinstance(n, cls) for n in nodes):
+        if params is not None:
+            raise TypeError(
+                f"prune_like_params: params= is for an optax state over a params dict; this state holds "
+                f"{cls.__name__} modules (optax over eqx.filter(model, ...)), sliced like the module itself: drop params="
+            )
         out = _prune_eqx(model, plan, None, example_input=example_input, state=state, opt_state=opt_state)
         return out[-1]
     traced, own = as_prunable(model, None, example_input, what="prune_like_params", state=state)

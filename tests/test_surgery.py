@@ -271,7 +271,9 @@ def test_prune_like_params_slices_every_mirror(resnet8, tx):
     plan = jp.make_plan(m, v, prune_ratio=0.5)
     _, v2 = jp.prune(m, v, plan)
     new_state = jp.prune_like_params(state, m, plan)
-    assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(jax.eval_shape(tx.init, v2["params"]))
+    assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(
+        jax.eval_shape(tx.init, v2["params"])
+    )
     # Every mirror leaf equals pruning a params-shaped tree holding that leaf; scalars untouched.
     flat_old = jax.tree_util.tree_flatten_with_path(state)[0]
     flat_new = jax.tree_util.tree_flatten_with_path(new_state)[0]

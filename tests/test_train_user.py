@@ -421,3 +421,43 @@ def test_prune_state_without_a_known_example_says_what_to_pass(digits):
 def test_save_checkpoint_of_a_user_train_state_says_to_save_the_module(nnx_run, tmp_path):
     with pytest.raises(TypeError, match=r"user's NNX module; save the module itself.*state.to_model\(\)"):
         jp.save_checkpoint(tmp_path / "s.ckpt", nnx_run["s"])
+
+
+def test_an_example_input_of_several_arrays_is_refused(nnx_run, digits):
+    x, _, _, _ = digits
+    one = jnp.asarray(x[:1])
+    with pytest.raises(TypeError, match=r"example_input must be one array.*calls the module with one input"):
+        train.prune_state(nnx_run["s"], nnx_run["plan"], example_input={"x": one, "t": one})
+
+
+class TwoInputs(nnx.Module):
+    """A module called as ``module(x, t)`` (a diffusion model's image and time)."""
+
+    def __init__(self, rngs):
+        self.a = nnx.Linear(3, 6, rngs=rngs)
+        self.b = nnx.Linear(6, 2, rngs=rngs)
+
+    def __call__(self, x, t):
+        return self.b(nnx.relu(self.a(x) * t))
+
+
+def test_a_module_traced_with_two_inputs_is_refused_by_create():
+    from jaxprune._models import remember_trace
+
+    m = TwoInputs(nnx.Rngs(0))
+    remember_trace(m, jp.trace_model(m, None, jnp.ones((1, 3)), jnp.ones((1, 1))))  # as `prune` records a trace
+    with pytest.raises(ValueError, match=r"TwoInputs was traced with 2 inputs; jaxprune.train calls a module with one"):
+        train.TrainState.create(m, TX)
+
+
+def test_training_apply_of_a_keyed_equinox_module_needs_a_dropout_key():
+    s = train.TrainState.create(KeyedMLP(jax.random.key(0)), TX)
+    with pytest.raises(ValueError, match=r"takes key=: in training mode apply needs rngs=\{'dropout': key\}"):
+        s.model.apply(s.variables, jnp.ones((2, 6)), train=True)
+
+
+def test_prune_like_params_of_an_equinox_optimizer_state_refuses_params(eqx_run):
+    m, st, plan = eqx_run["module"], eqx_run["state"], eqx_run["plan"]
+    opt = jax.eval_shape(TX.init, eqx.filter(m, eqx.is_inexact_array))  # optax over the module's own arrays
+    with pytest.raises(TypeError, match=r"params= is for an optax state over a params dict.*EqxCNN modules"):
+        jp.prune_like_params(opt, m, plan, params={}, state=st)

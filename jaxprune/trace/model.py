@@ -43,7 +43,9 @@ class TracedModel:
     channels kept, in the pruned re-run (the pruned count) and in the masked reference (the sum of the masks) alike,
     so pruned = masked = the module rebuilt at the new widths (docs/design.md §6). A channel space split into
     GroupNorm groups is balanced (`ChannelGroup.blocks`): each norm group keeps an equal count, chosen by its own
-    scores. One split into conv feature groups is one group across them (tied): pruning keeps the same channels in
+    scores; a concrete mask with unequal counts per block is a ValueError, and a mask passed as a tracer (under
+    `jax.jit` or `jax.grad`) cannot be checked, so it must be balanced too (masks from plans, `plan_masks`, and the
+    sensitivity scan's are). One split into conv feature groups is one group across them (tied): pruning keeps the same channels in
     every block. Either way the group count stays (`describe_groups` says which). Other constants
     computed from a width at trace time keep their traced value: an attention's ``1 / sqrt(head features)`` stays the
     traced one, so pruning head features gives pruned = masked; `nnx_module` keeps that scale (its attention's
@@ -361,6 +363,7 @@ class TracedModel:
                 width = groups[name].width
                 if tuple(jnp.shape(m)) != (width,):
                     raise ValueError(f"mask for group {name!r} must have shape ({width},), got {jnp.shape(m)}")
+                # A tracer's values are unknown here: balanced by contract (the class docstring), as plans' masks are.
                 if groups[name].blocks > 1 and not isinstance(m, jax.core.Tracer):
                     # Balanced (GroupNorm groups): the statistics divide by one count per block, so all must match.
                     counts = groups[name].block_counts(np.flatnonzero(np.asarray(m)))

@@ -81,7 +81,8 @@ def fill(states, variables: Mapping[str, Any]):
 
 
 def apply_fn(graphdef, states):
-    """The module as a pure function of jaxprune's variables dict, with every `nnx.Dropout` deterministic.
+    """The module as a pure function of jaxprune's variables dict, with every dropout deterministic (`nnx.Dropout`
+    and `nnx.MultiHeadAttention`'s attention dropout).
 
     Dropout draws from the module's own `nnx.Rngs`, which cannot be advanced inside a trace of a copy; it couples no
     channels, so the trace, the masked reference and the pruned re-run all see it as the identity. The module a user
@@ -91,9 +92,9 @@ def apply_fn(graphdef, states):
 
     def apply(variables, *xs):
         module = nnx.merge(graphdef, *fill(states, variables))
-        for _, sub in module.iter_modules():
-            if isinstance(sub, nnx.Dropout):
-                sub.deterministic = True
+        for _, sub in nnx.iter_graph(module):
+            if isinstance(sub, nnx.Dropout | nnx.MultiHeadAttention):
+                sub.deterministic = True  # MultiHeadAttention: its attention-weight dropout
         return module(*xs)
 
     return apply

@@ -179,6 +179,11 @@ def _wrap_nnx(module, example):
     if example is None:
         traced = _NNX_TRACES.get(module)  # make_plan's trace of this module object, or prune's of a pruned one
         example = None if traced is None else tuple(traced.example_inputs)
+        if example is not None and len(example) != 1:
+            raise ValueError(
+                f"{type(module).__name__} was traced with {len(example)} inputs; jaxprune.train calls a module with one "
+                "input, the batch (wrap a module of several inputs in one that takes the batch)"
+            )
     adapter = NNXModel(graphdef, _abstract(params), _abstract(rest), example, name=type(module).__name__)
     return adapter, _str_keys(nnx.to_pure_dict(params)), _str_keys(nnx.to_pure_dict(rest))
 
@@ -294,9 +299,14 @@ class EqxModel:
         state = self._state(variables.get("batch_stats", {}))
         n = jax.tree_util.tree_leaves(x)[0].shape[0]
         if self._key_arg:
-            if train and rngs is not None and "dropout" in rngs:
+            if train:
+                if rngs is None or "dropout" not in rngs:
+                    raise ValueError(
+                        "this Equinox module takes key=: in training mode apply needs rngs={'dropout': key} (a new key "
+                        "per step; jaxprune.train's steps pass one), else every step would draw the same dropout"
+                    )
                 keys = jax.random.split(rngs["dropout"], n)
-            else:
+            else:  # inference mode: the module draws nothing
                 keys = jax.random.split(jax.random.key(0), n)
         else:
             keys = None
@@ -345,10 +355,10 @@ def _wrap_eqx(model, state, example, what: str):
 def _examples(example_input, what: str):
     if example_input is None:
         return None
-    leaves = jax.tree_util.tree_leaves(example_input)
-    if not leaves or not all(hasattr(a, "shape") and hasattr(a, "dtype") for a in leaves):
+    if not (hasattr(example_input, "shape") and hasattr(example_input, "dtype")):
         raise TypeError(
-            f"{what}: example_input must be an array or a jax.ShapeDtypeStruct, got {type(example_input).__name__}"
+            f"{what}: example_input must be one array or a jax.ShapeDtypeStruct (jaxprune.train calls the module with "
+            f"one input, the batch), got {type(example_input).__name__}"
         )
     return (jax.ShapeDtypeStruct(np.shape(example_input), example_input.dtype),)
 
