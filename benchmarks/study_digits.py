@@ -36,6 +36,12 @@ measured costs (`--smoke --models resnet20 vgg11`: per-step, per-evaluation and 
 calibrated to the quiet ResNet-20 step of docs/results.md's train_digits section (`QUIET_RESNET20_STEP_S`; the
 smoke ran at load average 9, 15x slower per step) and host work scaled by the load average (`estimate_full`).
 Every run records its own estimate and wall time in its section.
+
+**The estimate is wrong by about 3x** (measured 2026-12-02: a partial run of the defaults on this 2-core machine,
+beside the test suite for its first 24 minutes and alone for the last 3, stopped after 68 points). ResNet-20's base
+training took 116-144 s (96 estimated), but every point 14-17 s, also alone (about 5 s estimated; the process ran at
+one core's worth of CPU), so the 240 points would take about 70 minutes, over the 40 the issue allows. The defaults
+need re-budgeting (fewer fine-tuning steps or seeds) before the full study is run; no full run has been made.
 """
 
 from __future__ import annotations
