@@ -82,6 +82,19 @@ def _hashable(key, owner):
     return key
 
 
+class _Keyed:
+    """Equality and hash by ``self._key`` (set by the adapter's ``__init__``): adapters of one architecture are equal,
+    so `jax.jit`, which keys on the static model, compiles one step for all of them."""
+
+    _key: Any
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+
 def _check_no_masks(masks, kind: str) -> None:
     if masks is not None:
         raise TypeError(
@@ -93,7 +106,7 @@ def _check_no_masks(masks, kind: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # NNX
 # ----------------------------------------------------------------------------------------------------------------------
-class NNXModel:
+class NNXModel(_Keyed):
     """An `nnx.Module` as ``apply(variables, x, *, train, mutable, rngs)`` (see the module docstring).
 
     Hashable and compared by the module's graph (`nnx.GraphDef`), its state's structure and shapes and the example
@@ -125,12 +138,6 @@ class NNXModel:
             _example_key(example),
         )
         self._key = _hashable(self._key, self)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, NNXModel) and self._key == other._key
-
-    def __hash__(self) -> int:
-        return hash(self._key)
 
     def __repr__(self) -> str:
         return f"NNXModel({self.name})"
@@ -225,7 +232,7 @@ def _static_key(static) -> tuple:
     return treedef, tuple(out)
 
 
-class EqxModel:
+class EqxModel(_Keyed):
     """An `eqx.Module` (with its `eqx.nn.State`) as ``apply(variables, x, *, train, mutable, rngs)`` (see the module
     docstring). Hashable and compared by the module's static part (its classes, static fields and non-array leaves),
     the layout of its parameters and state and the example input, so modules of one architecture share one compiled
@@ -265,12 +272,6 @@ class EqxModel:
             _example_key(example),
         )
         self._key = _hashable(self._key, self)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, EqxModel) and self._key == other._key
-
-    def __hash__(self) -> int:
-        return hash(self._key)
 
     def __repr__(self) -> str:
         return f"EqxModel({type(self.parts.static).__name__})"
