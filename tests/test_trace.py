@@ -608,6 +608,31 @@ class GroupNormStream(nn.Module):
         return nn.Dense(3, name="fc")(h.mean((1, 2)))
 
 
+def test_groupnorm_is_recognised_where_site_packages_sit_under_the_standard_library(monkeypatch):
+    # An interpreter without a virtual environment (CI's) keeps site-packages beneath the stdlib folder, and jax's
+    # location summary skips everything there, Flax and Equinox included: the GroupNorm's reshape then read as the
+    # caller's line, and an NNX or Equinox GroupNorm (whose caller is no "GroupNorm") was taken for plain blocks.
+    # The trace reads the caller from the equation's frames itself, so where the packages lie does not matter.
+    import os
+    import sysconfig
+
+    from jaxprune.trace import _jaxpr
+
+    flax_file = nn.normalization.__file__
+    site = flax_file[: flax_file.index("flax" + os.sep)]  # .../site-packages/
+    monkeypatch.setattr(_jaxpr, "_STDLIB", os.path.dirname(site.rstrip(os.sep)) + os.sep)  # as CI's layout
+    assert _jaxpr._is_caller_file(flax_file)
+    assert not _jaxpr._is_caller_file(os.path.join(os.path.dirname(site.rstrip(os.sep)), "contextlib.py"))
+    assert not _jaxpr._is_caller_file(jnp.__file__)
+    assert _jaxpr._is_caller_file(__file__)
+    monkeypatch.undo()
+    assert not _jaxpr._is_caller_file(os.path.join(sysconfig.get_path("stdlib"), "functools.py"))
+    gn = nnx.GroupNorm(8, num_groups=4, rngs=nnx.Rngs(0))
+    jaxpr = jax.make_jaxpr(lambda x: gn(x))(jnp.ones((1, 2, 2, 8)))
+    callers = {_jaxpr._caller(e) for e in jaxpr.jaxpr.eqns if e.primitive.name == "reshape"}
+    assert "GroupNorm.__call__" in callers
+
+
 def test_groupnorm_balanced_groups_feed_convs_and_a_residual_stream():
     m = GroupNormStream()
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))

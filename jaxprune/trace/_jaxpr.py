@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sysconfig
 from typing import Any
 
+import jax
+import jaxlib
 import numpy as np
 from jax.extend import core as jcore
 from jax.extend import source_info_util
@@ -45,6 +49,39 @@ def _loc(eqn) -> str:
         return source_info_util.summarize(eqn.source_info)
     except Exception:  # pragma: no cover - a source info the public summary cannot read
         return ""
+
+
+# Files that are not the caller of a jax operation: jax's and jaxlib's own, and the standard library's, but not the
+# packages installed beneath the standard library's folder (an interpreter without a virtual environment keeps its
+# site-packages there, and jax's own `summarize` then skips Flax and Equinox too: a location cannot tell what called).
+_NOT_CALLERS = tuple(os.path.dirname(m.__file__) + os.sep for m in (jax, jaxlib))
+_STDLIB = os.path.normpath(sysconfig.get_path("stdlib")) + os.sep
+_INSTALLED = frozenset({"site-packages", "dist-packages"})
+
+
+def _is_caller_file(path: str) -> bool:
+    """Whether a frame in the file at `path` may be the code that called jax (a model library's or the user's)."""
+    if path.startswith(_NOT_CALLERS):
+        return False
+    if path.startswith(_STDLIB):
+        return not _INSTALLED.isdisjoint(path[len(_STDLIB) :].split(os.sep))
+    return True
+
+
+def _caller(eqn) -> str:
+    """The qualified name of the function whose call made the equation (``GroupNorm.__call__``): its innermost frame
+    outside jax and the standard library, or "" where the equation carries no traceback."""
+    tb = getattr(getattr(eqn, "source_info", None), "traceback", None)
+    if tb is None:
+        return ""
+    try:
+        frames = tb.frames  # innermost first
+    except Exception:  # pragma: no cover - a traceback object without frames
+        return ""
+    for fr in frames:
+        if _is_caller_file(fr.file_name):
+            return fr.function_name
+    return ""
 
 
 def _where(eqn, ctx: tuple) -> str:

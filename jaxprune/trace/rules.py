@@ -13,7 +13,7 @@ import math
 
 from jax.extend import core as jcore
 
-from jaxprune.trace._jaxpr import _Frame, _is_literal, _loc, _shape
+from jaxprune.trace._jaxpr import _caller, _Frame, _is_literal, _shape
 
 _ELEMENTWISE = frozenset(
     """add sub mul div rem pow max min atan2 nextafter and or xor not eq ne lt le gt ge neg sign floor ceil round
@@ -334,8 +334,11 @@ def _reshape(t, f: _Frame, i: int, eqn) -> None:
 
 def _tie_label(eqn) -> str:
     """What the blocks of a split channel axis are, for `describe_groups`: GroupNorm's groups when the reshape sits in
-    a GroupNorm (Flax Linen, NNX and Equinox all name it so), else blocks of a reshape."""
-    return "GroupNorm groups" if "GroupNorm" in _loc(eqn) else "blocks of a reshape"
+    a GroupNorm's method (Flax Linen, NNX and Equinox all name the class so), else blocks of a reshape. The caller is
+    read from the equation's frames, not from jax's location summary, which skips installed packages where they sit
+    under the standard library's folder."""
+    owner = _caller(eqn).rsplit(".", 1)[0].split(".")[-1]  # the class of the method: "A.<locals>.GroupNorm.__call__"
+    return "GroupNorm groups" if "GroupNorm" in owner else "blocks of a reshape"
 
 
 def _rev(t, f: _Frame, i: int, eqn) -> None:
