@@ -5,12 +5,13 @@ Run the full study: ``python benchmarks/study_digits.py`` (writes its section of
 docs/study_digits.json). Smoke run: ``python benchmarks/study_digits.py --smoke --out DIR`` (1 seed, 1 budget, 2
 criteria, a ResNet-8 on a 256-image subset at the digits' native 8x8 pixels, a few steps; the same files under
 DIR/docs/; run in-process by tests/test_study.py). ``--smoke --models resnet20 vgg11`` runs the study's own models at
-its 32x32 input instead, for the cost estimate below.
+their input sizes instead, for the cost estimate below.
 
 Following Blalock et al., "What is the State of Neural Network Pruning?" (MLSys 2020, ShrinkBench): several operating
 points as a curve, mean and spread over seeds, magnitude and random baselines, and compression (parameters) and
 speed-up (MACs) stated separately. For every model and seed a base network is trained on
-`jaxprune.data.load_digits()` (1,437 train / 360 test images, 32x32x3) with `jaxprune.train.fit` and `paper_sgd`.
+`jaxprune.data.load_digits()` (1,437 train / 360 test images, 3 channels, at the model's input size) with
+`jaxprune.train.fit` and `paper_sgd`.
 Then every point (criterion, scope, budget) is:
 
 1. a plan from `jaxprune.make_plan(target_macs=budget, max_ratio=0.9, scope=...)` on the base weights: the
@@ -18,8 +19,8 @@ Then every point (criterion, scope, budget) is:
    network, scores normalised as `NORMALIZE` says; `scope="layer"`: the smallest uniform ratio). Criteria: `l1`
    (Li et al. 2017), `l2`, `random` (the baseline, seeded), `fpgm` (He et al. 2019), `bn_scale` (Liu et al. 2017),
    `taylor` (Molchanov et al. 2017, `jaxprune.taylor_scores` on 256 training images, BN in training mode);
-2. `FINETUNE_STEPS` SGD steps (batch 64, constant lr 0.01, momentum 0.9, weight decay 1e-4, fresh momentum) on the
-   same batches for every point of a seed, then test accuracy on all 360 test images.
+2. the model's `finetune_steps` SGD steps (batch 64, constant lr 0.01, momentum 0.9, weight decay 1e-4, fresh
+   momentum) on the same batches for every point of a seed, then test accuracy on all 360 test images.
 
 Fine-tuning runs on the masked original (`jaxprune.masked_forward`'s masks as traced inputs), so every point of a
 model shares one compiled train step and one compiled evaluation: the masked model computes the pruned model's
@@ -28,20 +29,16 @@ weights, which no output reads. The script checks this once per model: the first
 (`jaxprune.prune`) after fine-tuning, and its test logits must equal the masked ones within float32 error, its MACs
 the plan's prediction exactly.
 
-Cost (full study, defaults): ResNet-20 3 seeds x 7 training epochs, VGG-11 2 seeds x 8 epochs (the issue's 3 seeds
-did not fit with VGG-11 in 40 minutes), 6 x 2 x 4 = 48 points per seed, 240 points, `FINETUNE_STEPS` = 22 (one epoch)
-per point. Deeper ResNets (32+) and VGG-13/16/19 are left out for time. Estimate: **about 28 minutes on a quiet
-2-core CPU** (ResNet-20: 1.6 min base training + 10.9 min points; VGG-11: 2.0 + 13.3 min), from the smoke run's
-measured costs (`--smoke --models resnet20 vgg11`: per-step, per-evaluation and per-plan times) with compiled work
-calibrated to the quiet ResNet-20 step of docs/results.md's train_digits section (`QUIET_RESNET20_STEP_S`; the
-smoke ran at load average 9, 15x slower per step) and host work scaled by the load average (`estimate_full`).
-Every run records its own estimate and wall time in its section.
-
-**The estimate is wrong by about 3x** (measured 2026-12-02: a partial run of the defaults on this 2-core machine,
-beside the test suite for its first 24 minutes and alone for the last 3, stopped after 68 points). ResNet-20's base
-training took 116-144 s (96 estimated), but every point 14-17 s, also alone (about 5 s estimated; the process ran at
-one core's worth of CPU), so the 240 points would take about 70 minutes, over the 40 the issue allows. The defaults
-need re-budgeting (fewer fine-tuning steps or seeds) before the full study is run; no full run has been made.
+Budget (full study, defaults, `MODELS`): the issue allows 40 minutes of this 2-core machine. Measured quiet
+(2026-12-02, load 1.0), one masked training step at batch 64 costs 0.54-0.58 s for ResNet-20 at 32x32, 0.106 s at
+16x16, and 0.82 s for VGG-11 at 32x32; a point is its fine-tuning steps plus two evaluations of the 360 test images
+and a plan. At 32x32 everywhere, 240 points of one epoch each took 14-17 s apiece (about 70 minutes; a partial run
+of the earlier defaults). So: ResNet-20 reads the digits at 16x16 (their native 8x8 pixels upsampled twice instead of
+four times), 3 seeds x 7 epochs, 22 steps (one epoch) per point; VGG-11 stays at 32x32 (its five 2x2 pools need
+it), 2 seeds x 6 epochs, 11 steps (half an epoch) per point. 6 criteria x 2 scopes x 4 budgets = 48 points per seed,
+240 in all. Deeper ResNets (32+) and VGG-13/16/19 are left out for time. Every run records its wall time and load in
+its section of docs/results.md, and `estimate_full` predicts the full study from a smoke run's measured costs
+(`--smoke --models resnet20 vgg11`), compiled work calibrated to `QUIET_RESNET20_STEP_S`.
 """
 
 from __future__ import annotations
@@ -78,25 +75,27 @@ MAX_RATIO = 0.9
 BATCH = 64
 TAYLOR_IMAGES = 256
 FINETUNE_LR = 0.01
-#: model -> training recipe and seeds (the full study).
+#: model -> training recipe, seeds, input size and fine-tuning steps per point (the full study). ResNet-20 reads the
+#: digits at 16x16 (their native 8x8 upsampled; a quarter of the 32x32 MACs), VGG-11 at 32x32 (its five 2x2 pools
+#: need 32). VGG-11's step costs 8x ResNet-20's at these sizes, so it gets two seeds and half an epoch per point.
 MODELS = {
-    "resnet20": {"epochs": 7, "lr": 0.1, "weight_decay": 5e-4, "seeds": (0, 1, 2)},
-    "vgg11": {"epochs": 8, "lr": 0.05, "weight_decay": 5e-4, "seeds": (0, 1)},
-}
-FINETUNE_STEPS = 22  # one epoch of the 1,437 training images at batch 64
+    "resnet20": {"epochs": 7, "lr": 0.1, "weight_decay": 5e-4, "seeds": (0, 1, 2), "image_size": 16,
+                 "finetune_steps": 22},  # one epoch of the 1,437 training images at batch 64
+    "vgg11": {"epochs": 6, "lr": 0.05, "weight_decay": 5e-4, "seeds": (0, 1), "image_size": 32,
+              "finetune_steps": 11},
+}  # fmt: skip
 LABEL_SMOOTHING = 0.1
-INPUT = (1, 32, 32, 3)
+CHANNELS = 3
 #: Smoke-only models (not in the study, no estimate): the default smoke checks the script's plumbing with the
 #: cheapest network that has every part the study's ResNet-20 has (stages, strided option-A shortcuts, BN).
 SMOKE_MODELS = {
     "resnet8": lambda num_classes: jp.models.CifarResNet(depth=8, widths=(16, 32, 64), num_classes=num_classes)
 }
-SMOKE_RECIPE = {"epochs": 1, "lr": 0.1, "weight_decay": 5e-4, "seeds": (0,)}
+SMOKE_RECIPE = {"epochs": 1, "lr": 0.1, "weight_decay": 5e-4, "seeds": (0,), "image_size": 8, "finetune_steps": 3}
 
 
-def _input_shape(cfg: dict) -> tuple[int, int, int, int]:
-    size = cfg.get("image_size", INPUT[1])  # the full study's configuration has no key: 32x32
-    return (1, size, size, INPUT[3])
+def _input_shape(recipe: dict) -> tuple[int, int, int, int]:
+    return (1, recipe["image_size"], recipe["image_size"], CHANNELS)
 
 
 def _build(name: str, num_classes: int):
@@ -184,9 +183,7 @@ def _finetune_batches(ds, *, seed: int, steps: int):
     return [(jnp.asarray(x), jnp.asarray(y)) for x, y in out[:steps]]
 
 
-def make_point_plan(
-    model, variables, criterion: str, scope: str, budget: float, *, seed: int, taylor, input_shape=INPUT
-):
+def make_point_plan(model, variables, criterion: str, scope: str, budget: float, *, seed: int, taylor, input_shape):
     kw = {"target_macs": budget, "max_ratio": MAX_RATIO, "scope": scope, "input_shape": input_shape}
     if scope == "global":
         kw["normalize"] = NORMALIZE[criterion]
@@ -196,7 +193,7 @@ def make_point_plan(
     return jp.make_plan(model, variables, criterion=criterion, key=key, **kw)
 
 
-def check_pruned_equals_masked(model, tuned, plan, masks, trainer, ds, *, input_shape=INPUT) -> dict:
+def check_pruned_equals_masked(model, tuned, plan, masks, trainer, ds, *, input_shape) -> dict:
     """Prunes the fine-tuned masked weights physically: logits must match the masked ones, MACs the plan's."""
     small, small_vars = jp.prune(model, jax.device_get(tuned), plan)
     pruned = np.asarray(jax.jit(lambda v, x: small.apply(v, x, train=False))(small_vars, ds.x_test))
@@ -214,15 +211,20 @@ def check_pruned_equals_masked(model, tuned, plan, masks, trainer, ds, *, input_
     }
 
 
+def _digits(image_size: int, n_train: int | None):
+    ds = load_digits(image_size=image_size)
+    if n_train is not None:
+        ds = dataclasses.replace(ds, x_train=ds.x_train[:n_train], y_train=ds.y_train[:n_train])
+    return ds
+
+
 def run(cfg: dict, *, log=print) -> dict:
-    shape = _input_shape(cfg)
-    ds = load_digits(image_size=shape[1])
-    if cfg["n_train"] is not None:
-        ds = dataclasses.replace(ds, x_train=ds.x_train[: cfg["n_train"]], y_train=ds.y_train[: cfg["n_train"]])
     out = {"config": cfg, "machine": machine_line(), "load_start": _load(), "bases": [], "points": [], "checks": {}}
     t_all = time.perf_counter()
     for name in cfg["models"]:
         recipe = cfg["recipes"][name]
+        shape = _input_shape(recipe)
+        ds = _digits(shape[1], cfg["n_train"])
         trainer = None
         for seed in recipe["seeds"]:
             model, base, acc, secs, per_epoch = train_base(
@@ -242,7 +244,7 @@ def run(cfg: dict, *, log=print) -> dict:
             log(f"{name} seed {seed}: base accuracy {acc:.4f} in {secs:.1f} s ({per_epoch:.2f} s/epoch)")
             if trainer is None or trainer.model != model:
                 trainer = MaskedTrainer(model)
-            fb = _finetune_batches(ds, seed=seed, steps=cfg["finetune_steps"])
+            fb = _finetune_batches(ds, seed=seed, steps=recipe["finetune_steps"])
             rng = np.random.default_rng([seed, 99])
             pick = rng.choice(ds.x_train.shape[0], size=min(TAYLOR_IMAGES, ds.x_train.shape[0]), replace=False)
             taylor = None
@@ -294,16 +296,17 @@ def run(cfg: dict, *, log=print) -> dict:
     return out
 
 
-#: Seconds per ResNet-20 training step (batch 64, 32x32x3) on this 2-core CPU when quiet: `fit` at 351 images/s,
-#: docs/results.md's train_digits section (load average 1.5). The estimate's calibration of compute time.
-QUIET_RESNET20_STEP_S = 64 / 351
+#: Seconds per masked ResNet-20 training step (batch 64, 16x16x3, `MaskedTrainer.step`) on this 2-core CPU when
+#: quiet: 0.106 s wall (0.164 s of CPU), measured 2026-12-02 at load average 1.0 (at 32x32: 0.54-0.58 s). The
+#: estimate's calibration of compute time.
+QUIET_RESNET20_STEP_S = 0.106
 
 
 def estimate_full(out: dict) -> dict:
     """The full study's cost from this run's measured costs, per model.
 
-    Points: the median plan time, two evaluations at the median evaluation time and `FINETUNE_STEPS` steps at the
-    median time per fine-tuning step (the first point of a model excluded: it compiles). Base training: epochs x
+    Points: the median plan time, two evaluations at the median evaluation time and the model's `finetune_steps`
+    (`MODELS`) at the median time per fine-tuning step (the first point of a model excluded: it compiles). Base training: epochs x
     steps per epoch at the same time per step (`fit`'s step does the same work without masks) plus, per seed, the
     measured overhead of `init_variables`, compiles and evaluation (this run's base time less its steps).
 
@@ -314,7 +317,6 @@ def estimate_full(out: dict) -> dict:
     """
     load = max(2.0, float(np.mean([out["load_start"], out["load_end"]])))
     host = 2.0 / load
-    steps = out["config"]["finetune_steps"]
     spe = 1437 // BATCH
     per_model = {}
     for name in dict.fromkeys(b["model"] for b in out["bases"] if b["model"] in MODELS):
@@ -322,6 +324,7 @@ def estimate_full(out: dict) -> dict:
         later = pts[1:] if len(pts) > 1 else pts
         plan_s = float(np.median([p["seconds_plan"] for p in later]))
         eval_s = float(np.median([p["seconds_eval"] for p in later]))
+        steps = out["config"]["recipes"][name]["finetune_steps"]  # this run's, per point
         step_s = float(np.median([p["seconds_finetune"] for p in later])) / steps
         bases = [b for b in out["bases"] if b["model"] == name]
         n_steps_run = [b["epochs"] * (out["config"]["n_train"] or 1437) // BATCH for b in bases]
@@ -338,7 +341,7 @@ def estimate_full(out: dict) -> dict:
     def cost(v, name, c, h):
         full = MODELS[name]
         base = len(full["seeds"]) * (full["epochs"] * spe * v["step_s"] * c + v["base_overhead_s"] * h)
-        points = v["points"] * (v["plan_s"] * h + (2 * v["eval_s"] + FINETUNE_STEPS * v["step_s"]) * c)
+        points = v["points"] * (v["plan_s"] * h + (2 * v["eval_s"] + full["finetune_steps"] * v["step_s"]) * c)
         return base, points
 
     for name, v in per_model.items():
@@ -421,14 +424,16 @@ def figure(out: dict, rows: list[dict], path: Path) -> None:
                 )
                 ax.errorbar(x, y, yerr=e, capsize=3, label=criterion, **style)
             ax.axhline(100 * base, color="grey", linewidth=0.8, linestyle=":", label="unpruned")
-            ax.set_title(f"{name}, scope={scope}")
+            size = cfg["recipes"][name]["image_size"]
+            ax.set_title(f"{name} ({size}x{size} input), scope={scope}")
             ax.set_xlabel("fraction of MACs kept")
             ax.set_ylabel("test accuracy after fine-tuning (%)")
             ax.set_xlim(1.0, max(0.0, min(cfg["budgets"]) - 0.1))  # inverted: fewer MACs to the right
             ax.ticklabel_format(useOffset=False)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle(f"digits: mean ± sd over seeds; {cfg['finetune_steps']} fine-tuning steps per point", fontsize=10)
+    steps = ", ".join(f"{m} {cfg['recipes'][m]['finetune_steps']}" for m in models)
+    fig.suptitle(f"digits: mean ± sd over seeds; fine-tuning steps per point: {steps}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -446,8 +451,8 @@ def report(out: dict, rows: list[dict], *, command: str, figure_name: str) -> st
         f"{' (SMOKE RUN: not a result)' if cfg['smoke'] else ''}.",
         "",
         "Each point: a plan from `make_plan(target_macs=budget, max_ratio=0.9, scope=...)` on the trained base "
-        f"network, then {cfg['finetune_steps']} SGD steps (batch {BATCH}, lr {FINETUNE_LR}, momentum 0.9, weight "
-        "decay 1e-4) on the masked original (one compile for every point; pruned = masked is checked below), then "
+        f"network, then the model's fine-tuning steps (table below; batch {BATCH}, lr {FINETUNE_LR}, momentum 0.9, "
+        "weight decay 1e-4) on the masked original (one compile for every point; pruned = masked is checked below), then "
         "test accuracy on all 360 test images. The same batches for every point of a seed. Global scope "
         "normalisation: " + ", ".join(f"`{c}` {NORMALIZE[c]}" for c in cfg["criteria"]) + ". Spread: sample "
         "standard deviation over seeds (none shown with one seed). `random` is the baseline on every curve.",
@@ -455,15 +460,16 @@ def report(out: dict, rows: list[dict], *, command: str, figure_name: str) -> st
         "Base networks (`jaxprune.train.fit`, `paper_sgd` with Nesterov, batch 64, label smoothing 0.1, no "
         "augmentation):",
         "",
-        "| model | seeds | epochs | lr | test accuracy % | MACs | params |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | input | seeds | epochs | lr | fine-tuning steps per point | test accuracy % | MACs | params |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in cfg["models"]:
         bs = [b for b in out["bases"] if b["model"] == name]
         r = cfg["recipes"][name]
         lines.append(
-            f"| {name} | {', '.join(str(b['seed']) for b in bs)} | {r['epochs']} | {r['lr']} | "
-            f"{_pm([b['accuracy'] for b in bs])} | {bs[0]['macs']:,} | {bs[0]['params']:,} |"
+            f"| {name} | {r['image_size']}x{r['image_size']} | {', '.join(str(b['seed']) for b in bs)} | "
+            f"{r['epochs']} | {r['lr']} | {r['finetune_steps']} | {_pm([b['accuracy'] for b in bs])} | "
+            f"{bs[0]['macs']:,} | {bs[0]['params']:,} |"
         )
     head = " | ".join(f"{b:.0%} MACs" for b in cfg["budgets"])
     lines += [
@@ -529,14 +535,15 @@ def main(argv=None) -> dict:
         cfg = {
             "smoke": True,
             "models": models,
-            "recipes": {m: {**MODELS[m], "epochs": 1, "seeds": (0,)} if m in MODELS else SMOKE_RECIPE for m in models},
+            # The study's models keep their input sizes (their costs feed the estimate); ResNet-8 runs at 8x8.
+            "recipes": {
+                m: {**MODELS[m], "epochs": 1, "seeds": (0,), "finetune_steps": 3} if m in MODELS else SMOKE_RECIPE
+                for m in models
+            },
             "criteria": ("random", "taylor"),
             "scopes": SCOPES,
             "budgets": (0.5,),
-            "finetune_steps": 3,
             "n_train": 256,
-            # The study's models keep its 32x32 input (their costs feed the estimate); ResNet-8 alone runs at 8x8.
-            "image_size": 8 if set(models) <= set(SMOKE_MODELS) else INPUT[1],
             "init": "random" if set(models) <= set(SMOKE_MODELS) else "init",
         }
     else:
@@ -550,7 +557,6 @@ def main(argv=None) -> dict:
             "criteria": CRITERIA,
             "scopes": SCOPES,
             "budgets": BUDGETS,
-            "finetune_steps": FINETUNE_STEPS,
             "n_train": None,
         }
     out = run(cfg)

@@ -44,7 +44,8 @@ def test_smoke_writes_consistent_outputs(smoke):
     cfg = raw["config"]
     assert cfg["smoke"] is True and cfg["models"] == ["resnet8"] and cfg["budgets"] == [0.5]
     assert cfg["criteria"] == ["random", "taylor"] and cfg["scopes"] == ["layer", "global"]
-    assert cfg["image_size"] == 8 and cfg["n_train"] == 256 and cfg["finetune_steps"] == 3 and cfg["init"] == "random"
+    recipe = cfg["recipes"]["resnet8"]
+    assert (recipe["image_size"], recipe["finetune_steps"], cfg["n_train"], cfg["init"]) == (8, 3, 256, "random")
     # Every (criterion, scope) point once: 2 x 2, each meeting its MAC budget, fractions in (0, 1].
     pts = raw["points"]
     assert sorted((p["criterion"], p["scope"]) for p in pts) == sorted(
@@ -84,6 +85,7 @@ def test_estimate_from_measured_costs(study, smoke):
     out = copy.deepcopy(raw)
     for row in out["bases"] + out["points"]:
         row["model"] = "resnet20"
+    out["config"]["recipes"] = {"resnet20": out["config"]["recipes"]["resnet8"]}  # the run's recipe (3 steps a point)
     est = study.estimate_full(out)
     assert list(est["per_model"]) == ["resnet20"]
     assert est["per_model"]["resnet20"]["points"] == 3 * 6 * 2 * 4  # the full study's ResNet-20 points
