@@ -306,9 +306,10 @@ def estimate_full(out: dict) -> dict:
     """The full study's cost from this run's measured costs, per model.
 
     Points: the median plan time, two evaluations at the median evaluation time and the model's `finetune_steps`
-    (`MODELS`) at the median time per fine-tuning step (the first point of a model excluded: it compiles). Base training: epochs x
-    steps per epoch at the same time per step (`fit`'s step does the same work without masks) plus, per seed, the
-    measured overhead of `init_variables`, compiles and evaluation (this run's base time less its steps).
+    (`MODELS`) at the median time per fine-tuning step (the first point of a model excluded: it compiles). Base
+    training: epochs x steps per epoch at the same time per step (`fit`'s step does the same work without masks)
+    plus, per seed, the measured overhead of `init_variables`, compiles and evaluation (this run's base time less its
+    steps).
 
     Two figures: at this run's speed, and on a quiet machine. For the quiet one, compiled work (steps, evaluations)
     is scaled by `QUIET_RESNET20_STEP_S` / this run's ResNet-20 step time (a loaded machine slows XLA's threads far
@@ -452,8 +453,8 @@ def report(out: dict, rows: list[dict], *, command: str, figure_name: str) -> st
         "",
         "Each point: a plan from `make_plan(target_macs=budget, max_ratio=0.9, scope=...)` on the trained base "
         f"network, then the model's fine-tuning steps (table below; batch {BATCH}, lr {FINETUNE_LR}, momentum 0.9, "
-        "weight decay 1e-4) on the masked original (one compile for every point; pruned = masked is checked below), then "
-        "test accuracy on all 360 test images. The same batches for every point of a seed. Global scope "
+        "weight decay 1e-4) on the masked original (one compile for every point; pruned = masked is checked below), "
+        "then test accuracy on all 360 test images. The same batches for every point of a seed. Global scope "
         "normalisation: " + ", ".join(f"`{c}` {NORMALIZE[c]}" for c in cfg["criteria"]) + ". Spread: sample "
         "standard deviation over seeds (none shown with one seed). `random` is the baseline on every curve.",
         "",
