@@ -53,7 +53,8 @@ def test_smoke_writes_consistent_outputs(smoke):
     )
     for p in pts:
         assert 0 < p["macs_kept"] <= p["budget"] and 0 < p["params_kept"] <= 1
-        assert 0 <= p["accuracy"] <= 1 and 0 <= p["accuracy_pruned"] <= 1
+        assert 0 <= p["accuracy"] <= 1 and 0 <= p["accuracy_pruned"] <= 1 and 0 <= p["accuracy_stale_bn"] <= 1
+        assert p["seconds_recalibrate"] > 0
         # Accuracy on 360 test images is a multiple of 1/360 (exact up to float64 rounding of the mean).
         assert abs(p["accuracy"] * 360 - round(p["accuracy"] * 360)) < 1e-9
     # Pruned = masked, checked by the script on the first point: logits within float32 error, MACs exact.
@@ -73,6 +74,9 @@ def test_smoke_writes_consistent_outputs(smoke):
             f"| resnet8 | {p['scope']} | `{p['criterion']}` | {1 / p['macs_kept']:.2f}x / {1 / p['params_kept']:.2f}x |"
         )
         assert speed in text, speed
+    # The recalibration table: the means over the points, stale and recalibrated.
+    for key, label in (("accuracy_stale_bn", "stale BN"), ("accuracy", "recalibrated")):
+        assert f"| resnet8 | {label} | {100 * sum(p[key] for p in pts) / len(pts):.2f} |" in text, label
     png = (docs / "study_digits.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert raw["estimate"]["per_model"] == {}  # a smoke-only model: no full-study estimate
@@ -95,3 +99,33 @@ def test_estimate_from_measured_costs(study, smoke):
 def test_smoke_only_models_refused_outside_smoke(study):
     with pytest.raises(SystemExit):
         study.main(["--models", "resnet8", "--out", "unused"])
+
+
+def test_recalibrated_statistics_are_the_batch_statistics(study):
+    # Recalibration replaces every BN running mean and variance by the batch statistics of x through the masked
+    # network: feeding the same x again in train mode (running <- m * running + (1 - m) * batch) leaves them where
+    # they are, and the momentum read off the model is jaxprune's BatchNorm's 0.9. float32: the update
+    # m * r + (1 - m) * r is r to within a few ulps of values of order 1, so 1e-5 relative.
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxprune as jp
+
+    model = study.SMOKE_MODELS["resnet8"](10)
+    variables = jp.random_variables(model, seed=0, input_shape=(1, 8, 8, 3))
+    plan = jp.make_plan(model, variables, prune_ratio=0.5)
+    masks = {k: jnp.asarray(v) for k, v in jp.plan_masks(model, plan).items()}
+    x = jax.random.normal(jax.random.key(1), (16, 8, 8, 3))
+    trainer = study.MaskedTrainer(model)
+    recal = trainer.recalibrate(variables, masks, x)
+    assert trainer.momentum == pytest.approx(0.9, abs=1e-6)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: a is b, recal["params"], variables["params"]))
+    _, again = trainer.batch_stats(recal, x, masks)
+    moved = 0
+    for a, b, old in zip(*(jax.tree_util.tree_leaves(t) for t in (again, recal["batch_stats"], variables["batch_stats"])),
+                         strict=True):  # fmt: skip
+        a, b, old = (np.asarray(t, np.float64) for t in (a, b, old))
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+        moved += int(not np.allclose(b, old))
+    assert moved == len(jax.tree_util.tree_leaves(variables["batch_stats"]))  # every leaf was replaced
