@@ -36,15 +36,17 @@ weights, which no output reads. The script checks this once per model: the first
 the plan's prediction exactly.
 
 Budget (full study, defaults, `MODELS`): the issue allows 40 minutes of this 2-core machine. Measured quiet
-(2026-12-02, load 1.0), one masked training step at batch 64 costs 0.54-0.58 s for ResNet-20 at 32x32, 0.106 s at
-16x16, and 0.82 s for VGG-11 at 32x32; a point is its fine-tuning steps plus three evaluations of the 360 test images,
-a recalibration and a plan. At 32x32 everywhere, 240 points of one epoch each took 14-17 s apiece (about 70 minutes; a partial run
-of the earlier defaults). So: ResNet-20 reads the digits at 16x16 (their native 8x8 pixels upsampled twice instead of
-four times), 3 seeds x 7 epochs, 22 steps (one epoch) per point; VGG-11 stays at 32x32 (its five 2x2 pools need
-it), 2 seeds x 6 epochs, 11 steps (half an epoch) per point. 6 criteria x 2 scopes x 4 budgets = 48 points per seed,
-240 in all. Deeper ResNets (32+) and VGG-13/16/19 are left out for time. Every run records its wall time and load in
-its section of docs/results.md, and `estimate_full` predicts the full study from a smoke run's measured costs
-(`--smoke --models resnet20 vgg11`), compiled work calibrated to `QUIET_RESNET20_STEP_S`.
+(2026-12-02, load 1.0), one masked training step at batch 64 cost 0.54-0.58 s for ResNet-20 at 32x32, 0.106 s at
+16x16, and 0.82 s for VGG-11 at 32x32; on the machine of the next run (same kind, load 1.5) the same steps took
+0.18 s and 1.26 s, so the estimate's quiet figure is a lower bound and its at-load figure the one to plan with. A
+point is its fine-tuning steps plus three evaluations of the 360 test images, a BN recalibration and a plan. At
+32x32 everywhere, 240 points of one epoch each took 14-17 s apiece (about 70 minutes; a partial run of earlier
+defaults). So: ResNet-20 reads the digits at 16x16 (their native 8x8 pixels upsampled twice instead of four times),
+3 seeds x 7 epochs, 22 steps (one epoch) per point; VGG-11 stays at 32x32 (its five 2x2 pools need it), 1 seed x 6
+epochs, 11 steps (half an epoch) per point (about 20 s a point: two seeds would not fit). 6 criteria x 2 scopes x 4
+budgets = 48 points per seed, 192 in all. Deeper ResNets (32+) and VGG-13/16/19 are left out for time. Every run
+records its wall time and load in its section of docs/results.md, and `estimate_full` predicts the full study from a
+smoke run's measured costs (`--smoke --models resnet20 vgg11`), compiled work calibrated to `QUIET_RESNET20_STEP_S`.
 """
 
 from __future__ import annotations
@@ -85,11 +87,11 @@ RECAL_IMAGES = 256
 FINETUNE_LR = 0.01
 #: model -> training recipe, seeds, input size and fine-tuning steps per point (the full study). ResNet-20 reads the
 #: digits at 16x16 (their native 8x8 upsampled; a quarter of the 32x32 MACs), VGG-11 at 32x32 (its five 2x2 pools
-#: need 32). VGG-11's step costs 8x ResNet-20's at these sizes, so it gets two seeds and half an epoch per point.
+#: need 32). VGG-11's step costs 7x ResNet-20's at these sizes, so it gets one seed and half an epoch per point.
 MODELS = {
     "resnet20": {"epochs": 7, "lr": 0.1, "weight_decay": 5e-4, "seeds": (0, 1, 2), "image_size": 16,
                  "finetune_steps": 22},  # one epoch of the 1,437 training images at batch 64
-    "vgg11": {"epochs": 6, "lr": 0.05, "weight_decay": 5e-4, "seeds": (0, 1), "image_size": 32,
+    "vgg11": {"epochs": 6, "lr": 0.05, "weight_decay": 5e-4, "seeds": (0,), "image_size": 32,
               "finetune_steps": 11},
 }  # fmt: skip
 LABEL_SMOOTHING = 0.1
