@@ -200,10 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p, required=False, default="resnet20", help="model to train and prune", digits=True)
     _add_out(p, default="jaxprune-demo", help="output folder (default ./jaxprune-demo)")
     p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a shorter run ({quick.train_images} training images, {quick.epochs} training epochs, "
-        f"{quick.finetune_epochs} of fine-tuning; CPU seconds in docs/benchmarks.md)",
+        "--quick", action="store_true", help="a shorter run (2 training epochs, 1 of fine-tuning; about 100 s of CPU)"
     )
     p.add_argument(
         "--epochs",

@@ -98,23 +98,6 @@ def test_recipes():
         "seed": 3,
     }
     assert set(demo.DIGITS_MODELS) < set(models.available())
-    # --quick trains on the first 720 training images, and its checkpoints record that; the test split stays whole.
-    assert demo.QUICK_RECIPE.training(0)["train_images"] == 720
-    full, quick = digits._load_data(), demo.QUICK_RECIPE.data()
-    assert len(demo.FULL_RECIPE.data().x_train) == len(full.x_train) == 1437
-    np.testing.assert_array_equal(quick.x_train, full.x_train[:720])
-    np.testing.assert_array_equal(quick.y_train, full.y_train[:720])
-    np.testing.assert_array_equal(quick.x_test, full.x_test)
-    assert np.bincount(quick.y_train, minlength=10).tolist() == [77, 72, 73, 71, 72, 77, 70, 71, 69, 68]  # balanced
-
-
-def test_recipe_train_images_bad_values():
-    with pytest.raises(TypeError, match="train_images must be an int, got float 100.0"):
-        demo.Recipe(train_images=100.0)
-    with pytest.raises(ValueError, match="train_images must be >= 16, got 8"):
-        demo.Recipe(train_images=8)  # fewer than one batch (16)
-    with pytest.raises(ValueError, match="train_images=2000: the digits' training split has 1437 images"):
-        demo.Recipe(train_images=2000).data()
 
 
 # -- sensitivity of a checkpoint (random weights: no training) -------------------------------------------------------
@@ -214,7 +197,7 @@ def test_demo_quick_interrupted_resumed_and_reported(tmp_path, env):
 
     ckpt = load_checkpoint(ckpt_path)  # intact: loads and passes its checksum
     info = ckpt.metadata["training"]
-    spe = demo.QUICK_RECIPE.train_images // demo.QUICK_RECIPE.batch_size
+    spe = len(digits._load_data().x_train) // demo.QUICK_RECIPE.batch_size
     assert 1 <= info["epochs_done"] < demo.QUICK_RECIPE.epochs and not info["complete"]
     assert ckpt.step == info["epochs_done"] * spe
     assert [h["epoch"] for h in info["history"]] == list(range(1, info["epochs_done"] + 1))

@@ -25,6 +25,7 @@ from jaxprune.demo.digits import (
     _digits_model,
     _finetune_tx,
     _fit_options,
+    _load_data,
     _train_with_checkpoints,
 )
 from jaxprune.demo.report import _report_markdown, _result_rows
@@ -96,8 +97,8 @@ def run_demo(
       out: Output folder (created; reused as the training cache).
       model: One of `DIGITS_MODELS` (ResNet-20 is the quickest; VGG-16 takes much longer). CPU and wall seconds of
         ResNet-20 from a cold start, per phase: docs/benchmarks.md.
-      quick: Use `QUICK_RECIPE` (half the training images, fewer epochs, ratios and timings: about 40 % of the
-        CPU time) instead of `FULL_RECIPE`.
+      quick: Use `QUICK_RECIPE` (fewer epochs, ratios and timings: about half the CPU time) instead of
+        `FULL_RECIPE`.
       epochs: Training epochs instead of the recipe's.
       finetune_epochs: Fine-tuning epochs instead of the recipe's.
       tolerance: Allowed single-layer accuracy drop; alone it selects the paper's tolerance mode, with `target_macs`
@@ -169,7 +170,7 @@ def run_demo(
 
     # 1. Data and the trained baseline ---------------------------------------------------------------------------------
     t = phase(1, f"train {name} on digits ({recipe.epochs} epochs) or reuse {folder / 'baseline'}")
-    data = recipe.data()
+    data = _load_data()
     baseline_dir = output_folder(folder / "baseline")
     if retrain and (baseline_dir / CHECKPOINT_FILE).exists():
         log(f"  --retrain: removing {baseline_dir / CHECKPOINT_FILE}")
