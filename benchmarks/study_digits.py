@@ -494,6 +494,17 @@ def figure(out: dict, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _by_point(cfg: dict, rows: list[dict], cell) -> list[str]:
+    """One table line per (model, scope, criterion): `cell(row)` for each budget's summary row."""
+    lines = []
+    for name in cfg["models"]:
+        for scope in cfg["scopes"]:
+            for criterion in cfg["criteria"]:
+                rs = [r for r in rows if (r["model"], r["scope"], r["criterion"]) == (name, scope, criterion)]
+                lines.append(f"| {name} | {scope} | `{criterion}` | " + " | ".join(cell(r) for r in rs) + " |")
+    return lines
+
+
 def report(out: dict, rows: list[dict], *, command: str, figure_name: str) -> str:
     cfg = out["config"]
     est = out["estimate"]
@@ -535,12 +546,7 @@ def report(out: dict, rows: list[dict], *, command: str, figure_name: str) -> st
         f"| model | scope | criterion | {head} |",
         "|---|---|---|" + "---:|" * len(cfg["budgets"]),
     ]
-    for name in cfg["models"]:
-        for scope in cfg["scopes"]:
-            for criterion in cfg["criteria"]:
-                rs = [r for r in rows if (r["model"], r["scope"], r["criterion"]) == (name, scope, criterion)]
-                cells = [_pm([p["accuracy"] for p in r["raw"]]) for r in rs]
-                lines.append(f"| {name} | {scope} | `{criterion}` | " + " | ".join(cells) + " |")
+    lines += _by_point(cfg, rows, lambda r: _pm([p["accuracy"] for p in r["raw"]]))
     lines += [
         "",
         "Speed-up (original MACs / kept MACs) and compression (original params / kept params, every `params` leaf), "
@@ -550,12 +556,7 @@ def report(out: dict, rows: list[dict], *, command: str, figure_name: str) -> st
         f"| model | scope | criterion | {head} |",
         "|---|---|---|" + "---:|" * len(cfg["budgets"]),
     ]
-    for name in cfg["models"]:
-        for scope in cfg["scopes"]:
-            for criterion in cfg["criteria"]:
-                rs = [r for r in rows if (r["model"], r["scope"], r["criterion"]) == (name, scope, criterion)]
-                cells = [f"{1 / r['macs_kept'][0]:.2f}x / {1 / r['params_kept'][0]:.2f}x" for r in rs]
-                lines.append(f"| {name} | {scope} | `{criterion}` | " + " | ".join(cells) + " |")
+    lines += _by_point(cfg, rows, lambda r: f"{1 / r['macs_kept'][0]:.2f}x / {1 / r['params_kept'][0]:.2f}x")
     lines += ["", "Cells: speed-up / compression.", ""]
     lines += [
         "What the recalibration does: test accuracy (%) after fine-tuning with the running BN statistics the steps "
