@@ -214,6 +214,11 @@ def _accuracy(logits, y) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
+def _draw(ds, n: int, stream) -> np.ndarray:
+    """Indices of `n` distinct training images (all of them if fewer), drawn from the numpy RNG stream `stream`."""
+    return np.random.default_rng(stream).choice(ds.x_train.shape[0], size=min(n, ds.x_train.shape[0]), replace=False)
+
+
 def _finetune_batches(ds, *, seed: int, steps: int):
     """The same `steps` training batches for every point of a seed (epochs reshuffled with [seed, epoch])."""
     out, epoch = [], 0
@@ -286,10 +291,8 @@ def run(cfg: dict, *, log=print) -> dict:
             if trainer is None or trainer.model != model:
                 trainer = MaskedTrainer(model)
             fb = _finetune_batches(ds, seed=seed, steps=recipe["finetune_steps"])
-            rng = np.random.default_rng([seed, 99])
-            pick = rng.choice(ds.x_train.shape[0], size=min(TAYLOR_IMAGES, ds.x_train.shape[0]), replace=False)
-            recal_x = jnp.asarray(ds.x_train[np.random.default_rng([seed, 98]).choice(
-                ds.x_train.shape[0], size=min(RECAL_IMAGES, ds.x_train.shape[0]), replace=False)])  # fmt: skip
+            pick = _draw(ds, TAYLOR_IMAGES, [seed, 99])
+            recal_x = jnp.asarray(ds.x_train[_draw(ds, RECAL_IMAGES, [seed, 98])])
             taylor = None
             if "taylor" in cfg["criteria"]:
                 taylor = jp.taylor_scores(model, base, ds.x_train[pick], ds.y_train[pick], train=True)
@@ -356,10 +359,9 @@ def estimate_full(out: dict) -> dict:
 
     Points: the median plan time, three evaluations at the median evaluation time, the median BN recalibration and
     the model's `finetune_steps` (`MODELS`) at the median time per fine-tuning step (the first point of a model
-    excluded: it compiles). Base
-    training: epochs x steps per epoch at the same time per step (`fit`'s step does the same work without masks)
-    plus, per seed, the measured overhead of `init_variables`, compiles and evaluation (this run's base time less its
-    steps).
+    excluded: it compiles). Base training: epochs x steps per epoch at the same time per step (`fit`'s step does the
+    same work without masks) plus, per seed, the measured overhead of `init_variables`, compiles and evaluation (this
+    run's base time less its steps).
 
     Two figures: at this run's speed, and on a quiet machine. For the quiet one, compiled work (steps, evaluations)
     is scaled by `QUIET_RESNET20_STEP_S` / this run's ResNet-20 step time (a loaded machine slows XLA's threads far
