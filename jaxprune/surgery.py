@@ -112,17 +112,31 @@ def _to_device(arr: np.ndarray, sharding):
 
 
 def _put_back(arrays: list[np.ndarray], shardings: list) -> list:
-    """Host arrays to jax arrays on the given shardings, in one batched `jax.device_put`.
+    """Host arrays to jax arrays on the given shardings, in one batched `jax.device_put` each for committed and
+    uncommitted leaves.
 
+    A ``None`` sharding stands for a source leaf that was not committed to a device (what `jax.numpy` makes on the
+    default device): its slice comes back uncommitted too. A jitted function keys its compiled programs on whether
+    each argument is committed, so a leaf that came back committed beside untouched uncommitted ones made the first
+    training step after pruning compile twice (once for those inputs, once for the step's own committed outputs).
     If a sharding no longer divides its array's new shape, the arrays go one by one so that only that one is
     replicated, with a warning (`_to_device`).
     """
-    if not arrays:
-        return []
-    try:
-        return jax.device_put(arrays, shardings)
-    except ValueError:
-        return [_to_device(a, s) for a, s in zip(arrays, shardings, strict=True)]
+    out: list = [None] * len(arrays)
+    free = [i for i, s in enumerate(shardings) if s is None]
+    placed = [i for i, s in enumerate(shardings) if s is not None]
+    if free:
+        for i, a in zip(free, jax.device_put([arrays[i] for i in free]), strict=True):
+            out[i] = a
+    if placed:
+        todo, where = [arrays[i] for i in placed], [shardings[i] for i in placed]
+        try:
+            moved = jax.device_put(todo, where)
+        except ValueError:
+            moved = [_to_device(a, s) for a, s in zip(todo, where, strict=True)]
+        for i, a in zip(placed, moved, strict=True):
+            out[i] = a
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -237,7 +251,7 @@ def _take_many(flat: dict, ops: dict) -> None:
         leaf = flat[path]
         flat[path] = _host_take(leaf, takes)
         if isinstance(leaf, jax.Array):
-            paths.append((path, leaf.sharding))
+            paths.append((path, leaf.sharding if leaf.committed else None))
     moved = _put_back([flat[p] for p, _ in paths], [s for _, s in paths])
     for (p, _), a in zip(paths, moved, strict=True):
         flat[p] = a
@@ -531,7 +545,7 @@ def prune_like_params(
         arr = _host_take(leaf, takes)
         if not isinstance(leaf, jax.Array):
             return arr
-        pending.append((arr, leaf.sharding))
+        pending.append((arr, leaf.sharding if leaf.committed else None))
         return _PENDING
 
     pending: list = []
