@@ -1,7 +1,7 @@
 """Tests for jaxprune.checkpoint: exact round trips, pruned checkpoints loading in a fresh process, bit-identical
 resume, atomic writes under a crash mid-save, and every kind of bad file.
 
-Variables come from `jaxprune.random_variables` (no compile); only the resume test trains (ResNet-20, 128 digits).
+Variables come from `jaxprune.random_variables` (no compile); only the resume test trains (ResNet-8, 32 digits).
 """
 
 from __future__ import annotations
@@ -143,24 +143,53 @@ def test_save_refuses_a_plan_history_that_does_not_end_at_the_widths(tmp_path, m
 # ----------------------------------------------------------------------------------------------------------------------
 # A fresh process
 # ----------------------------------------------------------------------------------------------------------------------
-def test_pruned_checkpoint_loads_in_a_fresh_process_with_no_user_code(saved, pruned):
+@pytest.fixture(scope="module")
+def fresh_process(tmp_path_factory, pruned, plan, adam_state):
+    """One fresh process (one jax import) for both fresh-process tests: it loads a pruned checkpoint with no user
+    code and prints the result (flushed), then starts overwriting that same checkpoint and is hard-killed
+    (`os._exit`, no cleanup) half way through the payload write. Returns (checkpoint, its bytes before, process)."""
     m, v = pruned
+    _, st = adam_state
+    d = tmp_path_factory.mktemp("fresh")
+    saved = d / "pruned.ckpt"
+    save_checkpoint(
+        saved, m, v, opt_state=st, step=17, rng=jax.random.key(42), plans=[plan], metadata={"test_accuracy": 0.99}
+    )
+    before = saved.read_bytes()
     x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
-    np.save(saved.parent / "x.npy", x)
+    np.save(d / "x.npy", x)
     code = textwrap.dedent(
         f"""
-        import json, numpy as np, jax
+        import json, os, numpy as np, jax
         from jaxprune.checkpoint import load_checkpoint
         ck = load_checkpoint({str(saved)!r})
-        x = np.load({str(saved.parent / "x.npy")!r})
+        x = np.load({str(d / "x.npy")!r})
         y = jax.jit(lambda v, x: ck.model.apply(v, x, train=False))(ck.variables, x)
         print("RESULT " + json.dumps({{"config": ck.model.config(), "logits": np.asarray(y).tolist(),
-                                       "plans": [p.new_widths for p in ck.plans]}}))
+                                       "plans": [p.new_widths for p in ck.plans]}}), flush=True)
+
+        import jaxprune as jp
+        from jaxprune import checkpoint
+        def dying_write(f, data):
+            f.write(memoryview(data)[: len(data) // 2])
+            f.flush()
+            if len(data) > 10000:
+                os._exit(9)
+        checkpoint._write_chunks = dying_write
+        m = jp.models.resnet20()
+        checkpoint.save_checkpoint({str(saved)!r}, m, jp.random_variables(m, seed=5))
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    return saved, before, proc, x
+
+
+def test_pruned_checkpoint_loads_in_a_fresh_process_with_no_user_code(fresh_process, pruned):
+    m, v = pruned
+    _, _, proc, x = fresh_process
+    results = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert results, proc.stderr[-3000:]
+    out = json.loads(results[-1][7:])
     assert out["config"] == m.config()
     assert out["plans"][0]["stage3_block1_conv1"] == 48
     want = np.asarray(jax.jit(lambda v, x: m.apply(v, x, train=False))(v, x))
@@ -182,10 +211,11 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path):
     variables = jp.random_variables(model, seed=0)
 
     ds = load_digits()
-    data = (ds.x_train[:128], ds.y_train[:128])
+    # 32 digits in batches of 8: still 4 steps an epoch, each a quarter of the work of a batch of 32.
+    data = (ds.x_train[:32], ds.y_train[:32])
     tx = train.paper_sgd(epochs=2, steps_per_epoch=4, learning_rate=0.05)  # the schedule spans the split
     start = train.TrainState.create(model, variables, tx, seed=7)
-    kw = dict(batch_size=32, seed=11, augment="cifar", progress=False)
+    kw = dict(batch_size=8, seed=11, augment="cifar", progress=False)
     straight, h_straight = train.fit(start, data, epochs=2, **kw)
 
     half, h_half = train.fit(start, data, epochs=1, **kw)
@@ -228,27 +258,12 @@ def test_a_crash_mid_save_leaves_the_last_good_checkpoint(saved, pruned, adam_st
     assert_trees_equal(ck.variables, v, "variables")
 
 
-def test_a_process_killed_mid_save_leaves_the_last_good_checkpoint(saved):
+def test_a_process_killed_mid_save_leaves_the_last_good_checkpoint(fresh_process):
     """A hard kill (no cleanup) during the payload write: the target is untouched, only a temporary file is left."""
-    before = saved.read_bytes()
-    code = textwrap.dedent(
-        f"""
-        import os, jaxprune as jp
-        from jaxprune import checkpoint
-        def dying_write(f, data):
-            f.write(memoryview(data)[: len(data) // 2])
-            f.flush()
-            if len(data) > 10000:
-                os._exit(9)
-        checkpoint._write_chunks = dying_write
-        m = jp.models.resnet20()
-        checkpoint.save_checkpoint({str(saved)!r}, m, jp.random_variables(m, seed=5))
-        """
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    saved, before, proc, _ = fresh_process
     assert proc.returncode == 9, proc.stderr[-3000:]
     assert saved.read_bytes() == before
-    leftovers = [n for n in os.listdir(saved.parent) if n != "pruned.ckpt"]
+    leftovers = [n for n in os.listdir(saved.parent) if n not in ("pruned.ckpt", "x.npy")]
     assert len(leftovers) == 1 and leftovers[0].startswith(".tmp-")
     assert load_checkpoint(saved).step == 17
 
