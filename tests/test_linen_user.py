@@ -298,11 +298,14 @@ def test_fit_finetunes_the_pruned_linen_resnet_on_digits():
     v = _variables(m, jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32), train=False)
     tm = jp.trace_model(m, v, jax.ShapeDtypeStruct((64, 16, 16, 1), jnp.float32))
     state = jt.TrainState.create(tm, v, jt.sgd(0.05))
-    state, _ = jt.fit(state, data, epochs=2, batch_size=64, progress=False, eval_every=0)  # 2 x 22 steps
+    # One epoch (22 steps) before pruning and one of fine-tuning: the pruned model starts near chance (~0.12 test
+    # accuracy here) and one epoch of fine-tuning lifts it to ~0.5, a wide margin for `after > before`; a second
+    # epoch of either adds no check, only ~2 s of CPU.
+    state, _ = jt.fit(state, data, epochs=1, batch_size=64, progress=False, eval_every=0)
     plan = jp.make_plan(state.model, state.variables, prune_ratio=0.5)
     pruned = jt.prune_state(state, plan)
     before = jt.evaluate(pruned, data.x_test, data.y_test, batch_size=64)["accuracy"]
-    tuned, hist = jt.finetune(pruned, data, epochs=2, lr=0.02, batch_size=64, progress=False)
+    tuned, hist = jt.finetune(pruned, data, epochs=1, lr=0.02, batch_size=64, progress=False)
     after = hist[-1]["test_accuracy"]
     assert after > before, (before, after)
     bs0 = jax.tree.leaves(pruned.batch_stats)
