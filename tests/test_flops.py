@@ -133,11 +133,14 @@ def _jaxpr_macs(jaxpr) -> int:
 
 def _brute_force(model, shape):
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-    params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables["params"]))
-    # The plain lax path: conv_impl="auto" may compute a width with zero filters up to a multiple of 16 (layers.py).
+    # The plain lax path: conv_impl="auto" may compute a width with zero filters up to a multiple of 16 (layers.py);
+    # parameter shapes do not depend on the path (tests/test_layers.py::test_parameters_do_not_depend_on_the_path).
     plain = model.clone(conv_impl="lax") if hasattr(model, "conv_impl") else model
-    jaxpr = jax.make_jaxpr(lambda v, x: plain.apply(v, x, train=False))(variables, x)
+    # One trace serves both counts: `init` runs the inference forward once on its input, so the jaxpr of `init` holds
+    # that forward's convs and dot_generals (the initializers only draw random numbers), and its output shapes are
+    # the variables'.
+    jaxpr, variables = jax.make_jaxpr(lambda x: plain.init(jax.random.key(0), x, train=False), return_shape=True)(x)
+    params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables["params"]))
     return _jaxpr_macs(jaxpr.jaxpr), params
 
 

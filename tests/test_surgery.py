@@ -32,10 +32,16 @@ TRAIN_REL = 1e-4
 def _check_equivalence(m, v, plan, x, *, train_too=True):
     m2, v2 = jp.prune(m, v, plan)
     assert m2.group_widths() == {**m.group_widths(), **plan.new_widths}
-    y = jax.jit(lambda v, x: m2.apply(v, x))(v2, x)
+    if train_too:
+        # Both modes of the pruned model in one program: one compile per pruned model instead of two (measured cold,
+        # ResNet-20 and VGG-11: 10-20 % less CPU than two programs).
+        y, (yt, st2) = jax.jit(lambda v, x: (m2.apply(v, x), m2.apply(v, x, train=True, mutable=["batch_stats"])))(
+            v2, x
+        )
+    else:
+        y = jax.jit(lambda v, x: m2.apply(v, x))(v2, x)
     assert_close(y, jp.mask_dropped(m, v, plan, x))
     if train_too:
-        (yt, st2) = jax.jit(lambda v, x: m2.apply(v, x, train=True, mutable=["batch_stats"]))(v2, x)
         ref, ref_stats = jp.mask_dropped(m, v, plan, x, train=True)
         assert_close(yt, ref, rel=TRAIN_REL)
         # Updated running statistics of kept channels equal the masked original's.
@@ -49,7 +55,7 @@ def _check_equivalence(m, v, plan, x, *, train_too=True):
 ratio = st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 0.9])
 
 
-# 4 examples per model: each one compiles a new pruned program in both modes (~5 s CPU), and every zoo model is also
+# 4 examples per model: each one compiles a new pruned program of both modes (~4 s CPU), and every zoo model is also
 # checked at fixed ratios below.
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
@@ -162,8 +168,11 @@ print(c2.shape, c2.devices() == {jax.devices()[1]}, v2["params"]["stage1_block1_
 
 
 def test_float64_train_mode_is_exact():
+    # ResNet-8 (one block per stage) has every block kind of a CIFAR ResNet (stride-2 first blocks, zero-padded
+    # shortcuts, BN in train mode) in fewer layers than ResNet-20, so the two train-mode programs compile faster;
+    # ResNet-20 itself is checked in train mode in float32 by the property test above.
     with jax.enable_x64(True):
-        m = models.resnet20(dtype=jnp.float64)
+        m = models.CifarResNet(depth=8, widths=(16, 32, 64), dtype=jnp.float64)
         v = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), jp.random_variables(m, seed=2))
         plan = jp.make_plan(m, v, prune_ratio={"stage1": 0.5, "stage2": 0.7, "stage3": 0.25})
         # 16x16 input: float64 rounding does not need many positions per channel, and stage 3 still sees 4x4x4.
