@@ -400,3 +400,15 @@ def test_eqx_module_keeping_its_initial_state_needs_no_state():
     o3 = jp.prune_like_params(opt_state, model, plan)  # the same slicing and structure as prune(..., opt_state=)
     assert jax.tree_util.tree_structure(o3) == jax.tree_util.tree_structure(o2)
     jax.tree_util.tree_map(np.testing.assert_array_equal, o3, o2)
+
+
+def test_eqx_pruned_arrays_stay_uncommitted_as_they_were(cnn):
+    """Arrays made by jax.numpy are not committed to a device; their slices (model, state, optax state) are not
+    either: jit keys its programs on it, and a mix made the first step after pruning compile twice."""
+    model, state, _, plan = cnn
+    opt_state = optax.adam(1e-3).init(eqx.filter(model, eqx.is_array))
+    before = [a for a in jax.tree_util.tree_leaves((model, state, opt_state)) if isinstance(a, jax.Array)]
+    assert before and not any(a.committed for a in before)
+    out = jp.prune(model, plan, state=state, opt_state=opt_state)
+    after = [a for a in jax.tree_util.tree_leaves(out) if isinstance(a, jax.Array)]
+    assert len(after) == len(before) and not any(a.committed for a in after)

@@ -641,7 +641,10 @@ def slice_opt_state(opt_state, model, new_model, parts: Parts, ops):
         arr = np.asarray(leaf)
         for axis, keep in takes:
             arr = arr.take(np.asarray(keep, np.int64), axis=axis)
-        return jax.device_put(arr, leaf.sharding) if isinstance(leaf, jax.Array) else arr
+        if not isinstance(leaf, jax.Array):
+            return arr
+        # committed to its device only if the source was (jit keys its programs on it)
+        return jax.device_put(arr, leaf.sharding if leaf.committed else None)
 
     flat, tree = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=lambda n: isinstance(n, cls))
     out = []
