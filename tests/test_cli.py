@@ -6,6 +6,8 @@ script and ``python -m jaxprune`` in a subprocess to pin the entry points and ex
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -212,20 +214,24 @@ def test_report_resnet34_without_projections(capsys):
 
 
 @pytest.fixture(scope="module")
-def pruned_folder(tmp_path_factory):
-    """`jaxprune prune --model resnet56 --preset resnet56-B` into a folder (in-process)."""
+def pruned_run(tmp_path_factory):
+    """`jaxprune prune --model resnet56 --preset resnet56-B` into a folder (in-process): (folder, its stdout)."""
     out = tmp_path_factory.mktemp("pruned")
-    assert cli.main(["prune", "--model", "resnet56", "--preset", "resnet56-B", "--out", str(out)]) == 0
-    return out
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert cli.main(["prune", "--model", "resnet56", "--preset", "resnet56-B", "--out", str(out)]) == 0
+    return out, printed.getvalue()
 
 
-def test_prune_notes_widths_that_are_not_multiples_of_8(capsys, tmp_path):
-    code, out, _ = run(capsys, "prune", "--model", "resnet56", "--preset", "resnet56-B", "--out", str(tmp_path))
-    assert code == 0
+@pytest.fixture(scope="module")
+def pruned_folder(pruned_run):
+    return pruned_run[0]
+
+
+def test_prune_notes_widths_that_are_not_multiples_of_8(capsys, pruned_run, tmp_path):
+    out = pruned_run[1]  # the same command without --round-to, run once for the module
     assert "note: 21 pruned width(s) not a multiple of 8 (stage1_block1_conv1 = 6," in out and "--round-to 8" in out
     code, out, _ = run(
         capsys, "prune", "--model", "resnet56", "--preset", "resnet56-B", "--round-to", "8", "--out", str(tmp_path),
-        "--overwrite",
     )  # fmt: skip
     assert code == 0 and "note:" not in out
 

@@ -116,7 +116,10 @@ def test_recalibrated_statistics_are_the_batch_statistics(study):
     variables = jp.random_variables(model, seed=0, input_shape=(1, 8, 8, 3))
     plan = jp.make_plan(model, variables, prune_ratio=0.5)
     masks = {k: jnp.asarray(v) for k, v in jp.plan_masks(model, plan).items()}
-    x = jax.random.normal(jax.random.key(1), (16, 8, 8, 3))
+    # A batch of the smoke run's RECAL_IMAGES (256) at its 8x8x3: the same masked train-mode program as the smoke's
+    # recalibrations (every group has a mask, so the masks' shapes do not depend on the plan), whose compile the
+    # persistent cache then shares with this test.
+    x = jax.random.normal(jax.random.key(1), (study.RECAL_IMAGES, 8, 8, 3))
     trainer = study.MaskedTrainer(model)
     recal = trainer.recalibrate(variables, masks, x)
     assert trainer.momentum == pytest.approx(0.9, abs=1e-6)
