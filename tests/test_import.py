@@ -32,9 +32,10 @@ NOT_AT_IMPORT = (
     "PIL",
 )
 
-# One fresh interpreter answers both process-level questions (each interpreter costs seconds of imports): first what
+# One fresh interpreter answers every process-level question (each interpreter costs seconds of imports): first what
 # `import jaxprune` loaded, then what tracing a Linen model loaded (before anything else touches the lazy names, which
-# may legitimately import optax), then whether every public name resolves.
+# may legitimately import optax), then whether `import jaxprune.viz` loaded matplotlib, then whether every public
+# name resolves.
 _PROBE = """
 import json, sys, types
 import jaxprune as jp
@@ -53,11 +54,15 @@ x = jnp.zeros((1, 4))
 jp.trace_model(Net(), Net().init(jax.random.key(0), x), x)
 after_trace = sorted(m for m in ("flax.nnx", "optax") if m in sys.modules)
 
+import jaxprune.viz  # its module imports matplotlib only when a figure is drawn
+viz_loaded_matplotlib = "matplotlib" in sys.modules
+
 import jaxprune.sensitivity  # the submodule binds itself to the package; the public name stays the function
 unresolved = [n for n in jp.__all__ if getattr(jp, n, None) is None]
 print(json.dumps({
     "loaded": loaded,
     "after_trace": after_trace,
+    "viz_loaded_matplotlib": viz_loaded_matplotlib,
     "unresolved": unresolved,
     "sensitivity": type(jp.sensitivity).__name__,
     "train": isinstance(jp.train, types.ModuleType),
@@ -74,7 +79,7 @@ def probe():
 
 
 def test_import_loads_only_the_core_and_every_public_name_resolves(probe):
-    assert {k: v for k, v in probe.items() if k != "after_trace"} == {
+    assert {k: v for k, v in probe.items() if k not in ("after_trace", "viz_loaded_matplotlib")} == {
         "loaded": [],
         "unresolved": [],
         "sensitivity": "function",
@@ -85,6 +90,11 @@ def test_import_loads_only_the_core_and_every_public_name_resolves(probe):
 
 def test_tracing_a_linen_model_loads_neither_nnx_nor_optax(probe):
     assert probe["after_trace"] == []
+
+
+def test_matplotlib_is_not_imported_by_jaxprune(probe):
+    # Neither `import jaxprune` ("loaded" above) nor `import jaxprune.viz`: matplotlib comes with the first figure.
+    assert probe["viz_loaded_matplotlib"] is False
 
 
 def test_public_names_exist():
