@@ -73,15 +73,19 @@ def adam_state(pruned):
     return tx, st
 
 
-@pytest.fixture
-def saved(tmp_path, pruned, plan, adam_state):
+def _save_pruned(path, pruned, plan, adam_state):
+    """The pruned ResNet-20 with its Adam state, at step 17, as `saved` and the fresh-process fixture write it."""
     m, v = pruned
     _, st = adam_state
-    path = tmp_path / "pruned.ckpt"
     save_checkpoint(
         path, m, v, opt_state=st, step=17, rng=jax.random.key(42), plans=[plan], metadata={"test_accuracy": 0.99}
     )
     return path
+
+
+@pytest.fixture
+def saved(tmp_path, pruned, plan, adam_state):
+    return _save_pruned(tmp_path / "pruned.ckpt", pruned, plan, adam_state)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -147,14 +151,9 @@ def test_save_refuses_a_plan_history_that_does_not_end_at_the_widths(tmp_path, m
 def fresh_process(tmp_path_factory, pruned, plan, adam_state):
     """One fresh process (one jax import) for both fresh-process tests: it loads a pruned checkpoint with no user
     code and prints the result (flushed), then starts overwriting that same checkpoint and is hard-killed
-    (`os._exit`, no cleanup) half way through the payload write. Returns (checkpoint, its bytes before, process)."""
-    m, v = pruned
-    _, st = adam_state
+    (`os._exit`, no cleanup) half way through the payload write. Returns (checkpoint, its bytes before, the process, its input batch)."""
     d = tmp_path_factory.mktemp("fresh")
-    saved = d / "pruned.ckpt"
-    save_checkpoint(
-        saved, m, v, opt_state=st, step=17, rng=jax.random.key(42), plans=[plan], metadata={"test_accuracy": 0.99}
-    )
+    saved = _save_pruned(d / "pruned.ckpt", pruned, plan, adam_state)
     before = saved.read_bytes()
     x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
     np.save(d / "x.npy", x)
