@@ -1,7 +1,9 @@
-"""Variables pytrees on the host: reading arrays back whatever their sharding, and checking them against a model.
+"""Variables pytrees on the host: reading arrays back whatever their sharding, putting slices back where their
+sources lived, and checking them against a model.
 
 Shared by `jaxprune.checkpoint` (saving and loading) and `jaxprune.train` (pruning a sharded train state), which
-must not import each other: this module imports neither.
+must not import each other, and by `jaxprune.surgery` and the Equinox adapter (`placement`): this module imports
+none of them.
 """
 
 from __future__ import annotations
@@ -36,6 +38,17 @@ def host_array(x) -> Any:
     if isinstance(x, np.generic):
         return np.asarray(x)
     return x
+
+
+def placement(leaf: jax.Array):
+    """Where a host slice of `leaf` goes back with `jax.device_put`: its sharding if `leaf` is committed to a device,
+    else None (the default device, uncommitted, as `jax.numpy` makes arrays).
+
+    jit keys its compiled programs on whether each argument is committed: slices committed beside untouched
+    uncommitted leaves made the first training step after pruning compile twice (once for that mix, once for the
+    step's own committed outputs).
+    """
+    return leaf.sharding if leaf.committed else None
 
 
 def host_tree(tree) -> Any:

@@ -20,6 +20,7 @@ from flax import traverse_util
 
 from jaxprune._checks import check_inputs, check_opt_state
 from jaxprune._models import as_prunable, is_eqx_module, is_nnx_module, is_plain_linen, remember_trace
+from jaxprune._trees import placement
 from jaxprune.groups import check_groups, flatten_variables, kept_indices
 from jaxprune.models.base import check_prunable_model
 from jaxprune.plan import PruningPlan
@@ -115,11 +116,8 @@ def _put_back(arrays: list[np.ndarray], shardings: list) -> list:
     """Host arrays to jax arrays on the given shardings, in one batched `jax.device_put` each for committed and
     uncommitted leaves.
 
-    A ``None`` sharding stands for a source leaf that was not committed to a device (what `jax.numpy` makes on the
-    default device): its slice comes back uncommitted too. A jitted function keys its compiled programs on whether
-    each argument is committed, so a leaf that came back committed beside untouched uncommitted ones made the first
-    training step after pruning compile twice (once for those inputs, once for the step's own committed outputs).
-    If a sharding no longer divides its array's new shape, the arrays go one by one so that only that one is
+    A ``None`` sharding (`jaxprune._trees.placement` of a source leaf that was not committed to a device) brings its
+    array back uncommitted too. If a sharding no longer divides its array's new shape, the arrays go one by one so that only that one is
     replicated, with a warning (`_to_device`).
     """
     out: list = [None] * len(arrays)
@@ -251,7 +249,7 @@ def _take_many(flat: dict, ops: dict) -> None:
         leaf = flat[path]
         flat[path] = _host_take(leaf, takes)
         if isinstance(leaf, jax.Array):
-            paths.append((path, leaf.sharding if leaf.committed else None))
+            paths.append((path, placement(leaf)))
     moved = _put_back([flat[p] for p, _ in paths], [s for _, s in paths])
     for (p, _), a in zip(paths, moved, strict=True):
         flat[p] = a
@@ -545,7 +543,7 @@ def prune_like_params(
         arr = _host_take(leaf, takes)
         if not isinstance(leaf, jax.Array):
             return arr
-        pending.append((arr, leaf.sharding if leaf.committed else None))
+        pending.append((arr, placement(leaf)))
         return _PENDING
 
     pending: list = []

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxprune._trees import placement
+
 __all__ = ["is_module", "prunable", "rebuild", "slice_opt_state", "split", "trace_eqx"]
 
 
@@ -643,8 +645,7 @@ def slice_opt_state(opt_state, model, new_model, parts: Parts, ops):
             arr = arr.take(np.asarray(keep, np.int64), axis=axis)
         if not isinstance(leaf, jax.Array):
             return arr
-        # committed to its device only if the source was (jit keys its programs on it)
-        return jax.device_put(arr, leaf.sharding if leaf.committed else None)
+        return jax.device_put(arr, placement(leaf))
 
     flat, tree = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=lambda n: isinstance(n, cls))
     out = []
