@@ -52,10 +52,19 @@ def pytest_configure(config):
     code XLA emits for fused elementwise work is less optimised; convolutions and matmuls are Eigen's library
     routines either way, and without fast-math LLVM reorders no float operation at any level, so results do not
     depend on it (every tolerance in the suite is stated for float32 or float64 arithmetic, not for a code path).
+
+    Likewise ``--xla_cpu_use_fusion_emitters=false`` (unless ``XLA_FLAGS`` sets it): XLA's CPU backend then emits its
+    fusions with the older elemental emitter instead of the MLIR fusion emitters, which halves compile time at level
+    0. Measured here, fresh processes, no cache: a ResNet-56 batch-2 forward compiled in 1.6 s of CPU -> 0.7 s, a
+    ResNet-20 batch-16 training step in 4.9 s -> 2.7 s; the step then runs in 379 ms instead of 301 ms, which the
+    suite's few steps per program never pay back. Both emitters compute the same HLO in float32/float64 arithmetic.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_backend_optimization_level" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+        flags = f"{flags} --xla_backend_optimization_level=0".strip()
+    if "xla_cpu_use_fusion_emitters" not in flags:
+        flags = f"{flags} --xla_cpu_use_fusion_emitters=false"
+    os.environ["XLA_FLAGS"] = flags
     path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(_jax_cache_dir(config))
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
