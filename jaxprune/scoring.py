@@ -66,8 +66,15 @@ def _norms(kernels: tuple, axes: tuple[int, ...], p: int):
     # Every kernel of one call in one dispatch: XLA runs the reductions side by side, with no Python between them,
     # and compiles once per mix of kernels instead of once per shape. Each reduction is the per-shape `_norm`, whose
     # trace jax caches per (shape, dtype, axis) across outer traces: a new mix traces only shapes not seen before.
-    # Outputs stay separate: concatenating them made XLA fuse the reductions into one slower loop (VGG-16: +20 %).
-    return tuple(_norm(k, a, p) for k, a in zip(kernels, axes, strict=True))
+    # The norms come back concatenated, one vector per result dtype: copying one array to the host instead of one
+    # per kernel halves the call for ResNet-56's 55 small kernels (0.8 -> 0.35 ms, docs/benchmarks.md). The
+    # optimization barrier keeps the reductions apart: without it XLA may fuse them with the concatenation into one
+    # loop, which was slower on VGG-16's large kernels.
+    norms = jax.lax.optimization_barrier([_norm(k, a, p) for k, a in zip(kernels, axes, strict=True)])
+    by_dtype: dict = {}
+    for n in norms:
+        by_dtype.setdefault(n.dtype, []).append(n)
+    return tuple(jnp.concatenate(v) for v in by_dtype.values())
 
 
 def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
@@ -75,7 +82,8 @@ def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
 
     Kernels are sorted by (dtype, shape, axis) before the dispatch, so the same kernels in another order reuse the
     compiled program; kernels on different devices or shardings go out in separate dispatches (one jitted call
-    cannot mix committed placements). `jax.device_get` starts every copy to the host before the first wait.
+    cannot mix committed placements). `jax.device_get` starts every copy to the host before the first wait; the
+    concatenated vectors are split on the host (views, no copy).
     """
     if len(kernels) == 1:
         return [np.asarray(_norm(kernels[0], axes[0], p))]
@@ -83,14 +91,25 @@ def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
     by_place: dict = {}
     for i, k in enumerate(kernels):
         by_place.setdefault(getattr(k, "sharding", None), []).append(i)
-    order, outs = [], []
+    calls = []
     for idx in by_place.values():
         idx = sorted(idx, key=sigs.__getitem__)
-        order += idx
-        outs += _norms(tuple(kernels[i] for i in idx), tuple(axes[i] for i in idx), p)
+        calls.append((idx, _norms(tuple(kernels[i] for i in idx), tuple(axes[i] for i in idx), p)))
     out: list = [None] * len(kernels)
-    for i, r in zip(order, jax.device_get(outs), strict=True):
-        out[i] = np.asarray(r)
+    for (idx, _), vectors in zip(calls, jax.device_get([c for _, c in calls]), strict=True):
+        # Split each dtype's vector in the order `_norms` concatenated it: the kernels' order within that dtype.
+        promoted: dict = {}  # kernel dtype -> result dtype, as `_norm_body` promotes it
+        by_dtype: dict = {}
+        for i in idx:
+            d = kernels[i].dtype
+            if d not in promoted:
+                promoted[d] = jnp.promote_types(d, jnp.float32)
+            by_dtype.setdefault(promoted[d], []).append(i)
+        for members, vec in zip(by_dtype.values(), vectors, strict=True):
+            vec = np.asarray(vec)
+            sizes = [kernels[i].shape[axes[i]] for i in members]
+            for i, part in zip(members, np.split(vec, np.cumsum(sizes)[:-1]), strict=True):
+                out[i] = part
     return out
 
 
