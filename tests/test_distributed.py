@@ -195,7 +195,7 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra) -> dict:
     env = dict(os.environ)  # keeps JAX_COMPILATION_CACHE_DIR and friends: the processes share compiled programs
-    # Appended to the session's XLA_FLAGS (conftest: LLVM optimisation off, a third less compile), else lost here.
+    # Appended to the session's XLA_FLAGS (conftest: LLVM optimisation and fusion emitters off), else lost here.
     flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
     env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])

@@ -267,7 +267,7 @@ _SHARDED = textwrap.dedent(
 def test_arrays_sharded_over_4_host_devices_round_trip(tmp_path):
     """Saved sharded over 4 host devices and restored sharded again, in one fresh process with 4 devices (that a
     process knowing only the directory restores it is proven with 1 device above, without this one's 5 s import)."""
-    # Appended to the session's XLA_FLAGS (conftest: LLVM optimisation off), which would otherwise be lost here.
+    # Appended to the session's XLA_FLAGS (conftest: LLVM optimisation and fusion emitters off), else lost here.
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     d = str(tmp_path / "sharded")

@@ -30,7 +30,7 @@ def test_sharded_surgery_on_four_host_devices():
     if _INNER:
         pytest.skip("this is the inner run")
     env = dict(os.environ)
-    # Appended to the session's XLA_FLAGS (conftest: LLVM optimisation off), which would otherwise be lost here.
+    # Appended to the session's XLA_FLAGS (conftest: LLVM optimisation and fusion emitters off), else lost here.
     flags = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
     env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu", JAXPRUNE_FOUR_DEVICES="1")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])

@@ -457,7 +457,7 @@ def parallel_runs():
     """(one device, four devices): both in one fresh process with 4 host devices (the device count is fixed when jax
     initialises), the reference on a mesh of one of them."""
     env = dict(os.environ)
-    # Appended to the session's XLA_FLAGS (conftest: LLVM optimisation off), which would otherwise be lost here.
+    # Appended to the session's XLA_FLAGS (conftest: LLVM optimisation and fusion emitters off), else lost here.
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
