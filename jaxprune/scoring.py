@@ -61,20 +61,30 @@ def _norm(kernel, axis: int, p: int):
     return _norm_body(kernel, axis, p)
 
 
-@functools.partial(jax.jit, static_argnames=("axes", "p"))
-def _norms(kernels: tuple, axes: tuple[int, ...], p: int):
+@functools.partial(jax.jit, static_argnames=("axes", "p", "parts"))
+def _norms(kernels: tuple, axes: tuple[int, ...], p: int, parts: tuple[tuple[int, ...], ...]):
     # Every kernel of one call in one dispatch: XLA runs the reductions side by side, with no Python between them,
     # and compiles once per mix of kernels instead of once per shape. Each reduction is the per-shape `_norm`, whose
     # trace jax caches per (shape, dtype, axis) across outer traces: a new mix traces only shapes not seen before.
-    # The norms come back concatenated, one vector per result dtype: copying one array to the host instead of one
-    # per kernel halves the call for ResNet-56's 55 small kernels (0.8 -> 0.35 ms, docs/benchmarks.md). The
-    # optimization barrier keeps the reductions apart: without it XLA may fuse them with the concatenation into one
-    # loop, which was slower on VGG-16's large kernels.
+    # The norms come back concatenated, one vector per part (the positions of the kernels with one result dtype,
+    # `_parts`): copying one array to the host instead of one per kernel halves the call for ResNet-56's 55 small
+    # kernels (0.8 -> 0.35 ms, docs/benchmarks.md). The optimization barrier keeps the reductions apart: without it
+    # XLA may fuse them with the concatenation into one loop, which was slower on VGG-16's large kernels.
     norms = jax.lax.optimization_barrier([_norm(k, a, p) for k, a in zip(kernels, axes, strict=True)])
+    return tuple(jnp.concatenate([norms[i] for i in part]) for part in parts)
+
+
+def _parts(kernels: Sequence) -> tuple[tuple[int, ...], ...]:
+    """Positions of `kernels` grouped by the dtype of their norm (`_norm_body`'s promotion of the dtype jax computes
+    in: a float64 numpy kernel is float32 unless x64 is on), in order of first appearance."""
     by_dtype: dict = {}
-    for n in norms:
-        by_dtype.setdefault(n.dtype, []).append(n)
-    return tuple(jnp.concatenate(v) for v in by_dtype.values())
+    promoted: dict = {}
+    for i, k in enumerate(kernels):
+        d = k.dtype
+        if d not in promoted:
+            promoted[d] = jnp.promote_types(jax.dtypes.canonicalize_dtype(d), jnp.float32)
+        by_dtype.setdefault(promoted[d], []).append(i)
+    return tuple(tuple(v) for v in by_dtype.values())
 
 
 def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
@@ -94,22 +104,15 @@ def _batched_norms(kernels: list, axes: list[int], p: int) -> list[np.ndarray]:
     calls = []
     for idx in by_place.values():
         idx = sorted(idx, key=sigs.__getitem__)
-        calls.append((idx, _norms(tuple(kernels[i] for i in idx), tuple(axes[i] for i in idx), p)))
+        parts = _parts([kernels[i] for i in idx])
+        calls.append((idx, parts, _norms(tuple(kernels[i] for i in idx), tuple(axes[i] for i in idx), p, parts)))
     out: list = [None] * len(kernels)
-    for (idx, _), vectors in zip(calls, jax.device_get([c for _, c in calls]), strict=True):
-        # Split each dtype's vector in the order `_norms` concatenated it: the kernels' order within that dtype.
-        promoted: dict = {}  # kernel dtype -> result dtype, as `_norm_body` promotes it
-        by_dtype: dict = {}
-        for i in idx:
-            d = kernels[i].dtype
-            if d not in promoted:
-                promoted[d] = jnp.promote_types(d, jnp.float32)
-            by_dtype.setdefault(promoted[d], []).append(i)
-        for members, vec in zip(by_dtype.values(), vectors, strict=True):
-            vec = np.asarray(vec)
+    for (idx, parts, _), vectors in zip(calls, jax.device_get([c for _, _, c in calls]), strict=True):
+        for part, vec in zip(parts, vectors, strict=True):
+            members = [idx[j] for j in part]
             sizes = [kernels[i].shape[axes[i]] for i in members]
-            for i, part in zip(members, np.split(vec, np.cumsum(sizes)[:-1]), strict=True):
-                out[i] = part
+            for i, piece in zip(members, np.split(np.asarray(vec), np.cumsum(sizes)[:-1]), strict=True):
+                out[i] = piece
     return out
 
 

@@ -195,14 +195,30 @@ def test_float64_kernels_stay_float64_in_a_batched_call():
     np.testing.assert_array_equal(norms[2], np.full(5, 2.0, np.float32))
 
 
+def test_float64_numpy_kernels_beside_float32_without_x64():
+    """Without x64 a float64 numpy kernel is reduced in float32, as jax computes it, so it shares the float32 result
+    vector of its call with the float32 and bfloat16 kernels: every kernel still gets its own norms, in order."""
+    kernels = [
+        np.full((3, 3, 2, 4), -0.5),  # float64 numpy
+        jax.numpy.full((3, 3, 2, 6), 0.25, jax.numpy.float32),
+        jax.numpy.full((3, 3, 2, 3), 2.0, jax.numpy.bfloat16),
+        np.ones((2, 5), np.float32),
+    ]
+    norms = scoring._batched_norms(kernels, [3, 3, 3, 1], 1)
+    assert [n.dtype for n in norms] == [np.float32] * 4
+    # Sums of 18 (or 2) equal terms exactly representable in binary: exact in float32.
+    for n, want in zip(norms, [np.full(4, 9.0), np.full(6, 4.5), np.full(3, 36.0), np.full(5, 2.0)], strict=True):
+        np.testing.assert_array_equal(n, want)
+
+
 def test_every_kernel_of_one_placement_goes_out_in_one_dispatch(zoo, monkeypatch):
     m, v = zoo("vgg16")
     calls = []
     real = scoring._norms
 
-    def counting(kernels, axes, p):
+    def counting(kernels, axes, p, parts):
         calls.append(len(kernels))
-        return real(kernels, axes, p)
+        return real(kernels, axes, p, parts)
 
     monkeypatch.setattr(scoring, "_norms", counting)
     scores = jp.l1_filter_norms(v, m.channel_groups())
